@@ -1,0 +1,449 @@
+package kmspostgres
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/kmspostgres/kmspostgres/envelope"
+)
+
+// Schema is the map of encrypted columns: which tables, which columns, under
+// which keys. Load one from a YAML (or JSON) file with LoadSchema, or build
+// one in Go and call Validate, which fills in the defaults.
+type Schema struct {
+	// KeyID is the default master key id. Empty means the KMS_KEY_ID
+	// environment variable, read by Validate.
+	KeyID string
+	// Tables by name as written in the map: "users", "billing.invoices".
+	Tables map[string]*Table
+
+	source string // the file name, for error messages
+	byName map[string]*Table
+}
+
+// Table is one table with encrypted columns.
+type Table struct {
+	// Name as written in the map; it is also the "table" entry of the
+	// default encryption context. Filled in by Validate.
+	Name string
+	// PrimaryKey columns, default ["id"]. Their values go into the
+	// encryption context, so they must never change.
+	PrimaryKey []string
+	// Keys by name, default one key named "kms_key".
+	Keys map[string]*Key
+	// Columns that are encrypted, by column name.
+	Columns map[string]*Column
+}
+
+// Key is one data key per row: a key column holding the wrapped key, the
+// master key that wraps it, and the versions that can still be read.
+type Key struct {
+	Name string // filled in by Validate
+	// Column that stores the wrapped key, default "encrypted_<name>".
+	Column string
+	// KeyID of the master key for new rows, default the schema's KeyID.
+	KeyID string
+	// Version written as "v<Version>:" in front of new wrapped keys, default 1.
+	Version int
+	// Context is the encryption context template for Version; nil means the
+	// default {"table": <table>, <pk column>: <pk value>, …}. Values may use
+	// {column} for a primary-key column's value.
+	Context map[string]string
+	// PreviousVersions can still be read but are no longer written.
+	PreviousVersions map[int]*KeyVersion
+}
+
+// KeyVersion is how an older version of a key was wrapped.
+type KeyVersion struct {
+	// KeyID of the master key of that version, default the key's KeyID.
+	KeyID string
+	// Context template of that version; nil means the default.
+	Context map[string]string
+}
+
+// Column is one encrypted column.
+type Column struct {
+	Name string // filled in by Validate
+	// Key is the name of the key that encrypts the column, default "kms_key".
+	Key string
+	// Type is the plaintext type, default envelope.Text.
+	Type envelope.Type
+}
+
+// ErrSchema reports an invalid schema map. Use errors.Is.
+var ErrSchema = errors.New("kmspostgres: invalid schema map")
+
+// LoadSchema reads and validates a schema map file.
+func LoadSchema(path string) (*Schema, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("kmspostgres: reading schema map: %w", err)
+	}
+	return ParseSchema(path, data)
+}
+
+type yamlSchema struct {
+	KeyID  string                `yaml:"key_id"`
+	Tables map[string]*yamlTable `yaml:"tables"`
+}
+
+type yamlTable struct {
+	PrimaryKey stringList             `yaml:"primary_key"`
+	Keys       map[string]*yamlKey    `yaml:"keys"`
+	Columns    map[string]*yamlColumn `yaml:"columns"`
+}
+
+type yamlKey struct {
+	Column           string                  `yaml:"column"`
+	KeyID            string                  `yaml:"key_id"`
+	Version          int                     `yaml:"version"`
+	Context          map[string]string       `yaml:"context"`
+	PreviousVersions map[int]*yamlKeyVersion `yaml:"previous_versions"`
+}
+
+type yamlKeyVersion struct {
+	KeyID   string            `yaml:"key_id"`
+	Context map[string]string `yaml:"context"`
+}
+
+type yamlColumn struct {
+	Key  string `yaml:"key"`
+	Type string `yaml:"type"`
+}
+
+type stringList []string
+
+func (s *stringList) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		*s = []string{n.Value}
+		return nil
+	case yaml.SequenceNode:
+		var l []string
+		if err := n.Decode(&l); err != nil {
+			return err
+		}
+		*s = l
+		return nil
+	}
+	return fmt.Errorf("line %d: primary_key must be a column name or a list of names", n.Line)
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+func expandEnv(s string) string {
+	return envRef.ReplaceAllStringFunc(s, func(m string) string {
+		return os.Getenv(m[2 : len(m)-1])
+	})
+}
+
+// ParseSchema parses and validates a schema map. name is used in error
+// messages (usually the file path). JSON is accepted, as a subset of YAML.
+// Unknown fields are errors, so a typo cannot silently leave a column
+// unencrypted.
+func ParseSchema(name string, data []byte) (*Schema, error) {
+	var y yamlSchema
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&y); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrSchema, name, err)
+	}
+	s := &Schema{KeyID: expandEnv(y.KeyID), Tables: map[string]*Table{}, source: name}
+	for tn, yt := range y.Tables {
+		if yt == nil {
+			yt = &yamlTable{}
+		}
+		t := &Table{PrimaryKey: yt.PrimaryKey, Keys: map[string]*Key{}, Columns: map[string]*Column{}}
+		for kn, yk := range yt.Keys {
+			if yk == nil {
+				yk = &yamlKey{}
+			}
+			k := &Key{Column: yk.Column, KeyID: expandEnv(yk.KeyID), Version: yk.Version, Context: yk.Context}
+			if yk.PreviousVersions != nil {
+				k.PreviousVersions = map[int]*KeyVersion{}
+				for v, pv := range yk.PreviousVersions {
+					if pv == nil {
+						pv = &yamlKeyVersion{}
+					}
+					k.PreviousVersions[v] = &KeyVersion{KeyID: expandEnv(pv.KeyID), Context: pv.Context}
+				}
+			}
+			t.Keys[kn] = k
+		}
+		for cn, yc := range yt.Columns {
+			if yc == nil {
+				yc = &yamlColumn{}
+			}
+			c := &Column{Key: yc.Key}
+			if yc.Type != "" {
+				typ, err := envelope.ParseType(yc.Type)
+				if err != nil {
+					return nil, fmt.Errorf("%w: %s: table %s, column %s: %v", ErrSchema, name, tn, cn, err)
+				}
+				c.Type = typ
+			}
+			t.Columns[cn] = c
+		}
+		s.Tables[tn] = t
+	}
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*$`)
+
+// Validate checks the schema and fills in every default. It is called by
+// LoadSchema and ParseSchema; call it yourself on a Schema built in Go.
+func (s *Schema) Validate() error {
+	where := s.source
+	if where == "" {
+		where = "schema"
+	}
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrSchema, where, fmt.Sprintf(format, args...))
+	}
+	if s.KeyID == "" {
+		s.KeyID = os.Getenv("KMS_KEY_ID")
+	}
+	if len(s.Tables) == 0 {
+		return fail("no tables")
+	}
+	s.byName = map[string]*Table{}
+	for tn, t := range s.Tables {
+		if t == nil {
+			return fail("table %s is empty", tn)
+		}
+		t.Name = tn
+		parts := strings.Split(tn, ".")
+		if len(parts) > 2 {
+			return fail("table %s: name must be table or schema.table", tn)
+		}
+		for _, p := range parts {
+			if !identRe.MatchString(p) {
+				return fail("table %s: %q is not a plain SQL identifier", tn, p)
+			}
+		}
+		lower := strings.ToLower(tn)
+		if _, dup := s.byName[lower]; dup {
+			return fail("table %s is listed twice", tn)
+		}
+		s.byName[lower] = t
+		if len(t.PrimaryKey) == 0 {
+			t.PrimaryKey = []string{"id"}
+		}
+		pk := map[string]bool{}
+		for _, c := range t.PrimaryKey {
+			if !identRe.MatchString(c) {
+				return fail("table %s: primary key column %q is not a plain SQL identifier", tn, c)
+			}
+			pk[c] = true
+		}
+		if len(t.Keys) == 0 {
+			t.Keys = map[string]*Key{"kms_key": {}}
+		}
+		keyCols := map[string]string{}
+		for kn, k := range t.Keys {
+			if k == nil {
+				k = &Key{}
+				t.Keys[kn] = k
+			}
+			k.Name = kn
+			if k.Column == "" {
+				k.Column = "encrypted_" + kn
+			}
+			if !identRe.MatchString(k.Column) {
+				return fail("table %s, key %s: column %q is not a plain SQL identifier", tn, kn, k.Column)
+			}
+			if other, dup := keyCols[k.Column]; dup {
+				return fail("table %s: keys %s and %s share the column %s", tn, other, kn, k.Column)
+			}
+			keyCols[k.Column] = kn
+			if pk[k.Column] {
+				return fail("table %s, key %s: the key column %s is a primary-key column", tn, kn, k.Column)
+			}
+			if k.KeyID == "" {
+				k.KeyID = s.KeyID
+			}
+			if k.KeyID == "" {
+				return fail("table %s, key %s: empty key id; set key_id (top level or on the key) or KMS_KEY_ID", tn, kn)
+			}
+			if k.Version == 0 {
+				k.Version = 1
+			}
+			if k.Version < 1 {
+				return fail("table %s, key %s: version %d must be a positive integer", tn, kn, k.Version)
+			}
+			if err := checkTemplate(k.Context, pk); err != nil {
+				return fail("table %s, key %s: context: %v", tn, kn, err)
+			}
+			for v, pv := range k.PreviousVersions {
+				if v < 1 {
+					return fail("table %s, key %s: previous version %d must be a positive integer", tn, kn, v)
+				}
+				if v == k.Version {
+					return fail("table %s, key %s: version %d is both current and in previous_versions", tn, kn, v)
+				}
+				if pv == nil {
+					pv = &KeyVersion{}
+					k.PreviousVersions[v] = pv
+				}
+				if pv.KeyID == "" {
+					pv.KeyID = k.KeyID
+				}
+				if err := checkTemplate(pv.Context, pk); err != nil {
+					return fail("table %s, key %s, previous version %d: context: %v", tn, kn, v, err)
+				}
+			}
+		}
+		if len(t.Columns) == 0 {
+			return fail("table %s has no encrypted columns", tn)
+		}
+		for cn, c := range t.Columns {
+			if c == nil {
+				c = &Column{}
+				t.Columns[cn] = c
+			}
+			c.Name = cn
+			if !identRe.MatchString(cn) {
+				return fail("table %s: column %q is not a plain SQL identifier", tn, cn)
+			}
+			if pk[cn] {
+				return fail("table %s, column %s: a primary-key column cannot be encrypted (it is part of the encryption context)", tn, cn)
+			}
+			if _, isKey := keyCols[cn]; isKey {
+				return fail("table %s, column %s: it is a key column", tn, cn)
+			}
+			if c.Key == "" {
+				c.Key = "kms_key"
+			}
+			if _, ok := t.Keys[c.Key]; !ok {
+				return fail("table %s, column %s: key %q does not exist (keys: %s)", tn, cn, c.Key, strings.Join(sortedKeys(t.Keys), ", "))
+			}
+			if c.Type == 0 {
+				c.Type = envelope.Text
+			}
+			if _, ok := typeNameOK(c.Type); !ok {
+				return fail("table %s, column %s: unknown type %v", tn, cn, c.Type)
+			}
+		}
+	}
+	return nil
+}
+
+func typeNameOK(t envelope.Type) (string, bool) {
+	_, err := envelope.ParseType(t.String())
+	return t.String(), err == nil
+}
+
+var placeholder = regexp.MustCompile(`\{([^{}]*)\}`)
+
+func checkTemplate(tmpl map[string]string, pk map[string]bool) error {
+	for k, v := range tmpl {
+		if k == "" {
+			return errors.New("empty key")
+		}
+		for _, m := range placeholder.FindAllStringSubmatch(v, -1) {
+			if !pk[m[1]] {
+				return fmt.Errorf("%s uses {%s}, which is not a primary-key column; a context may only use constants and primary-key values, which never change", k, m[1])
+			}
+		}
+		rest := placeholder.ReplaceAllString(v, "")
+		if strings.ContainsAny(rest, "{}") {
+			return fmt.Errorf("%s has an unbalanced brace", k)
+		}
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Table returns the table entry for a name as SQL spells it (case-folded),
+// schema-qualified or not. An unqualified name matches a map entry without
+// schema or with schema "public".
+func (s *Schema) Table(schema, name string) *Table {
+	name = strings.ToLower(name)
+	schema = strings.ToLower(schema)
+	if schema == "" || schema == "public" {
+		if t := s.byName[name]; t != nil {
+			return t
+		}
+		return s.byName["public."+name]
+	}
+	return s.byName[schema+"."+name]
+}
+
+// versionOf returns the key id and context template of a version, and
+// whether that version can be read.
+func (k *Key) versionOf(v int) (keyID string, tmpl map[string]string, ok bool) {
+	if v == k.Version {
+		return k.KeyID, k.Context, true
+	}
+	if pv, found := k.PreviousVersions[v]; found {
+		return pv.KeyID, pv.Context, true
+	}
+	return "", nil, false
+}
+
+// ErrVersion reports a wrapped key whose version is neither current nor in
+// previous_versions. Use errors.Is.
+var ErrVersion = errors.New("kmspostgres: key version not active")
+
+// contextFor renders the encryption context of a row for key version v.
+// pk holds the primary-key values as text, in PrimaryKey order.
+func (t *Table) contextFor(k *Key, v int, pk []string) (keyID string, c envelope.Context, err error) {
+	keyID, tmpl, ok := k.versionOf(v)
+	if !ok {
+		return "", nil, fmt.Errorf("%w: %d (table %s, key %s is at version %d; add it to previous_versions to read it)", ErrVersion, v, t.Name, k.Name, k.Version)
+	}
+	if len(pk) != len(t.PrimaryKey) {
+		return "", nil, fmt.Errorf("kmspostgres: table %s: %d primary-key values for %d columns", t.Name, len(pk), len(t.PrimaryKey))
+	}
+	if tmpl == nil {
+		c = make(envelope.Context, len(pk)+1)
+		c["table"] = t.Name
+		for i, col := range t.PrimaryKey {
+			c[col] = pk[i]
+		}
+		return keyID, c, nil
+	}
+	c = make(envelope.Context, len(tmpl))
+	for name, val := range tmpl {
+		c[name] = placeholder.ReplaceAllStringFunc(val, func(m string) string {
+			col := m[1 : len(m)-1]
+			for i, p := range t.PrimaryKey {
+				if p == col {
+					return pk[i]
+				}
+			}
+			return m // unreachable after Validate
+		})
+	}
+	return keyID, c, nil
+}
+
+// String renders the schema as a short summary, for logs.
+func (s *Schema) String() string {
+	var b strings.Builder
+	for _, tn := range sortedKeys(s.Tables) {
+		t := s.Tables[tn]
+		b.WriteString(tn + "(" + strings.Join(sortedKeys(t.Columns), ",") + ") ")
+	}
+	return strings.TrimSpace(b.String()) + " key_id=" + strconv.Quote(s.KeyID)
+}
