@@ -16,10 +16,10 @@ func TestKindOf(t *testing.T) {
 		"insecure-test-key":         providers.KindTest,
 		"insecure-test-key/encrypt": providers.KindTest,
 		"vault/my-key":              providers.KindVault,
-		"projects/p/locations/global/keyRings/r/cryptoKeys/k": providers.KindGCP,
+		"projects/p/locations/global/keyRings/r/cryptoKeys/k":                         providers.KindGCP,
 		"arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab": providers.KindAWS,
 		"arn:aws:kms:us-east-1:111122223333:alias/app":                                providers.KindAWS,
-		"alias/app": providers.KindAWS,
+		"alias/app":                            providers.KindAWS,
 		"1234abcd-12ab-34cd-56ef-1234567890ab": providers.KindAWS,
 	} {
 		if got := providers.KindOf(id); got != want {
