@@ -1,0 +1,128 @@
+package rewrite
+
+// Plan is what to do with one SQL text. Plans are immutable and shared
+// between connections.
+type Plan struct {
+	// Passthrough: run the original SQL with the original arguments; no
+	// encrypted column is read or written.
+	Passthrough bool
+	// Invalidates: the statement may change table definitions, so cached
+	// plans and catalog answers must be dropped after it runs.
+	Invalidates bool
+
+	SQL string // the SQL to run
+	// Args lists, for each parameter of SQL, where its value comes from.
+	// Nil with Passthrough.
+	Args []Arg
+
+	// Out describes the result columns when some must be decrypted.
+	Out *Output
+
+	Insert *Insert
+	Update *Update
+}
+
+// Arg is where one parameter of a rewritten statement comes from: the
+// caller's argument Orig (0-based) when Slot < 0, else the value the driver
+// computes for Slot.
+type Arg struct {
+	Orig int
+	Slot int
+}
+
+// Output maps result columns to their decryption.
+type Output struct {
+	Visible int      // the first Visible columns are the caller's
+	Names   []string // their names, for cross-checks
+	Cols    []OutCol // len Visible
+	Sources []Source // row keys, read from hidden columns after the visible ones
+}
+
+// OutCol is one visible result column.
+type OutCol struct {
+	Table  *Table // nil: plain column, passed through
+	Column string
+	Source int // index into Output.Sources
+}
+
+// Source is where a result row's key for some columns comes from: the
+// wrapped key and the primary-key values (as text), by result column index.
+type Source struct {
+	Table *Table
+	Key   int
+	KeyAt int
+	PKAt  []int
+}
+
+// ValueKind says where a value written to an encrypted or primary-key
+// column comes from.
+type ValueKind int
+
+// The kinds of written value.
+const (
+	ValParam     ValueKind = iota // the caller's argument Param
+	ValConst                      // a literal in the SQL, Const
+	ValNull                       // NULL or DEFAULT
+	ValGenerated                  // made by the driver (primary keys)
+)
+
+// Value is a value written to a column.
+type Value struct {
+	Kind  ValueKind
+	Param int // 0-based
+	Const any // string, int64 or bool
+}
+
+// Insert is the work an INSERT … VALUES needs before it runs.
+type Insert struct {
+	Table *Table
+	Rows  []InsertRow
+	// Slots is how many driver-computed values SQL takes.
+	Slots int
+	// OverridingSystem: the plan adds OVERRIDING SYSTEM VALUE.
+	OverridingSystem bool
+}
+
+// InsertRow is one VALUES row.
+type InsertRow struct {
+	PK     []Value // per Table.PrimaryKey
+	PKSlot []int   // slot for each generated primary-key value, -1 otherwise
+	Cells  []Cell
+	// KeySlot per Table.Keys: the slot of the wrapped key, -1 when the row
+	// writes no column under that key.
+	KeySlot []int
+}
+
+// Cell is a value for an encrypted column and the slot of its ciphertext.
+type Cell struct {
+	Column string
+	Key    int
+	Value  Value
+	Slot   int
+}
+
+// Update is the work an UPDATE that writes encrypted columns needs: find
+// and lock the rows, key each row, then run SQL with arrays of per-row
+// values joined on ctid.
+type Update struct {
+	Table *Table
+	// SelectSQL returns ctid::text, the primary key as text, then the key
+	// columns of Keys, for the rows the UPDATE would change; LockSQL is the
+	// same with FOR NO KEY UPDATE. Both take SelectArgs.
+	SelectSQL  string
+	LockSQL    string
+	SelectArgs []Arg
+	Keys       []UpdateKey
+	Cells      []Cell // Slot: the array of ciphertexts, one per row
+	CtidSlot   int    // the array of ctids
+	Slots      int
+}
+
+// UpdateKey is a key of the table that the UPDATE writes under.
+type UpdateKey struct {
+	Key int
+	// Fresh: every column under the key is set, so each row gets a new
+	// data key and no unwrap is needed.
+	Fresh bool
+	Slot  int // the array of wrapped keys, one per row
+}

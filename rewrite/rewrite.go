@@ -1,0 +1,726 @@
+package rewrite
+
+import (
+	"slices"
+	"strings"
+
+	pg "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/proto"
+)
+
+// Rewrite plans one SQL text against the catalog. A statement that touches
+// no encrypted table (and no view over one) comes back as a passthrough
+// plan with the SQL unchanged. A statement the driver cannot run safely
+// comes back as an error wrapping ErrUnsupported.
+func Rewrite(sql string, cat Catalog) (*Plan, error) {
+	tree, err := pg.Parse(sql)
+	if err != nil {
+		return nil, &ParseError{Err: err}
+	}
+	a := &analyzer{cat: cat, infos: map[*pg.SelectStmt]*selInfo{}, version: tree.Version}
+	inval, touched := false, false
+	for _, rs := range tree.Stmts {
+		if invalidates(rs.Stmt) {
+			inval = true
+		}
+		if a.touches(rs.Stmt) {
+			touched = true
+		}
+	}
+	pass := &Plan{Passthrough: true, SQL: sql, Invalidates: inval}
+	if !touched {
+		return pass, nil
+	}
+	if len(tree.Stmts) != 1 {
+		return nil, refuse(nil, "", "a string of several statements touches an encrypted table", "send each statement on its own")
+	}
+	stmt := tree.Stmts[0].Stmt
+	var p *Plan
+	switch x := stmt.Node.(type) {
+	case *pg.Node_SelectStmt:
+		p, err = a.topSelect(stmt, x.SelectStmt)
+	case *pg.Node_InsertStmt:
+		p, err = a.insert(stmt, x.InsertStmt)
+	case *pg.Node_UpdateStmt:
+		p, err = a.update(stmt, x.UpdateStmt)
+	case *pg.Node_DeleteStmt:
+		p, err = a.delete(stmt, x.DeleteStmt)
+	case *pg.Node_CopyStmt:
+		return nil, refuse(nil, "", "COPY into or out of an encrypted table would move ciphertext or plaintext past the driver", "use INSERT and SELECT through the driver")
+	case *pg.Node_ExplainStmt:
+		for _, o := range x.ExplainStmt.Options {
+			if d := o.GetDefElem(); d != nil && d.Defname == "analyze" {
+				return nil, refuse(nil, "", "EXPLAIN ANALYZE runs the statement without the driver's encryption", "use EXPLAIN without ANALYZE")
+			}
+		}
+		return pass, nil
+	case *pg.Node_CreateTableAsStmt:
+		return nil, refuse(nil, "", "CREATE TABLE AS, SELECT INTO and materialized views would copy ciphertext past the driver", "create the table, then insert through the driver")
+	case *pg.Node_DeclareCursorStmt:
+		return nil, refuse(nil, "", "cursors over encrypted tables would return ciphertext", "page with LIMIT and a plain key instead")
+	case *pg.Node_PrepareStmt, *pg.Node_ExecuteStmt:
+		return nil, refuse(nil, "", "SQL-level PREPARE and EXECUTE bypass the driver's rewriting", "use database/sql's Prepare")
+	default:
+		return pass, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if p.Passthrough {
+		// Checked and needing nothing: the caller's SQL runs as written.
+		p.SQL = sql
+	} else if err := a.finish(p, stmt); err != nil {
+		return nil, err
+	}
+	p.Invalidates = inval
+	return p, nil
+}
+
+// invalidates reports statements that may change what the catalog said.
+func invalidates(n *pg.Node) bool {
+	switch n.Node.(type) {
+	case *pg.Node_SelectStmt, *pg.Node_InsertStmt, *pg.Node_UpdateStmt, *pg.Node_DeleteStmt,
+		*pg.Node_TransactionStmt, *pg.Node_VariableSetStmt, *pg.Node_VariableShowStmt,
+		*pg.Node_ExplainStmt, *pg.Node_LockStmt, *pg.Node_CopyStmt, *pg.Node_DiscardStmt,
+		*pg.Node_ListenStmt, *pg.Node_NotifyStmt, *pg.Node_UnlistenStmt, *pg.Node_CheckPointStmt,
+		*pg.Node_VacuumStmt, *pg.Node_CallStmt, *pg.Node_DoStmt:
+		return false
+	}
+	return true
+}
+
+func (a *analyzer) finish(p *Plan, stmt *pg.Node) error {
+	p.Args = renumber(stmt)
+	sql, err := deparse(a.version, stmt)
+	if err != nil {
+		return &ParseError{Err: err}
+	}
+	p.SQL = sql
+	return nil
+}
+
+func hasEnc(outs []*out) bool {
+	return slices.ContainsFunc(outs, func(o *out) bool { return o.enc != nil })
+}
+
+func (a *analyzer) topSelect(stmt *pg.Node, sel *pg.SelectStmt) (*Plan, error) {
+	info, err := a.selectStmt(sel, nil)
+	if err != nil {
+		return nil, err
+	}
+	if !hasEnc(info.outs) {
+		return &Plan{Passthrough: true}, nil
+	}
+	groups := a.expose(sel, info)
+	return &Plan{Out: output(info.outs, groups)}, nil
+}
+
+// returning analyses a RETURNING list over sc and, when it reads encrypted
+// columns, exposes their row keys.
+func (a *analyzer) returning(list *[]*pg.Node, sc *scope) (*Output, error) {
+	if len(*list) == 0 {
+		return nil, nil
+	}
+	outs, _, err := a.targets(list, sc, "an expression in RETURNING")
+	if err != nil {
+		return nil, err
+	}
+	if !hasEnc(outs) {
+		return nil, nil
+	}
+	return output(outs, a.exposeTargets(list, outs)), nil
+}
+
+// literal reads a value written to an encrypted or primary-key column.
+func literal(n *pg.Node) (Value, bool) {
+	switch x := n.GetNode().(type) {
+	case *pg.Node_ParamRef:
+		return Value{Kind: ValParam, Param: int(x.ParamRef.Number) - 1}, x.ParamRef.Number >= 1 && x.ParamRef.Number <= slotBase
+	case *pg.Node_SetToDefault:
+		return Value{Kind: ValNull}, true
+	case *pg.Node_TypeCast:
+		return literal(x.TypeCast.Arg)
+	case *pg.Node_AConst:
+		c := x.AConst
+		if c.Isnull {
+			return Value{Kind: ValNull}, true
+		}
+		switch v := c.Val.(type) {
+		case *pg.A_Const_Sval:
+			return Value{Kind: ValConst, Const: v.Sval.Sval}, true
+		case *pg.A_Const_Ival:
+			return Value{Kind: ValConst, Const: int64(v.Ival.Ival)}, true
+		case *pg.A_Const_Fval:
+			return Value{Kind: ValConst, Const: v.Fval.Fval}, true
+		case *pg.A_Const_Boolval:
+			return Value{Kind: ValConst, Const: v.Boolval.Boolval}, true
+		}
+	}
+	return Value{}, false
+}
+
+func isKeyCol(t *Table, col string) int {
+	for i, k := range t.Keys {
+		if k.Column == col {
+			return i
+		}
+	}
+	return -1
+}
+
+func qualOf(rv *pg.RangeVar) string {
+	if rv.Alias != nil {
+		return rv.Alias.Aliasname
+	}
+	return rv.Relname
+}
+
+func (a *analyzer) insert(stmt *pg.Node, ins *pg.InsertStmt) (*Plan, error) {
+	rv := ins.Relation
+	cs, err := a.with(ins.WithClause, nil)
+	if err != nil {
+		return nil, err
+	}
+	target, err := a.rangeVar(rv, &scope{})
+	if err != nil {
+		return nil, err
+	}
+	t, err := a.cat.Encrypted(rv.Schemaname, rv.Relname)
+	if err != nil {
+		return nil, err
+	}
+	src := ins.SelectStmt.GetSelectStmt()
+	isValues := src != nil && len(src.ValuesLists) > 0 && src.Op == pg.SetOperation_SETOP_NONE
+
+	var cols []string
+	for _, c := range ins.Cols {
+		rt := c.GetResTarget()
+		if t != nil {
+			if _, enc := t.Encrypted[rt.Name]; enc && len(rt.Indirection) > 0 {
+				return nil, refuse(t, rt.Name, "writing part of an encrypted value (a subscript or field) is not supported", "write the whole value")
+			}
+			if isKeyCol(t, rt.Name) >= 0 {
+				return nil, refuse(t, rt.Name, "the driver writes key columns itself", "leave "+rt.Name+" out of the INSERT")
+			}
+		}
+		cols = append(cols, rt.Name)
+	}
+	implicitCols := len(ins.Cols) == 0
+	if implicitCols && t != nil {
+		n := len(t.Columns)
+		if isValues {
+			n = min(n, len(src.ValuesLists[0].GetList().GetItems()))
+		} else if src != nil {
+			n = -1 // INSERT … SELECT without a column list: the SELECT decides
+		}
+		if n >= 0 {
+			cols = t.Columns[:n]
+		}
+		for _, c := range cols {
+			if isKeyCol(t, c) >= 0 {
+				return nil, refuse(t, c, "an INSERT without a column list would write the key column", "list the columns")
+			}
+		}
+	}
+	writesEnc := ""
+	if t != nil {
+		for _, c := range cols {
+			if _, ok := t.Encrypted[c]; ok {
+				writesEnc = c
+				break
+			}
+		}
+		if src != nil && !isValues && implicitCols && len(t.Encrypted) > 0 {
+			writesEnc = t.Keys[0].Columns[0]
+		}
+	}
+
+	sc := &scope{parent: cs, rels: []*rel{target}}
+	if err := a.onConflict(ins, t, target, cs); err != nil {
+		return nil, err
+	}
+
+	var ip *Insert
+	switch {
+	case src == nil:
+	case !isValues:
+		if writesEnc != "" {
+			return nil, refuse(t, writesEnc, "INSERT ... SELECT cannot write an encrypted column: the driver never sees the values",
+				"read the rows through the driver and insert them with VALUES and parameters")
+		}
+		info, err := a.selectStmt(src, cs)
+		if err != nil {
+			return nil, err
+		}
+		for _, o := range info.outs {
+			if o.enc != nil {
+				return nil, refuse(o.enc.table, o.enc.column, "INSERT ... SELECT would copy ciphertext into "+rv.Relname+", where it could not be read",
+					"read the rows through the driver and insert the plaintext")
+			}
+		}
+	case writesEnc == "":
+		for _, l := range src.ValuesLists {
+			if err := a.checkExpr(l, cs, "VALUES"); err != nil {
+				return nil, err
+			}
+		}
+	default:
+		if ip, err = a.insertValues(ins, t, cols, implicitCols, src, cs); err != nil {
+			return nil, err
+		}
+	}
+	out, err := a.returning(&ins.ReturningList, sc)
+	if err != nil {
+		return nil, err
+	}
+	if ip == nil && out == nil {
+		return &Plan{Passthrough: true}, nil
+	}
+	return &Plan{Insert: ip, Out: out}, nil
+}
+
+func (a *analyzer) insertValues(ins *pg.InsertStmt, t *Table, cols []string, implicitCols bool, src *pg.SelectStmt, cs *scope) (*Insert, error) {
+	ip := &Insert{Table: t}
+	pkPos := map[string]int{}
+	for i, p := range t.PrimaryKey {
+		pkPos[p] = i
+	}
+	var missing []string
+	for _, p := range t.PrimaryKey {
+		if !slices.Contains(cols, p) {
+			missing = append(missing, p)
+		}
+	}
+	canGen := len(t.PrimaryKey) == 1 && t.PKGen != PKNone
+	noPK := func() error {
+		return refuse(t, "", "the INSERT must give the primary key ("+strings.Join(t.PrimaryKey, ", ")+"): it is part of each row's encryption context",
+			"pass it as a parameter, or give the column a sequence, identity or uuid type so that the driver can take one before inserting")
+	}
+	if len(missing) > 0 && !canGen {
+		return nil, noPK()
+	}
+	// Keys written by this statement, in table order.
+	var keys []int
+	for _, c := range cols {
+		if ec, ok := t.Encrypted[c]; ok && !slices.Contains(keys, ec.Key) {
+			keys = append(keys, ec.Key)
+		}
+	}
+	slices.Sort(keys)
+	if implicitCols {
+		for _, c := range cols {
+			ins.Cols = append(ins.Cols, &pg.Node{Node: &pg.Node_ResTarget{ResTarget: &pg.ResTarget{Name: c, Location: -1}}})
+		}
+	}
+	for _, m := range missing {
+		ins.Cols = append(ins.Cols, &pg.Node{Node: &pg.Node_ResTarget{ResTarget: &pg.ResTarget{Name: m, Location: -1}}})
+	}
+	for _, k := range keys {
+		ins.Cols = append(ins.Cols, &pg.Node{Node: &pg.Node_ResTarget{ResTarget: &pg.ResTarget{Name: t.Keys[k].Column, Location: -1}}})
+	}
+	generated := false
+	for _, rowNode := range src.ValuesLists {
+		list := rowNode.GetList()
+		if len(list.Items) != len(cols) {
+			return nil, refuse(t, "", "each VALUES row must have one value per column", "list a value for every column")
+		}
+		row := InsertRow{PK: make([]Value, len(t.PrimaryKey)), PKSlot: make([]int, len(t.PrimaryKey)), KeySlot: make([]int, len(t.Keys))}
+		for i := range row.PKSlot {
+			row.PKSlot[i] = -1
+		}
+		for i := range row.KeySlot {
+			row.KeySlot[i] = -1
+		}
+		for ci, col := range cols {
+			v := list.Items[ci]
+			if ec, ok := t.Encrypted[col]; ok {
+				val, ok := literal(v)
+				if !ok {
+					return nil, refuse(t, col, "only parameters, literals, NULL and DEFAULT can be written to an encrypted column: the database only ever sees its ciphertext",
+						"compute the value in the application and pass it as a parameter")
+				}
+				if val.Kind == ValNull {
+					list.Items[ci] = nullConst()
+					continue
+				}
+				row.Cells = append(row.Cells, Cell{Column: col, Key: ec.Key, Value: val, Slot: ip.Slots})
+				list.Items[ci] = slotParam(ip.Slots)
+				ip.Slots++
+				continue
+			}
+			if pi, ok := pkPos[col]; ok {
+				val, ok := literal(v)
+				if !ok {
+					return nil, refuse(t, col, "the primary key must be a parameter or a literal: it is part of each row's encryption context",
+						"pass it as a parameter, or leave it out and let the driver take it from the sequence")
+				}
+				if val.Kind == ValNull {
+					if !canGen {
+						return nil, noPK()
+					}
+					val = Value{Kind: ValGenerated}
+					row.PKSlot[pi] = ip.Slots
+					list.Items[ci] = slotParam(ip.Slots)
+					ip.Slots++
+					generated = true
+				}
+				row.PK[pi] = val
+				continue
+			}
+			if err := a.checkExpr(v, cs, "VALUES"); err != nil {
+				return nil, err
+			}
+		}
+		for _, m := range missing {
+			pi := pkPos[m]
+			row.PK[pi] = Value{Kind: ValGenerated}
+			row.PKSlot[pi] = ip.Slots
+			list.Items = append(list.Items, slotParam(ip.Slots))
+			ip.Slots++
+			generated = true
+		}
+		for _, k := range keys {
+			used := slices.ContainsFunc(row.Cells, func(c Cell) bool { return c.Key == k })
+			if !used {
+				list.Items = append(list.Items, nullConst())
+				continue
+			}
+			row.KeySlot[k] = ip.Slots
+			list.Items = append(list.Items, slotParam(ip.Slots))
+			ip.Slots++
+		}
+		ip.Rows = append(ip.Rows, row)
+	}
+	if generated && t.PKGen == PKIdentityAlways && ins.Override != pg.OverridingKind_OVERRIDING_SYSTEM_VALUE {
+		ins.Override = pg.OverridingKind_OVERRIDING_SYSTEM_VALUE
+		ip.OverridingSystem = true
+	}
+	return ip, nil
+}
+
+func (a *analyzer) onConflict(ins *pg.InsertStmt, t *Table, target *rel, cs *scope) error {
+	oc := ins.OnConflictClause
+	if oc == nil {
+		return nil
+	}
+	excluded := &rel{name: "excluded", cols: target.cols, opaque: target.opaque}
+	sc := &scope{parent: cs, rels: []*rel{target, excluded}}
+	var inferCols []string
+	if inf := oc.Infer; inf != nil {
+		for _, e := range inf.IndexElems {
+			ie := e.GetIndexElem()
+			if ie == nil {
+				continue
+			}
+			if ie.Expr != nil {
+				if err := a.checkExpr(ie.Expr, sc, "an ON CONFLICT target"); err != nil {
+					return err
+				}
+				inferCols = append(inferCols, "")
+				continue
+			}
+			if t != nil {
+				if _, enc := t.Encrypted[ie.Name]; enc {
+					return refuse(t, ie.Name, "an encrypted column cannot be a conflict target: its ciphertexts are never equal", "use a plain unique column")
+				}
+			}
+			inferCols = append(inferCols, ie.Name)
+		}
+		if err := a.checkExpr(inf.WhereClause, sc, "ON CONFLICT ... WHERE"); err != nil {
+			return err
+		}
+	}
+	if err := a.checkExpr(oc.WhereClause, sc, "ON CONFLICT ... WHERE"); err != nil {
+		return err
+	}
+	if oc.Action != pg.OnConflictAction_ONCONFLICT_UPDATE {
+		return nil
+	}
+	onPK := t != nil && oc.Infer != nil && oc.Infer.Conname == "" && len(inferCols) == len(t.PrimaryKey)
+	if onPK {
+		for _, p := range t.PrimaryKey {
+			if !slices.Contains(inferCols, p) {
+				onPK = false
+			}
+		}
+	}
+	set := map[string]bool{}
+	keys := map[int]bool{}
+	for _, n := range oc.TargetList {
+		rt := n.GetResTarget()
+		if rt == nil {
+			continue
+		}
+		if t == nil {
+			if err := a.checkExpr(rt.Val, sc, "ON CONFLICT ... DO UPDATE SET"); err != nil {
+				return err
+			}
+			continue
+		}
+		set[rt.Name] = true
+		if slices.Contains(t.PrimaryKey, rt.Name) {
+			return refuse(t, rt.Name, "primary-key columns are part of the encryption context and cannot change", "insert a new row instead")
+		}
+		if isKeyCol(t, rt.Name) >= 0 {
+			return refuse(t, rt.Name, "the driver writes key columns itself", "leave "+rt.Name+" out of DO UPDATE SET")
+		}
+		ec, enc := t.Encrypted[rt.Name]
+		if !enc {
+			if err := a.checkExpr(rt.Val, sc, "ON CONFLICT ... DO UPDATE SET"); err != nil {
+				return err
+			}
+			continue
+		}
+		names, star := fieldNames(rt.Val.GetColumnRef())
+		if rt.Val.GetColumnRef() == nil || star || len(names) != 2 || names[0] != "excluded" || names[1] != rt.Name || len(rt.Indirection) > 0 {
+			return refuse(t, rt.Name, "ON CONFLICT DO UPDATE can only set an encrypted column to EXCLUDED."+rt.Name,
+				"set it from EXCLUDED, or update the row with a separate UPDATE")
+		}
+		if !onPK {
+			return refuse(t, rt.Name, "ON CONFLICT DO UPDATE of an encrypted column needs the primary key ("+strings.Join(t.PrimaryKey, ", ")+") as conflict target: on another target the existing row keeps its own id, which the new row key was not wrapped for",
+				"use ON CONFLICT ("+strings.Join(t.PrimaryKey, ", ")+"), or update the existing row with a separate UPDATE")
+		}
+		keys[ec.Key] = true
+	}
+	for k := range len(t.Keys) {
+		if !keys[k] {
+			continue
+		}
+		for _, c := range t.Keys[k].Columns {
+			if !set[c] {
+				return refuse(t, c, "ON CONFLICT DO UPDATE sets some columns under key "+t.Keys[k].Name+" but not "+c+", which would be left under the old row key",
+					"also set "+c+" = EXCLUDED."+c)
+			}
+		}
+		kc := t.Keys[k].Column
+		oc.TargetList = append(oc.TargetList, resTarget(kc, colRef("excluded", kc)))
+	}
+	return nil
+}
+
+type setCell struct {
+	rt   *pg.ResTarget
+	name string
+	ec   EncColumn
+	val  Value
+}
+
+func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
+	rv := upd.Relation
+	cs, err := a.with(upd.WithClause, nil)
+	if err != nil {
+		return nil, err
+	}
+	target, err := a.rangeVar(rv, &scope{})
+	if err != nil {
+		return nil, err
+	}
+	t, err := a.cat.Encrypted(rv.Schemaname, rv.Relname)
+	if err != nil {
+		return nil, err
+	}
+	sc := &scope{parent: cs, rels: []*rel{target}}
+	for _, f := range upd.FromClause {
+		if err := a.fromItem(f, sc, cs); err != nil {
+			return nil, err
+		}
+	}
+	if err := a.checkExpr(upd.WhereClause, sc, "WHERE"); err != nil {
+		return nil, err
+	}
+	var cells []setCell
+	keyColsSet := map[int]*pg.ResTarget{}
+	for _, n := range upd.TargetList {
+		rt := n.GetResTarget()
+		if rt == nil {
+			continue
+		}
+		if t == nil {
+			if err := a.checkExpr(rt.Val, sc, "SET"); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if _, multi := rt.Val.GetNode().(*pg.Node_MultiAssignRef); multi {
+			if _, enc := t.Encrypted[rt.Name]; enc || isKeyCol(t, rt.Name) >= 0 || slices.Contains(t.PrimaryKey, rt.Name) {
+				return nil, refuse(t, rt.Name, "multiple-column assignment is not supported for encrypted, key or primary-key columns", "assign each column on its own")
+			}
+		}
+		if slices.Contains(t.PrimaryKey, rt.Name) {
+			return nil, refuse(t, rt.Name, "primary-key columns of an encrypted table are part of each row's encryption context and cannot change", "insert a new row and delete the old one")
+		}
+		if k := isKeyCol(t, rt.Name); k >= 0 {
+			keyColsSet[k] = rt
+			continue
+		}
+		ec, enc := t.Encrypted[rt.Name]
+		if !enc {
+			if err := a.checkExpr(rt.Val, sc, "SET"); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if len(rt.Indirection) > 0 {
+			return nil, refuse(t, rt.Name, "writing part of an encrypted value (a subscript or field) is not supported", "write the whole value")
+		}
+		val, ok := literal(rt.Val)
+		if !ok {
+			return nil, refuse(t, rt.Name, "only parameters, literals, NULL and DEFAULT can be written to an encrypted column: the database only ever sees its ciphertext",
+				"compute the value in the application and pass it as a parameter")
+		}
+		cells = append(cells, setCell{rt: rt, name: rt.Name, ec: ec, val: val})
+	}
+	retScope := &scope{parent: cs, rels: []*rel{target}}
+	if len(cells) == 0 {
+		for k := range keyColsSet {
+			return nil, refuse(t, t.Keys[k].Column, "setting a key column on its own would leave the row's encrypted columns unreadable", "set every column under the key too, or leave the key column alone")
+		}
+		out, err := a.returning(&upd.ReturningList, retScope)
+		if err != nil || out == nil {
+			return &Plan{Passthrough: true}, err
+		}
+		return &Plan{Out: out}, nil
+	}
+	if len(upd.FromClause) > 0 || upd.WithClause != nil {
+		return nil, refuse(t, cells[0].name, "UPDATE ... FROM or WITH that writes an encrypted column is not supported", "read the values first, then update by primary key")
+	}
+	hasCurrentOf := false
+	walk(upd, func(n *pg.Node) bool {
+		if _, ok := n.Node.(*pg.Node_CurrentOfExpr); ok {
+			hasCurrentOf = true
+		}
+		return true
+	})
+	if hasCurrentOf {
+		return nil, refuse(t, cells[0].name, "WHERE CURRENT OF is not supported", "update by primary key")
+	}
+	set := map[string]bool{}
+	for _, c := range cells {
+		set[c.name] = true
+	}
+	up := &Update{Table: t, CtidSlot: 0, Slots: 1}
+	var keyIdx []int
+	for _, c := range cells {
+		if !slices.Contains(keyIdx, c.ec.Key) {
+			keyIdx = append(keyIdx, c.ec.Key)
+		}
+	}
+	slices.Sort(keyIdx)
+	for k, rt := range keyColsSet {
+		fresh := true
+		for _, c := range t.Keys[k].Columns {
+			fresh = fresh && set[c]
+		}
+		if v, ok := literal(rt.Val); !ok || v.Kind != ValNull || !fresh {
+			return nil, refuse(t, rt.Name, "the driver writes key columns itself", "set every column under the key and leave "+rt.Name+" out; the driver then mints a new data key")
+		}
+	}
+	// Drop the caller's key-column assignments: the driver writes them.
+	upd.TargetList = slices.DeleteFunc(upd.TargetList, func(n *pg.Node) bool {
+		rt := n.GetResTarget()
+		return rt != nil && isKeyCol(t, rt.Name) >= 0
+	})
+	qual := qualOf(rv)
+	colNames := []string{"ctid"}
+	var types []string
+	types = append(types, "text[]::tid[]")
+	for i, c := range cells {
+		up.Cells = append(up.Cells, Cell{Column: c.name, Key: c.ec.Key, Value: c.val, Slot: up.Slots})
+		name := "c" + itoa(i)
+		colNames = append(colNames, name)
+		if c.ec.Bytea {
+			types = append(types, "bytea[]")
+		} else {
+			types = append(types, "text[]")
+		}
+		c.rt.Val = colRef("__kmspg_v", name)
+		up.Slots++
+	}
+	for i, k := range keyIdx {
+		fresh := true
+		for _, c := range t.Keys[k].Columns {
+			fresh = fresh && set[c]
+		}
+		up.Keys = append(up.Keys, UpdateKey{Key: k, Fresh: fresh, Slot: up.Slots})
+		name := "k" + itoa(i)
+		colNames = append(colNames, name)
+		types = append(types, "text[]")
+		upd.TargetList = append(upd.TargetList, resTarget(t.Keys[k].Column, colRef("__kmspg_v", name)))
+		up.Slots++
+	}
+	// SELECT ctid, pk, key columns FROM rel WHERE … [FOR NO KEY UPDATE]
+	sel := &pg.SelectStmt{
+		TargetList:  []*pg.Node{resTarget("", castText(colRef(qual, "ctid")))},
+		FromClause:  []*pg.Node{{Node: &pg.Node_RangeVar{RangeVar: proto.Clone(rv).(*pg.RangeVar)}}},
+		WhereClause: proto.Clone(upd.WhereClause).(*pg.Node),
+	}
+	if upd.WhereClause == nil {
+		sel.WhereClause = nil
+	}
+	for _, p := range t.PrimaryKey {
+		sel.TargetList = append(sel.TargetList, resTarget("", castText(colRef(qual, p))))
+	}
+	for _, k := range up.Keys {
+		sel.TargetList = append(sel.TargetList, resTarget("", colRef(qual, t.Keys[k.Key].Column)))
+	}
+	lock := proto.Clone(sel).(*pg.SelectStmt)
+	lock.LockingClause = []*pg.Node{{Node: &pg.Node_LockingClause{LockingClause: &pg.LockingClause{
+		Strength: pg.LockClauseStrength_LCS_FORNOKEYUPDATE, WaitPolicy: pg.LockWaitPolicy_LockWaitBlock}}}}
+	selNode := &pg.Node{Node: &pg.Node_SelectStmt{SelectStmt: sel}}
+	lockNode := &pg.Node{Node: &pg.Node_SelectStmt{SelectStmt: lock}}
+	up.SelectArgs = renumber(selNode)
+	renumber(lockNode)
+	var err2 error
+	if up.SelectSQL, err2 = deparse(a.version, selNode); err2 != nil {
+		return nil, &ParseError{Err: err2}
+	}
+	if up.LockSQL, err2 = deparse(a.version, lockNode); err2 != nil {
+		return nil, &ParseError{Err: err2}
+	}
+	// UPDATE … FROM unnest(arrays) AS __kmspg_v(ctid, c0, …, k0, …) WHERE q.ctid = __kmspg_v.ctid
+	var args []string
+	for i, ty := range types {
+		args = append(args, "$"+itoa(slotBase+1+i)+"::"+ty)
+	}
+	snippet := parseOne("SELECT FROM unnest(" + strings.Join(args, ", ") + ") AS __kmspg_v(" + strings.Join(colNames, ", ") + ")").GetSelectStmt()
+	upd.FromClause = snippet.FromClause
+	upd.WhereClause = pg.MakeAExprNode(pg.A_Expr_Kind_AEXPR_OP, []*pg.Node{str("=")}, colRef(qual, "ctid"), colRef("__kmspg_v", "ctid"), -1)
+	out, err := a.returning(&upd.ReturningList, retScope)
+	if err != nil {
+		return nil, err
+	}
+	return &Plan{Update: up, Out: out}, nil
+}
+
+func (a *analyzer) delete(stmt *pg.Node, del *pg.DeleteStmt) (*Plan, error) {
+	cs, err := a.with(del.WithClause, nil)
+	if err != nil {
+		return nil, err
+	}
+	target, err := a.rangeVar(del.Relation, &scope{})
+	if err != nil {
+		return nil, err
+	}
+	sc := &scope{parent: cs, rels: []*rel{target}}
+	for _, f := range del.UsingClause {
+		if err := a.fromItem(f, sc, cs); err != nil {
+			return nil, err
+		}
+	}
+	if err := a.checkExpr(del.WhereClause, sc, "WHERE"); err != nil {
+		return nil, err
+	}
+	out, err := a.returning(&del.ReturningList, &scope{parent: cs, rels: []*rel{target}})
+	if err != nil || out == nil {
+		return &Plan{Passthrough: true}, err
+	}
+	return &Plan{Out: out}, nil
+}
+
+func itoa(i int) string {
+	const digits = "0123456789"
+	if i < 10 {
+		return digits[i : i+1]
+	}
+	return itoa(i/10) + digits[i%10:i%10+1]
+}
