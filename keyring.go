@@ -3,6 +3,7 @@ package kmspostgres
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/kmspostgres/kmspostgres/envelope"
@@ -74,4 +75,109 @@ func wrapProviderErr(op, keyID string, err error) error {
 		return err
 	}
 	return &providers.Error{Op: op, KeyID: keyID, Err: err}
+}
+
+// unwrapItem is one data key to unwrap.
+type unwrapItem struct {
+	keyID   string
+	version int
+	ctx     envelope.Context
+	wrapped []byte
+	key     []byte // result
+	err     error  // result
+}
+
+// batchSize bounds one batch request.
+const batchSize = 250
+
+// unwrapAll unwraps every item: in batches where the provider can, else
+// concurrently, at most limit calls at a time.
+func (k *keyring) unwrapAll(ctx context.Context, items []*unwrapItem, limit int) {
+	byKey := map[string][]*unwrapItem{}
+	var order []string
+	for _, it := range items {
+		if _, ok := byKey[it.keyID]; !ok {
+			order = append(order, it.keyID)
+		}
+		byKey[it.keyID] = append(byKey[it.keyID], it)
+	}
+	var single []*unwrapItem
+	for _, keyID := range order {
+		group := byKey[keyID]
+		p, err := k.providerFor(keyID)
+		if err != nil {
+			for _, it := range group {
+				it.err = err
+			}
+			continue
+		}
+		bp, ok := p.(providers.BatchUnwrapper)
+		if !ok || len(group) == 1 {
+			single = append(single, group...)
+			continue
+		}
+		for start := 0; start < len(group); start += batchSize {
+			chunk := group[start:min(start+batchSize, len(group))]
+			reqs := make([]providers.UnwrapRequest, len(chunk))
+			for i, it := range chunk {
+				reqs[i] = providers.UnwrapRequest{Wrapped: it.wrapped, Context: it.ctx}
+			}
+			t0 := time.Now()
+			res, err := bp.UnwrapBatch(ctx, keyID, reqs)
+			for i, it := range chunk {
+				switch {
+				case err != nil:
+					it.err = wrapProviderErr("unwrap", keyID, err)
+				case i >= len(res):
+					it.err = &providers.Error{Op: "unwrap", KeyID: keyID, Err: errors.New("batch answer too short")}
+				case res[i].Err != nil:
+					it.err = wrapProviderErr("unwrap", keyID, res[i].Err)
+				default:
+					it.key = res[i].Key
+				}
+				k.emit(providers.OpUnwrap, keyID, it.version, it.ctx, t0, it.err)
+			}
+		}
+	}
+	parallel(len(single), limit, func(i int) error {
+		it := single[i]
+		it.key, it.err = k.unwrap(ctx, it.keyID, it.version, it.ctx, it.wrapped)
+		return nil
+	})
+}
+
+// parallel runs f(0..n-1) with at most limit running at once and returns
+// the first error.
+func parallel(n, limit int, f func(i int) error) error {
+	if n == 1 || limit <= 1 {
+		for i := 0; i < n; i++ {
+			if err := f(i); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	sem := make(chan struct{}, limit)
+	errs := make(chan error, 1)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := f(i); err != nil {
+				select {
+				case errs <- err:
+				default:
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
 }

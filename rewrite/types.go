@@ -16,6 +16,7 @@ type Table struct {
 	Schema     string   // resolved schema of the relation
 	Relname    string   // resolved relation name
 	PrimaryKey []string // primary-key columns, in context order
+	PKTypes    []string // their PostgreSQL types (format_type)
 	Columns    []string // every column, in table order
 	Encrypted  map[string]EncColumn
 	Keys       []Key
