@@ -374,7 +374,6 @@ func (c *Conn) keyUpdate(ctx context.Context, p *rewrite.Plan, ti *tableInfo, ar
 					out[id][i] = priorKeys[id][i]
 					continue
 				}
-				_ = k
 				jobs = append(jobs, &job{id: id, r: r, i: i})
 			}
 		}

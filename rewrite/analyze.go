@@ -96,7 +96,8 @@ type analyzer struct {
 	cat     Catalog
 	infos   map[*pg.SelectStmt]*selInfo
 	hidden  int
-	version int32 // of the parse tree, for deparsing
+	version int32  // of the parse tree, for deparsing
+	touched string // a relation that made touches true, for messages
 }
 
 func (a *analyzer) newGroup(t *Table, key int) *group {
@@ -399,9 +400,11 @@ func (a *analyzer) touches(n *pg.Node) bool {
 		if rv, ok := m.(*pg.RangeVar); ok {
 			if t, _ := a.cat.Encrypted(rv.Schemaname, rv.Relname); t != nil {
 				found = true
+				a.touched = t.Name
 			}
 			if v, _ := a.cat.ProtectedView(rv.Schemaname, rv.Relname); v != "" {
 				found = true
+				a.touched = rv.Relname
 			}
 		}
 		return !found

@@ -32,7 +32,7 @@ func Rewrite(sql string, cat Catalog) (*Plan, error) {
 		return pass, nil
 	}
 	if len(tree.Stmts) != 1 {
-		return nil, refuse(nil, "", "a string of several statements touches an encrypted table", "send each statement on its own")
+		return nil, &RefusalError{Table: a.touched, Reason: "a string of several statements touches an encrypted table", Fix: "send each statement on its own"}
 	}
 	stmt := tree.Stmts[0].Stmt
 	var p *Plan
@@ -46,20 +46,20 @@ func Rewrite(sql string, cat Catalog) (*Plan, error) {
 	case *pg.Node_DeleteStmt:
 		p, err = a.delete(stmt, x.DeleteStmt)
 	case *pg.Node_CopyStmt:
-		return nil, refuse(nil, "", "COPY into or out of an encrypted table would move ciphertext or plaintext past the driver", "use INSERT and SELECT through the driver")
+		return nil, &RefusalError{Table: a.touched, Reason: "COPY into or out of an encrypted table would move ciphertext or plaintext past the driver", Fix: "use INSERT and SELECT through the driver"}
 	case *pg.Node_ExplainStmt:
 		for _, o := range x.ExplainStmt.Options {
 			if d := o.GetDefElem(); d != nil && d.Defname == "analyze" {
-				return nil, refuse(nil, "", "EXPLAIN ANALYZE runs the statement without the driver's encryption", "use EXPLAIN without ANALYZE")
+				return nil, &RefusalError{Table: a.touched, Reason: "EXPLAIN ANALYZE runs the statement without the driver's encryption", Fix: "use EXPLAIN without ANALYZE"}
 			}
 		}
 		return pass, nil
 	case *pg.Node_CreateTableAsStmt:
-		return nil, refuse(nil, "", "CREATE TABLE AS, SELECT INTO and materialized views would copy ciphertext past the driver", "create the table, then insert through the driver")
+		return nil, &RefusalError{Table: a.touched, Reason: "CREATE TABLE AS, SELECT INTO and materialized views would copy ciphertext past the driver", Fix: "create the table, then insert through the driver"}
 	case *pg.Node_DeclareCursorStmt:
-		return nil, refuse(nil, "", "cursors over encrypted tables would return ciphertext", "page with LIMIT and a plain key instead")
+		return nil, &RefusalError{Table: a.touched, Reason: "cursors over encrypted tables would return ciphertext", Fix: "page with LIMIT and a plain key instead"}
 	case *pg.Node_PrepareStmt, *pg.Node_ExecuteStmt:
-		return nil, refuse(nil, "", "SQL-level PREPARE and EXECUTE bypass the driver's rewriting", "use database/sql's Prepare")
+		return nil, &RefusalError{Table: a.touched, Reason: "SQL-level PREPARE and EXECUTE bypass the driver's rewriting", Fix: "use database/sql's Prepare"}
 	default:
 		return pass, nil
 	}

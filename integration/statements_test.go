@@ -1,0 +1,419 @@
+package integration
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/kmspostgres/kmspostgres"
+	"github.com/kmspostgres/kmspostgres/providers"
+)
+
+// execModes are the pgx query exec modes every statement test runs under:
+// the default (prepared statements, cached) and the simple protocol used
+// behind PgBouncer.
+var execModes = []string{"cache_statement", "simple_protocol", "exec"}
+
+func forEachMode(t *testing.T, f func(t *testing.T, e *env)) {
+	for _, mode := range execModes {
+		t.Run(mode, func(t *testing.T) {
+			f(t, newEnv(t, usersDDL, usersMap, "default_query_exec_mode="+mode))
+		})
+	}
+}
+
+type user struct {
+	id    int64
+	name  string
+	email sql.NullString
+	phone []byte
+}
+
+func (e *env) users(query string, args ...any) []user {
+	e.t.Helper()
+	rows, err := e.db.Query(query, args...)
+	if err != nil {
+		e.t.Fatalf("%s: %v", query, err)
+	}
+	defer rows.Close()
+	var out []user
+	for rows.Next() {
+		var u user
+		if err := rows.Scan(&u.id, &u.name, &u.email, &u.phone); err != nil {
+			e.t.Fatal(err)
+		}
+		out = append(out, u)
+	}
+	if err := rows.Err(); err != nil {
+		e.t.Fatalf("%s: %v", query, err)
+	}
+	return out
+}
+
+func TestInsertSelectUpdateDelete(t *testing.T) {
+	forEachMode(t, func(t *testing.T, e *env) {
+		// Multi-row insert with parameters, literals, NULL and DEFAULT.
+		res := e.exec(`INSERT INTO users (name, email, phone) VALUES ($1, $2, $3), ('bob', 'bob@example.com', NULL), ($4, DEFAULT, $5)`,
+			"ada", "ada@example.com", []byte("phone-one-one"), "cy", []byte("phone-three-three"))
+		if n, _ := res.RowsAffected(); n != 3 {
+			t.Fatalf("rows affected %d", n)
+		}
+		got := e.users("SELECT id, name, email, phone FROM users ORDER BY id")
+		if len(got) != 3 || got[0].email.String != "ada@example.com" || string(got[0].phone) != "phone-one-one" ||
+			got[1].email.String != "bob@example.com" || got[1].phone != nil || got[2].email.Valid || string(got[2].phone) != "phone-three-three" {
+			t.Fatalf("after insert: %+v", got)
+		}
+		e.assertNoPlaintext("users", "ada@example.com", "bob@example.com", "phone-one-one", "phone-three-three")
+		// Row keys: one per row and key with a value, NULL otherwise.
+		keys := e.rawValues("SELECT coalesce(encrypted_kms_key, 'NULL') || ' ' || coalesce(encrypted_kms_key_phone, 'NULL') FROM users ORDER BY id")
+		if !strings.HasPrefix(keys[0], "v1:") || !strings.Contains(keys[0], " v1:") || !strings.HasSuffix(keys[1], " NULL") || !strings.HasPrefix(keys[2], "NULL v1:") {
+			t.Fatalf("key columns: %q", keys)
+		}
+
+		// UPDATE that sets every column of a key: a fresh key, no unwrap.
+		e.events.reset()
+		e.exec("UPDATE users SET email = $1, name = $2, dob = $3, balance = NULL WHERE id = $4", "ada@new.example", "Ada", "1815-12-10", got[0].id)
+		if e.events.count(providers.OpUnwrap) != 0 || e.events.count(providers.OpWrap) != 1 {
+			t.Fatalf("fresh-key update: %d wraps %d unwraps", e.events.count(providers.OpWrap), e.events.count(providers.OpUnwrap))
+		}
+		// Set-based update over many rows, each under its own key.
+		res = e.exec("UPDATE users SET phone = $1 WHERE id > $2", []byte("phone-nine-nine"), int64(0))
+		if n, _ := res.RowsAffected(); n != 3 {
+			t.Fatalf("set-based update affected %d", n)
+		}
+		got = e.users("SELECT id, name, email, phone FROM users ORDER BY id")
+		for _, u := range got {
+			if string(u.phone) != "phone-nine-nine" {
+				t.Fatalf("set-based update: %+v", got)
+			}
+		}
+		if got[0].email.String != "ada@new.example" || got[0].name != "Ada" {
+			t.Fatalf("update: %+v", got[0])
+		}
+		e.assertNoPlaintext("users", "ada@new.example", "phone-nine-nine")
+
+		// RETURNING decrypts, in INSERT, UPDATE and DELETE.
+		var id int64
+		var email string
+		if err := e.db.QueryRow("INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id, email", "dee", "dee@example.com").Scan(&id, &email); err != nil || email != "dee@example.com" {
+			t.Fatalf("insert returning: %v %q", err, email)
+		}
+		if err := e.db.QueryRow("UPDATE users SET email = $1 WHERE id = $2 RETURNING email", "dee@new.example", id).Scan(&email); err != nil || email != "dee@new.example" {
+			t.Fatalf("update returning: %v %q", err, email)
+		}
+		if err := e.db.QueryRow("UPDATE users SET name = $1 WHERE id = $2 RETURNING email", "Dee", id).Scan(&email); err != nil || email != "dee@new.example" {
+			t.Fatalf("plain update returning encrypted: %v %q", err, email)
+		}
+		if err := e.db.QueryRow("DELETE FROM users WHERE id = $1 RETURNING email", id).Scan(&email); err != nil || email != "dee@new.example" {
+			t.Fatalf("delete returning: %v %q", err, email)
+		}
+		var star user
+		var rest []any
+		_ = rest
+		row := e.db.QueryRow("INSERT INTO users (name, email) VALUES ('eve', 'eve@example.com') RETURNING *")
+		var org sql.NullInt64
+		var dob, bal, k1, k2 sql.NullString
+		if err := row.Scan(&star.id, &org, &star.name, &star.email, &star.phone, &dob, &bal, &k1, &k2); err != nil || star.email.String != "eve@example.com" || !strings.HasPrefix(k1.String, "v1:") {
+			t.Fatalf("returning *: %v %+v", err, star)
+		}
+		// IS NULL works on ciphertext.
+		var n int
+		if err := e.db.QueryRow("SELECT count(*) FROM users WHERE email IS NULL").Scan(&n); err != nil || n != 1 {
+			t.Fatalf("IS NULL: %d %v", n, err)
+		}
+		res = e.exec("DELETE FROM users WHERE email IS NULL")
+		if n, _ := res.RowsAffected(); n != 1 {
+			t.Fatalf("delete affected %d", n)
+		}
+	})
+}
+
+func TestUpdateUnderExistingKey(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE notes (id bigserial PRIMARY KEY, owner bigint, title text, body text, encrypted_kms_key text)`,
+		"key_id: insecure-test-key\ntables:\n  notes:\n    columns:\n      title: {}\n      body: {}\n")
+	for i := range 5 {
+		e.exec("INSERT INTO notes (owner, title, body) VALUES ($1, $2, $3)", i%2, fmt.Sprintf("title %d", i), fmt.Sprintf("body %d", i))
+	}
+	before := e.rawValues("SELECT encrypted_kms_key FROM notes ORDER BY id")
+	e.events.reset()
+	// Setting one of two columns keeps each row's key: one unwrap per row, no wrap.
+	res := e.exec("UPDATE notes SET body = $1 WHERE owner = $2", "new body", 0)
+	if n, _ := res.RowsAffected(); n != 3 {
+		t.Fatalf("affected %d", n)
+	}
+	if w, u := e.events.count(providers.OpWrap), e.events.count(providers.OpUnwrap); w != 0 || u != 3 {
+		t.Fatalf("partial update: %d wraps, %d unwraps", w, u)
+	}
+	after := e.rawValues("SELECT encrypted_kms_key FROM notes ORDER BY id")
+	for i := range before {
+		if before[i] != after[i] {
+			t.Fatalf("row %d key changed on a partial update", i)
+		}
+	}
+	rows, err := e.db.Query("SELECT owner, title, body FROM notes ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	i := 0
+	for rows.Next() {
+		var owner int
+		var title, body string
+		if err := rows.Scan(&owner, &title, &body); err != nil {
+			t.Fatal(err)
+		}
+		wantBody := fmt.Sprintf("body %d", i)
+		if owner == 0 {
+			wantBody = "new body"
+		}
+		if title != fmt.Sprintf("title %d", i) || body != wantBody {
+			t.Fatalf("row %d: %q %q", i, title, body)
+		}
+		i++
+	}
+	if err := rows.Err(); err != nil || i != 5 {
+		t.Fatalf("rows: %d %v", i, err)
+	}
+	// An UPDATE that matches nothing changes nothing.
+	if n, _ := e.exec("UPDATE notes SET body = 'x' WHERE owner = 42").RowsAffected(); n != 0 {
+		t.Fatalf("affected %d", n)
+	}
+}
+
+func TestSelectShapes(t *testing.T) {
+	e := newEnv(t, usersDDL+`
+		CREATE TABLE notes (org_id bigint, id bigint, user_id bigint, body text, encrypted_kms_key text, PRIMARY KEY (org_id, id));`,
+		usersMap+`
+  notes:
+    primary_key: [org_id, id]
+    columns:
+      body: {}
+`)
+	e.exec("INSERT INTO orgs (id, name) VALUES (1, 'acme'), (2, 'globex')")
+	e.exec("INSERT INTO users (id, org_id, name, email) VALUES (1, 1, 'ada', 'ada@x'), (2, 1, 'bob', 'bob@x'), (3, 2, 'cy', 'cy@x')")
+	e.exec("INSERT INTO notes (org_id, id, user_id, body) VALUES (1, 1, 1, 'note one'), (1, 2, 2, 'note two')")
+	cases := []struct {
+		sql  string
+		want string
+	}{
+		{"SELECT email FROM users ORDER BY id", "ada@x|bob@x|cy@x"},
+		{"SELECT u.email AS e FROM users u WHERE u.id = $1", "ada@x"},
+		{"SELECT u.email, o.name FROM users u JOIN orgs o ON o.id = u.org_id ORDER BY u.id LIMIT 2 OFFSET 1", "bob@x,acme|cy@x,globex"},
+		{"SELECT a.email, b.email FROM users a JOIN users b ON a.org_id = b.org_id AND a.id < b.id", "ada@x,bob@x"},
+		{"SELECT u.email, n.body FROM users u JOIN notes n ON n.user_id = u.id ORDER BY n.id", "ada@x,note one|bob@x,note two"},
+		{"SELECT x.e FROM (SELECT id, email AS e FROM users) x WHERE x.id = 2", "bob@x"},
+		{"WITH c AS (SELECT id, email FROM users WHERE org_id = 1) SELECT email FROM c ORDER BY id", "ada@x|bob@x"},
+		{"SELECT email FROM users WHERE id = 1 UNION ALL SELECT email FROM users WHERE id = 3", "ada@x|cy@x"},
+		{"SELECT id, email IS NULL FROM users WHERE id = ANY($1::bigint[]) ORDER BY id", "1,false|3,false"},
+		{"SELECT u.id FROM users u WHERE EXISTS (SELECT 1 FROM notes n WHERE n.user_id = u.id) ORDER BY 1", "1|2"},
+		{"SELECT count(*) FROM users", "3"},
+	}
+	for _, c := range cases {
+		var args []any
+		if strings.Contains(c.sql, "$1::bigint[]") {
+			args = []any{[]int64{1, 3}}
+		} else if strings.Contains(c.sql, "$1") {
+			args = []any{1}
+		}
+		got := e.strings(c.sql, args...)
+		if got != c.want {
+			t.Errorf("%s\n got %s\nwant %s", c.sql, got, c.want)
+		}
+	}
+	// SELECT * shows exactly the table's columns, decrypted.
+	rows, err := e.db.Query("SELECT * FROM users WHERE id = 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cols, _ := rows.Columns()
+	if strings.Join(cols, ",") != "id,org_id,name,email,phone,dob,balance,encrypted_kms_key,encrypted_kms_key_phone" {
+		t.Fatalf("columns %v", cols)
+	}
+	rows.Close()
+	if got := e.strings("SELECT u.name, u.email FROM users u WHERE id = 2"); got != "bob,bob@x" {
+		t.Fatalf("t.col: %s", got)
+	}
+}
+
+// strings runs a query and renders its rows as "a,b|c,d".
+func (e *env) strings(query string, args ...any) string {
+	e.t.Helper()
+	rows, err := e.db.Query(query, args...)
+	if err != nil {
+		e.t.Fatalf("%s: %v", query, err)
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	var out []string
+	for rows.Next() {
+		vals := make([]sql.NullString, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			e.t.Fatal(err)
+		}
+		parts := make([]string, len(cols))
+		for i, v := range vals {
+			parts[i] = v.String
+			if !v.Valid {
+				parts[i] = "NULL"
+			}
+		}
+		out = append(out, strings.Join(parts, ","))
+	}
+	if err := rows.Err(); err != nil {
+		e.t.Fatalf("%s: %v", query, err)
+	}
+	return strings.Join(out, "|")
+}
+
+func TestRefusals(t *testing.T) {
+	e := newEnv(t, usersDDL+"CREATE VIEW user_emails AS SELECT id, email FROM users;", usersMap)
+	e.exec("INSERT INTO users (name, email) VALUES ('a', 'a@x')")
+	refused := []string{
+		"SELECT id FROM users WHERE email = $1",
+		"SELECT id FROM users ORDER BY email",
+		"SELECT email, count(*) FROM users GROUP BY email",
+		"SELECT DISTINCT email FROM users",
+		"SELECT lower(email) FROM users",
+		"SELECT max(email) FROM users",
+		"SELECT u.id FROM users u JOIN users v ON u.email = v.email",
+		"SELECT * FROM user_emails",
+		"COPY users TO STDOUT",
+		"SELECT 1; SELECT email FROM users",
+		"INSERT INTO users (name, email) SELECT name, email FROM users",
+		"INSERT INTO users (name, email) VALUES ('x', upper('y'))",
+		"UPDATE users SET email = email || 'x'",
+		"UPDATE users SET id = id + 1",
+		"DELETE FROM users WHERE email LIKE '%x'",
+		"SELECT email FROM users UNION SELECT email FROM users",
+	}
+	for _, q := range refused {
+		var args []any
+		if strings.Contains(q, "$1") {
+			args = []any{"a@x"}
+		}
+		_, err := e.db.Exec(q, args...)
+		if !errors.Is(err, kmspostgres.ErrUnsupported) {
+			t.Errorf("%s: err = %v, want ErrUnsupported", q, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), "users") {
+			t.Errorf("%s: error does not name the table: %v", q, err)
+		}
+		if _, err := e.db.Query(q, args...); !errors.Is(err, kmspostgres.ErrUnsupported) {
+			t.Errorf("%s: Query err = %v", q, err)
+		}
+		if _, err := e.db.Prepare(q); !errors.Is(err, kmspostgres.ErrUnsupported) {
+			t.Errorf("%s: Prepare err = %v", q, err)
+		}
+	}
+	// Nothing was written by any refused statement.
+	if got := e.strings("SELECT id, name, email FROM users"); got != "1,a,a@x" {
+		t.Fatalf("table changed: %s", got)
+	}
+	var re *kmspostgres.RefusalError
+	_, err := e.db.Exec("SELECT id FROM users WHERE email = 'a@x'")
+	if !errors.As(err, &re) || re.Table != "users" || re.Column != "email" {
+		t.Fatalf("RefusalError: %#v", err)
+	}
+}
+
+func TestPlainTablesPassThrough(t *testing.T) {
+	e := newEnv(t, usersDDL, usersMap)
+	e.exec("INSERT INTO orgs (id, name) VALUES ($1, $2)", 7, "plain")
+	var name string
+	if err := e.db.QueryRow("SELECT name FROM orgs WHERE name = $1 ORDER BY name", "plain").Scan(&name); err != nil || name != "plain" {
+		t.Fatalf("%q %v", name, err)
+	}
+	if got := e.rawValues("SELECT name FROM orgs"); got[0] != "plain" {
+		t.Fatalf("plain table stored %q", got)
+	}
+	// A plain table with a column that has an encrypted column's name.
+	e.exec("CREATE TABLE contacts (id int PRIMARY KEY, email text)")
+	e.exec("INSERT INTO contacts VALUES (1, 'c@x')")
+	if got := e.strings("SELECT email FROM contacts WHERE email = 'c@x' ORDER BY email"); got != "c@x" {
+		t.Fatalf("contacts: %s", got)
+	}
+	// DDL through the driver resets the catalog: a new column shows up in *.
+	e.exec("ALTER TABLE users ADD COLUMN nickname text")
+	e.exec("INSERT INTO users (name, email, nickname) VALUES ('n', 'n@x', 'nick')")
+	if got := e.strings("SELECT * FROM users"); !strings.Contains(got, "n@x") || !strings.Contains(got, "nick") {
+		t.Fatalf("after ALTER: %s", got)
+	}
+}
+
+func TestPreparedAndTransactions(t *testing.T) {
+	forEachMode(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		ins, err := e.db.Prepare("INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sel, err := e.db.Prepare("SELECT email FROM users WHERE id = $1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 20 {
+			var id int64
+			if err := ins.QueryRow(fmt.Sprintf("u%d", i), fmt.Sprintf("u%d@x", i)).Scan(&id); err != nil {
+				t.Fatal(err)
+			}
+			var email string
+			if err := sel.QueryRow(id).Scan(&email); err != nil || email != fmt.Sprintf("u%d@x", i) {
+				t.Fatalf("prepared select: %q %v", email, err)
+			}
+		}
+		ins.Close()
+		sel.Close()
+
+		// Rollback leaves nothing; commit keeps it.
+		tx, err := e.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelSerializable})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec("INSERT INTO users (name, email) VALUES ('rb', 'rb@x')"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec("UPDATE users SET email = 'changed@x' WHERE name = 'u0'"); err != nil {
+			t.Fatal(err)
+		}
+		var email string
+		if err := tx.QueryRow("SELECT email FROM users WHERE name = 'u0'").Scan(&email); err != nil || email != "changed@x" {
+			t.Fatalf("read own write in tx: %q %v", email, err)
+		}
+		if err := tx.Rollback(); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.strings("SELECT email FROM users WHERE name IN ('rb', 'u0')"); got != "u0@x" {
+			t.Fatalf("after rollback: %s", got)
+		}
+		// Savepoints.
+		tx, _ = e.db.Begin()
+		tx.Exec("SAVEPOINT s1")
+		if _, err := tx.Exec("UPDATE users SET email = 'sp@x' WHERE name = 'u1'"); err != nil {
+			t.Fatal(err)
+		}
+		tx.Exec("ROLLBACK TO SAVEPOINT s1")
+		if _, err := tx.Exec("UPDATE users SET email = 'kept@x' WHERE name = 'u2'"); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.strings("SELECT email FROM users WHERE name IN ('u1', 'u2') ORDER BY name"); got != "u1@x|kept@x" {
+			t.Fatalf("savepoints: %s", got)
+		}
+		// Read-only transactions refuse writes (the server says so).
+		tx, _ = e.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+		if _, err := tx.Exec("INSERT INTO orgs (id, name) VALUES (99, 'x')"); err == nil {
+			t.Fatal("read-only transaction accepted a write")
+		}
+		tx.Rollback()
+	})
+}
