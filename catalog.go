@@ -29,7 +29,6 @@ type catalog struct {
 
 	mu      sync.Mutex
 	loaded  bool
-	loadErr error
 	tables  map[string]*tableInfo // by schema-map name
 	byOID   map[uint32]*tableInfo
 	encAttr map[[2]uint32]string // (table oid, attnum) of encrypted columns → table.column
@@ -41,7 +40,7 @@ func newCatalog(s *Schema) *catalog { return &catalog{schema: s} }
 
 func (c *catalog) reset() {
 	c.mu.Lock()
-	c.loaded, c.loadErr = false, nil
+	c.loaded = false
 	c.tables, c.byOID, c.encAttr, c.views, c.cols = nil, nil, nil, nil, nil
 	c.mu.Unlock()
 }
@@ -56,13 +55,13 @@ type boundCatalog struct {
 func (b boundCatalog) ensure() error {
 	c := b.c
 	if c.loaded {
-		return c.loadErr
+		return nil
 	}
-	c.loadErr = c.load(b.ctx, b.conn)
-	// A cancelled context is the caller's problem, not the schema's: try
-	// again next time.
-	c.loaded = b.ctx.Err() == nil
-	return c.loadErr
+	// Errors are not cached: the schema may be fixed (by a migration in
+	// another process) at any time.
+	err := c.load(b.ctx, b.conn)
+	c.loaded = err == nil
+	return err
 }
 
 func (b boundCatalog) Encrypted(schema, name string) (*rewrite.Table, error) {

@@ -206,6 +206,9 @@ func (t Type) Decode(b []byte) (any, error) {
 	case Text, Numeric:
 		return string(b), nil
 	case Bytea, JSON, JSONB:
+		if b == nil {
+			b = []byte{} // empty, not NULL
+		}
 		return b, nil
 	case Smallint, Integer, Bigint:
 		if len(b) != 8 {

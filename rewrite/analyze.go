@@ -355,7 +355,9 @@ func (a *analyzer) with(w *pg.WithClause, parent *scope) (*scope, error) {
 		sel := cte.Ctequery.GetSelectStmt()
 		if sel == nil {
 			// A data-modifying CTE.
-			if a.touches(cte.Ctequery) {
+			if touched, err := a.touches(cte.Ctequery); err != nil {
+				return nil, err
+			} else if touched {
 				return nil, refuse(nil, "", "a data-modifying WITH query on an encrypted table is not supported",
 					"run the INSERT, UPDATE or DELETE as its own statement")
 			}
@@ -393,23 +395,35 @@ func (a *analyzer) with(w *pg.WithClause, parent *scope) (*scope, error) {
 }
 
 // touches reports whether any relation named under n is encrypted or a
-// protected view.
-func (a *analyzer) touches(n *pg.Node) bool {
+// protected view. A catalog error is returned: the statement may touch an
+// encrypted table that the driver cannot resolve.
+func (a *analyzer) touches(n *pg.Node) (bool, error) {
 	found := false
+	var err error
 	walkMessages(n, func(m proto.Message) bool {
 		if rv, ok := m.(*pg.RangeVar); ok {
-			if t, _ := a.cat.Encrypted(rv.Schemaname, rv.Relname); t != nil {
+			t, e := a.cat.Encrypted(rv.Schemaname, rv.Relname)
+			if e != nil {
+				err = e
+				return false
+			}
+			if t != nil {
 				found = true
 				a.touched = t.Name
 			}
-			if v, _ := a.cat.ProtectedView(rv.Schemaname, rv.Relname); v != "" {
+			v, e := a.cat.ProtectedView(rv.Schemaname, rv.Relname)
+			if e != nil {
+				err = e
+				return false
+			}
+			if v != "" {
 				found = true
 				a.touched = rv.Relname
 			}
 		}
 		return !found
 	})
-	return found
+	return found, err
 }
 
 // fromItem adds the relations of one FROM item to sc.

@@ -1,6 +1,8 @@
 package rewrite
 
 import (
+	"slices"
+
 	pg "github.com/pganalyze/pg_query_go/v6"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -29,20 +31,24 @@ func walkMessages(m proto.Message, f func(proto.Message) bool) {
 		rec(pm)
 	}
 	rec = func(pm protoreflect.Message) {
-		pm.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-			if fd.Kind() != protoreflect.MessageKind || fd.IsMap() {
-				return true
+		// Fields in declaration order, so that plans are deterministic
+		// (Range's order is undefined).
+		fields := pm.Descriptor().Fields()
+		for i := 0; i < fields.Len(); i++ {
+			fd := fields.Get(i)
+			if fd.Kind() != protoreflect.MessageKind || fd.IsMap() || !pm.Has(fd) {
+				continue
 			}
+			v := pm.Get(fd)
 			if fd.IsList() {
 				l := v.List()
-				for i := 0; i < l.Len(); i++ {
-					visit(l.Get(i).Message())
+				for j := 0; j < l.Len(); j++ {
+					visit(l.Get(j).Message())
 				}
 			} else {
 				visit(v.Message())
 			}
-			return true
-		})
+		}
 	}
 	if m != nil {
 		rec(m.ProtoReflect())
@@ -122,30 +128,38 @@ func figureName(n *pg.Node) string {
 	return "?column?"
 }
 
-// renumber gives the parameters of m consecutive numbers in order of first
-// appearance and returns where each comes from.
+// renumber gives the parameters of m consecutive numbers, the caller's in
+// their original order and then the driver's slots, and returns where each
+// comes from. A statement that keeps all of the caller's parameters and
+// adds none keeps its numbering.
 func renumber(m proto.Message) []Arg {
-	var args []Arg
-	seen := map[int32]int32{}
+	var refs []*pg.ParamRef
+	used := map[int32]bool{}
 	walk(m, func(n *pg.Node) bool {
-		p, ok := n.Node.(*pg.Node_ParamRef)
-		if !ok {
-			return true
+		if p, ok := n.Node.(*pg.Node_ParamRef); ok {
+			refs = append(refs, p.ParamRef)
+			used[p.ParamRef.Number] = true
 		}
-		old := p.ParamRef.Number
-		nw, ok := seen[old]
-		if !ok {
-			nw = int32(len(args) + 1)
-			seen[old] = nw
-			if old > slotBase {
-				args = append(args, Arg{Orig: -1, Slot: int(old - slotBase - 1)})
-			} else {
-				args = append(args, Arg{Orig: int(old - 1), Slot: -1})
-			}
-		}
-		p.ParamRef.Number = nw
 		return true
 	})
+	nums := make([]int32, 0, len(used))
+	for n := range used {
+		nums = append(nums, n)
+	}
+	slices.Sort(nums)
+	newNum := make(map[int32]int32, len(nums))
+	args := make([]Arg, len(nums))
+	for i, old := range nums {
+		newNum[old] = int32(i + 1)
+		if old > slotBase {
+			args[i] = Arg{Orig: -1, Slot: int(old - slotBase - 1)}
+		} else {
+			args[i] = Arg{Orig: int(old - 1), Slot: -1}
+		}
+	}
+	for _, r := range refs {
+		r.Number = newNum[r.Number]
+	}
 	return args
 }
 

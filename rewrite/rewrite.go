@@ -20,12 +20,18 @@ func Rewrite(sql string, cat Catalog) (*Plan, error) {
 	a := &analyzer{cat: cat, infos: map[*pg.SelectStmt]*selInfo{}, version: tree.Version}
 	inval, touched := false, false
 	for _, rs := range tree.Stmts {
-		if invalidates(rs.Stmt) {
-			inval = true
+		ddl := invalidates(rs.Stmt)
+		inval = inval || ddl
+		t, err := a.touches(rs.Stmt)
+		if err != nil {
+			if ddl {
+				// Migrations run before the schema map matches the
+				// database; DDL writes no rows, so let it through.
+				continue
+			}
+			return nil, err
 		}
-		if a.touches(rs.Stmt) {
-			touched = true
-		}
+		touched = touched || t
 	}
 	pass := &Plan{Passthrough: true, SQL: sql, Invalidates: inval}
 	if !touched {
