@@ -76,7 +76,7 @@ func (c *Conn) plan(ctx context.Context, query string) (*rewrite.Plan, error) {
 	if e, ok := c.c.plans.get(query); ok {
 		return e.plan, e.err
 	}
-	p, err := rewrite.Rewrite(query, boundCatalog{c: c.c.cat, ctx: ctx, conn: c.inner.Conn()})
+	p, err := safeRewrite(query, boundCatalog{c: c.c.cat, ctx: ctx, conn: c.inner.Conn()})
 	var pe *rewrite.ParseError
 	switch {
 	case errors.As(err, &pe):
@@ -95,6 +95,17 @@ func (c *Conn) plan(ctx context.Context, query string) (*rewrite.Plan, error) {
 	}
 	c.c.plans.put(query, planEntry{plan: p, err: err})
 	return p, err
+}
+
+// safeRewrite contains a panic in the rewriter: the statement is refused
+// rather than the application crashing or the statement running unchecked.
+func safeRewrite(query string, cat rewrite.Catalog) (p *rewrite.Plan, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			p, err = nil, fmt.Errorf("kmspostgres: internal error planning a statement (%v); it was not run", r)
+		}
+	}()
+	return rewrite.Rewrite(query, cat)
 }
 
 // crossCheck asks the server to describe a rewritten query and checks its
