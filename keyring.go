@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kmspostgres/kmspostgres/envelope"
@@ -146,10 +147,12 @@ func (k *keyring) unwrapAll(ctx context.Context, items []*unwrapItem, limit int)
 	})
 }
 
-// parallel runs f(0..n-1) with at most limit running at once and returns
-// the first error.
+// parallel runs f(0..n-1) on at most limit goroutines and returns the
+// first error. Workers pull indexes, so n items cost limit goroutines, not
+// n.
 func parallel(n, limit int, f func(i int) error) error {
-	if n == 1 || limit <= 1 {
+	workers := min(n, limit)
+	if workers <= 1 {
 		for i := 0; i < n; i++ {
 			if err := f(i); err != nil {
 				return err
@@ -157,27 +160,27 @@ func parallel(n, limit int, f func(i int) error) error {
 		}
 		return nil
 	}
-	sem := make(chan struct{}, limit)
-	errs := make(chan error, 1)
-	var wg sync.WaitGroup
-	for i := 0; i < n; i++ {
-		sem <- struct{}{}
+	var (
+		next     atomic.Int64
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+	)
+	for range workers {
 		wg.Add(1)
 		go func() {
-			defer func() { <-sem; wg.Done() }()
-			if err := f(i); err != nil {
-				select {
-				case errs <- err:
-				default:
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				if err := f(i); err != nil {
+					errOnce.Do(func() { firstErr = err })
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	select {
-	case err := <-errs:
-		return err
-	default:
-		return nil
-	}
+	return firstErr
 }

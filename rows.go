@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/kmspostgres/kmspostgres/envelope"
@@ -135,7 +137,7 @@ func (r *rows) decrypt() error {
 	}
 	// Which key each (row, source) needs.
 	ids := make([][]string, len(r.buf))
-	pending := map[string]*unwrapItem{}
+	pending := make(map[string]*unwrapItem, len(r.buf))
 	var items []*unwrapItem
 	pks := make([][][]string, len(r.buf))
 	for ri, row := range r.buf {
@@ -155,6 +157,17 @@ func (r *rows) decrypt() error {
 			if !ok {
 				return fail(si, pk, fmt.Errorf("%w: the key column is not text", ErrFormat))
 			}
+			// Table, key, wrapped key (which carries the version) and
+			// primary key determine the context: no need to build it for
+			// keys already unwrapped.
+			id := s.Table.Name + "\x00" + strconv.Itoa(s.Key) + "\x00" + text + "\x00" + strings.Join(pk, "\x00")
+			ids[ri][si] = id
+			if _, ok := r.keys[id]; ok {
+				continue
+			}
+			if _, ok := pending[id]; ok {
+				continue
+			}
 			ti := infos[si]
 			wk, err := envelope.ParseWrappedKey(text)
 			if err != nil {
@@ -164,20 +177,9 @@ func (r *rows) decrypt() error {
 			if err != nil {
 				return fail(si, pk, err)
 			}
-			canon, err := ectx.Canonical()
-			if err != nil {
-				return fail(si, pk, err)
-			}
-			id := keyID + "\x00" + text + "\x00" + string(canon)
-			ids[ri][si] = id
-			if _, ok := r.keys[id]; ok {
-				continue
-			}
-			if _, ok := pending[id]; !ok {
-				it := &unwrapItem{keyID: keyID, version: wk.Version, ctx: ectx, wrapped: wk.Ciphertext}
-				pending[id] = it
-				items = append(items, it)
-			}
+			it := &unwrapItem{keyID: keyID, version: wk.Version, ctx: ectx, wrapped: wk.Ciphertext}
+			pending[id] = it
+			items = append(items, it)
 		}
 	}
 	if len(items) > 0 {

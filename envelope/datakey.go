@@ -74,9 +74,10 @@ func DecodeBase64(s string) ([]byte, error) {
 	if strings.ContainsAny(s, "\r\n") {
 		return nil, fmt.Errorf("%w: base64 with a line break", ErrFormat)
 	}
-	b, err := base64.StdEncoding.Strict().DecodeString(s)
+	b := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
+	n, err := base64.StdEncoding.Strict().Decode(b, []byte(s))
 	if err != nil {
 		return nil, fmt.Errorf("%w: invalid base64", ErrFormat)
 	}
-	return b, nil
+	return b[:n], nil
 }

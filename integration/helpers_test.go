@@ -150,7 +150,12 @@ func (e *env) dsn() string {
 // open opens another *sql.DB with the test provider and the recorder.
 func (e *env) open(opts ...kmspostgres.Option) *sql.DB {
 	e.t.Helper()
-	opts = append([]kmspostgres.Option{kmspostgres.WithProvider(e.kms), kmspostgres.WithObserver(e.events)}, opts...)
+	return e.openBare(append([]kmspostgres.Option{kmspostgres.WithProvider(e.kms), kmspostgres.WithObserver(e.events)}, opts...)...)
+}
+
+// openBare opens a *sql.DB with only the given options.
+func (e *env) openBare(opts ...kmspostgres.Option) *sql.DB {
+	e.t.Helper()
 	c, err := kmspostgres.NewConnector(e.dsn(), opts...)
 	if err != nil {
 		e.t.Fatal(err)
