@@ -13,6 +13,7 @@ import (
 	"database/sql"
 	_ "embed"
 	"fmt"
+	"io"
 	"log"
 	"net/url"
 	"os"
@@ -49,7 +50,7 @@ func main() {
 	if err := os.WriteFile(path, schemaMap, 0o600); err != nil {
 		log.Fatal(err)
 	}
-	if err := run(context.Background(), dsn, path); err != nil {
+	if err := run(context.Background(), os.Stdout, dsn, path); err != nil {
 		log.Fatal(err)
 	}
 }
@@ -62,7 +63,7 @@ func withParam(dsn, key, value string) string {
 	return dsn + sep + key + "=" + url.QueryEscape(value)
 }
 
-func run(ctx context.Context, dsn, schemaPath string) error {
+func run(ctx context.Context, w io.Writer, dsn, schemaPath string) error {
 	// The only change an application makes: the driver name and kms_schema.
 	db, err := sql.Open("kmspostgres", withParam(dsn, "kms_schema", schemaPath))
 	if err != nil {
@@ -106,7 +107,7 @@ func run(ctx context.Context, dsn, schemaPath string) error {
 		return err
 	}
 
-	fmt.Println("What the application sees (kmspostgres):")
+	fmt.Fprintln(w, "What the application sees (kmspostgres):")
 	rows, err := db.QueryContext(ctx, `SELECT id, ward, name, diagnosis, date_of_birth FROM patients ORDER BY id`)
 	if err != nil {
 		return err
@@ -118,13 +119,13 @@ func run(ctx context.Context, dsn, schemaPath string) error {
 		if err := rows.Scan(&id, &ward, &name, &diagnosis, &dob); err != nil {
 			return err
 		}
-		fmt.Printf("  %d  %-10s  %-12s  %-12s  %s\n", id, ward, name, diagnosis, dob.Format("2006-01-02"))
+		fmt.Fprintf(w, "  %d  %-10s  %-12s  %-12s  %s\n", id, ward, name, diagnosis, dob.Format("2006-01-02"))
 	}
 	if err := rows.Close(); err != nil {
 		return err
 	}
 
-	fmt.Println("\nWhat the table holds (plain pgx):")
+	fmt.Fprintln(w, "\nWhat the table holds (plain pgx):")
 	rows, err = raw.QueryContext(ctx, `SELECT id, ward, name, diagnosis, date_of_birth, encrypted_kms_key FROM patients ORDER BY id`)
 	if err != nil {
 		return err
@@ -135,14 +136,14 @@ func run(ctx context.Context, dsn, schemaPath string) error {
 		if err := rows.Scan(&id, &ward, &name, &diagnosis, &dob, &key); err != nil {
 			return err
 		}
-		fmt.Printf("  %d  %-10s  name=%.24s…  diagnosis=%.24s…  date_of_birth=%.20s…  encrypted_kms_key=%.24s…\n", id, ward, name, diagnosis, dob, key)
+		fmt.Fprintf(w, "  %d  %-10s  name=%.24s…  diagnosis=%.24s…  date_of_birth=%.20s…  encrypted_kms_key=%.24s…\n", id, ward, name, diagnosis, dob, key)
 	}
 	if err := rows.Close(); err != nil {
 		return err
 	}
 
-	fmt.Println("\nAnd what the driver refuses (the database only sees ciphertext):")
+	fmt.Fprintln(w, "\nAnd what the driver refuses (the database only sees ciphertext):")
 	_, err = db.QueryContext(ctx, `SELECT id FROM patients WHERE diagnosis = 'stable'`)
-	fmt.Printf("  %v\n", err)
+	fmt.Fprintf(w, "  %v\n", err)
 	return nil
 }
