@@ -241,9 +241,20 @@ func TestSelectShapes(t *testing.T) {
 // strings runs a query and renders its rows as "a,b|c,d".
 func (e *env) strings(query string, args ...any) string {
 	e.t.Helper()
-	rows, err := e.db.Query(query, args...)
+	return queryStrings(e.t, e.db, query, args...)
+}
+
+// stringsOf is strings on another *sql.DB.
+func stringsOf(t testing.TB, db *sql.DB, query string, args ...any) string {
+	t.Helper()
+	return queryStrings(t, db, query, args...)
+}
+
+func queryStrings(t testing.TB, db *sql.DB, query string, args ...any) string {
+	t.Helper()
+	rows, err := db.Query(query, args...)
 	if err != nil {
-		e.t.Fatalf("%s: %v", query, err)
+		t.Fatalf("%s: %v", query, err)
 	}
 	defer rows.Close()
 	cols, _ := rows.Columns()
@@ -255,7 +266,7 @@ func (e *env) strings(query string, args ...any) string {
 			ptrs[i] = &vals[i]
 		}
 		if err := rows.Scan(ptrs...); err != nil {
-			e.t.Fatal(err)
+			t.Fatal(err)
 		}
 		parts := make([]string, len(cols))
 		for i, v := range vals {
@@ -267,7 +278,7 @@ func (e *env) strings(query string, args ...any) string {
 		out = append(out, strings.Join(parts, ","))
 	}
 	if err := rows.Err(); err != nil {
-		e.t.Fatalf("%s: %v", query, err)
+		t.Fatalf("%s: %v", query, err)
 	}
 	return strings.Join(out, "|")
 }
