@@ -153,3 +153,18 @@ func (p *planCache) clear() {
 	p.m = map[string]planEntry{}
 	p.mu.Unlock()
 }
+
+// Check connects and resolves the whole schema map against the database:
+// every table, column, key column and primary key must exist with a
+// supported type. It reports the first mismatch (ErrSchema).
+func (c *Connector) Check(ctx context.Context) error {
+	dc, err := c.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer dc.Close()
+	b := boundCatalog{c: c.cat, ctx: ctx, conn: dc.(*Conn).inner.Conn()}
+	c.cat.mu.Lock()
+	defer c.cat.mu.Unlock()
+	return b.ensure()
+}

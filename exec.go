@@ -92,11 +92,11 @@ func (c *Conn) mint(ctx context.Context, ti *tableInfo, k int, pk []string) (row
 	return rowKey{wrapped: w, ck: ck}, nil
 }
 
-// open unwraps a row's existing data key.
-func (c *Conn) open(ctx context.Context, ti *tableInfo, k int, pk []string, wrapped string) (rowKey, error) {
+// unwrapRow unwraps a row's existing data key.
+func (c *Conn) unwrapRow(ctx context.Context, ti *tableInfo, k int, pk []string, wrapped string) ([]byte, error) {
 	key := ti.key(k)
-	fail := func(err error) (rowKey, error) {
-		return rowKey{}, fmt.Errorf("kmspostgres: %s (%s), key %s: %w", ti.rt.Name, pkLabel(ti.rt, pk), key.Name, err)
+	fail := func(err error) ([]byte, error) {
+		return nil, fmt.Errorf("kmspostgres: %s (%s), key %s: %w", ti.rt.Name, pkLabel(ti.rt, pk), key.Name, err)
 	}
 	wk, err := envelope.ParseWrappedKey(wrapped)
 	if err != nil {
@@ -110,9 +110,18 @@ func (c *Conn) open(ctx context.Context, ti *tableInfo, k int, pk []string, wrap
 	if err != nil {
 		return fail(err)
 	}
+	return dk, nil
+}
+
+// open unwraps a row's existing data key, ready for sealing.
+func (c *Conn) open(ctx context.Context, ti *tableInfo, k int, pk []string, wrapped string) (rowKey, error) {
+	dk, err := c.unwrapRow(ctx, ti, k, pk, wrapped)
+	if err != nil {
+		return rowKey{}, err
+	}
 	ck, err := envelope.NewCellKey(dk)
 	if err != nil {
-		return fail(err)
+		return rowKey{}, err
 	}
 	return rowKey{wrapped: wrapped, ck: ck}, nil
 }
