@@ -41,12 +41,23 @@ type kmsCase struct {
 	requests func() int64
 }
 
-// useProvider routes the kind's key ids to p for the test.
+// defaultFactories are what each provider package registers.
+var defaultFactories = map[providers.Kind]providers.Factory{
+	providers.KindTest: func() (providers.Provider, error) { return testkey.New(), nil },
+	providers.KindAWS: func() (providers.Provider, error) {
+		return awskms.New(context.Background())
+	},
+	providers.KindGCP: func() (providers.Provider, error) {
+		return gcpkms.New(context.Background())
+	},
+	providers.KindVault: func() (providers.Provider, error) { return vault.New() },
+}
+
+// useProvider routes the kind's key ids to p for the test, then restores
+// the package's own factory.
 func useProvider(t *testing.T, kind providers.Kind, p providers.Provider) {
 	providers.Register(kind, func() (providers.Provider, error) { return p, nil })
-	t.Cleanup(func() {
-		providers.Register(kind, func() (providers.Provider, error) { return nil, errors.New("provider of another test") })
-	})
+	t.Cleanup(func() { providers.Register(kind, defaultFactories[kind]) })
 }
 
 func conformance(t *testing.T, c kmsCase) {

@@ -115,9 +115,13 @@ func TestInsertSelectUpdateDelete(t *testing.T) {
 		_ = rest
 		row := e.db.QueryRow("INSERT INTO users (name, email) VALUES ('eve', 'eve@example.com') RETURNING *")
 		var org sql.NullInt64
-		var dob, bal, k1, k2 sql.NullString
-		if err := row.Scan(&star.id, &org, &star.name, &star.email, &star.phone, &dob, &bal, &k1, &k2); err != nil || star.email.String != "eve@example.com" || !strings.HasPrefix(k1.String, "v1:") {
+		var dob, bal sql.NullString
+		if err := row.Scan(&star.id, &org, &star.name, &star.email, &star.phone, &dob, &bal); err != nil || star.email.String != "eve@example.com" {
 			t.Fatalf("returning *: %v %+v", err, star)
+		}
+		var k1 string
+		if err := e.db.QueryRow("SELECT encrypted_kms_key FROM users WHERE id = $1", star.id).Scan(&k1); err != nil || !strings.HasPrefix(k1, "v1:") {
+			t.Fatalf("key column by name: %q %v", k1, err)
 		}
 		// IS NULL works on ciphertext.
 		var n int
@@ -229,7 +233,8 @@ func TestSelectShapes(t *testing.T) {
 		t.Fatal(err)
 	}
 	cols, _ := rows.Columns()
-	if strings.Join(cols, ",") != "id,org_id,name,email,phone,dob,balance,encrypted_kms_key,encrypted_kms_key_phone" {
+	// Key columns are the driver's: left out of *, selectable by name.
+	if strings.Join(cols, ",") != "id,org_id,name,email,phone,dob,balance" {
 		t.Fatalf("columns %v", cols)
 	}
 	rows.Close()

@@ -12,6 +12,9 @@ import (
 type out struct {
 	name string
 	enc  *encRef // nil: plain
+	// keyCol marks a key column: selectable by name, but left out of *,
+	// so that adding it to a table changes no SELECT * and no model.
+	keyCol bool
 }
 
 // encRef says that a value is an encrypted column's ciphertext, and where
@@ -123,6 +126,9 @@ func baseRel(t *Table, qual string) *rel {
 	}
 	for _, c := range t.Columns {
 		o := &out{name: c}
+		for _, k := range t.Keys {
+			o.keyCol = o.keyCol || k.Column == c
+		}
 		if ec, ok := t.Encrypted[c]; ok {
 			o.enc = &encRef{table: t, column: c, src: srcs[ec.Key]}
 		}
@@ -748,7 +754,11 @@ func (a *analyzer) targets(tl *[]*pg.Node, sc *scope, exprWhere string) ([]*out,
 					if r.opaque {
 						known = false
 					}
-					outs = append(outs, r.cols...)
+					for _, c := range r.cols {
+						if !c.keyCol {
+							outs = append(outs, c)
+						}
+					}
 				}
 				stars = append(stars, star{at: i, rels: rels})
 				continue
@@ -813,6 +823,9 @@ func (a *analyzer) targets(tl *[]*pg.Node, sc *scope, exprWhere string) ([]*out,
 			}
 			seen := map[string]bool{}
 			for _, c := range r.cols {
+				if c.keyCol {
+					continue
+				}
 				if seen[c.name] {
 					return nil, false, refuse(nil, "", "SELECT * over "+r.name+", which has two columns named "+c.name, "give its columns distinct names")
 				}
