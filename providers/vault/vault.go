@@ -14,6 +14,7 @@ package vault
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -178,14 +179,30 @@ func (p *Provider) UnwrapBatch(ctx context.Context, keyID string, reqs []provide
 		}
 		batch[i] = map[string]any{"ciphertext": string(r.Wrapped), "context": ec}
 	}
-	// With a partial failure Vault answers 200 and reports each item;
-	// when every item fails it answers 400.
-	s, err := p.c.Logical().WriteWithContext(ctx, p.mount+"/decrypt/"+name, map[string]any{
-		"batch_input":                   batch,
-		"partial_failure_response_code": 200,
-	})
+	// With a partial failure Vault answers 200 and reports each item; when
+	// every item fails it answers 400, still with batch_results, which the
+	// raw call keeps readable.
+	body, err := json.Marshal(map[string]any{"batch_input": batch, "partial_failure_response_code": 200})
 	if err != nil {
+		return fail(err)
+	}
+	r := p.c.NewRequest("PUT", "/v1/"+p.mount+"/decrypt/"+name)
+	r.BodyBytes = body
+	//lint:ignore SA1019 the raw response is needed: Logical().Write drops a 400's batch_results
+	resp, err := p.c.RawRequestWithContext(ctx, r)
+	if resp != nil {
+		defer resp.Body.Close()
+	}
+	var re *api.ResponseError
+	if err != nil && !(errors.As(err, &re) && re.StatusCode == 400 && resp != nil) {
 		return fail(classify(err))
+	}
+	s, perr := api.ParseSecret(resp.Body)
+	if perr != nil || s == nil {
+		if err != nil {
+			return fail(classify(err))
+		}
+		return fail(fmt.Errorf("%w: unreadable Vault answer: %v", providers.ErrUnavailable, perr))
 	}
 	items, _ := s.Data["batch_results"].([]any)
 	if len(items) != len(reqs) {
