@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,11 +25,48 @@ func valueOf(v rewrite.Value, args []driver.NamedValue) (any, error) {
 		if v.Param < 0 || v.Param >= len(args) {
 			return nil, fmt.Errorf("kmspostgres: the statement uses $%d but %d arguments were given", v.Param+1, len(args))
 		}
-		return args[v.Param].Value, nil
+		return resolveValue(args[v.Param].Value)
 	case rewrite.ValConst:
 		return v.Const, nil
 	}
 	return nil, nil
+}
+
+// resolveValue turns an argument into what it stands for, as database/sql
+// would before a driver sees it: a driver.Valuer into its value (a nil
+// pointer Valuer, or sql.NullString{}, into NULL), a pointer into what it
+// points to. The driver accepts arguments unconverted (NamedValueChecker),
+// so it must see that sql.NullTime{} is NULL, not a value to encrypt.
+func resolveValue(v any) (any, error) {
+	for depth := 0; depth < 8; depth++ {
+		if v == nil {
+			return nil, nil
+		}
+		rv := reflect.ValueOf(v)
+		if rv.Kind() == reflect.Pointer && rv.IsNil() {
+			return nil, nil
+		}
+		if vr, ok := v.(driver.Valuer); ok {
+			dv, err := vr.Value()
+			if err != nil {
+				return nil, fmt.Errorf("kmspostgres: %T.Value: %w", v, err)
+			}
+			if dv == nil {
+				return nil, nil
+			}
+			if _, still := dv.(driver.Valuer); !still {
+				return dv, nil
+			}
+			v = dv
+			continue
+		}
+		if rv.Kind() == reflect.Pointer {
+			v = rv.Elem().Interface()
+			continue
+		}
+		return v, nil
+	}
+	return nil, fmt.Errorf("kmspostgres: %T: Value() nests too deep", v)
 }
 
 // pkText renders a primary-key value exactly as PostgreSQL's ::text does,

@@ -212,3 +212,5 @@ func mustErrIs(t testing.TB, err, target error) {
 		t.Fatalf("err = %v, want %v", err, target)
 	}
 }
+
+func errorsAs(err error, target any) bool { return errors.As(err, target) }

@@ -368,3 +368,23 @@ func TestRawConnAndPing(t *testing.T) {
 	}
 	_ = stdlib.GetDefaultDriver
 }
+
+// TestNullValuers: sql.Null* with Valid false, nil pointers and nil-pointer
+// Valuers are NULL, not values to encrypt (found by the sqlc suite).
+func TestNullValuers(t *testing.T) {
+	e := newEnv(t, usersDDL, usersMap)
+	var nilStr *string
+	var nilValuer *sql.NullString
+	e.exec("INSERT INTO users (id, name, email, dob, balance, phone) VALUES (1, 'a', $1, $2, $3, $4)",
+		sql.NullString{}, sql.NullTime{}, nilStr, nilValuer)
+	if got := e.rawValues("SELECT coalesce(email, 'NULL') || coalesce(dob, 'NULL') || coalesce(balance, 'NULL') || coalesce(encrypted_kms_key, 'NULL') FROM users"); got[0] != "NULLNULLNULLNULL" {
+		t.Fatalf("stored %v: NULLs must stay NULL, with no data key", got)
+	}
+	s := "set"
+	e.exec("UPDATE users SET email = $1 WHERE id = 1", &s)
+	e.exec("UPDATE users SET dob = $1 WHERE id = 1", sql.NullTime{Time: time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC), Valid: true})
+	e.exec("UPDATE users SET balance = $1 WHERE id = 1", sql.NullString{})
+	if got := e.strings("SELECT email, dob, balance FROM users"); got != "set,2000-01-01T00:00:00Z,NULL" {
+		t.Fatalf("after updates: %s", got)
+	}
+}

@@ -4,6 +4,7 @@
 # directory that holds them. Rebuilt only when the pinned versions change.
 #
 #   local-kms  github.com/nsmithuk/local-kms (AWS KMS API, real AES-GCM)
+#   sqlc       github.com/sqlc-dev/sqlc v1.31.1 (cgo), to check generated code
 #   vault      HashiCorp Vault v1.21.0, from integration/tools/vault
 #              (~5 GB of module downloads and ~11 minutes on 2 cores the
 #              first time; seconds afterwards)
@@ -23,6 +24,16 @@ if [[ ! -x "$bin/local-kms-$localkms_version" ]]; then
   rm -rf "$tmp"
 fi
 ln -sf "local-kms-$localkms_version" "$bin/local-kms"
+
+sqlc_version="v1.31.1"
+if [[ ! -x "$bin/sqlc-$sqlc_version" ]]; then
+  echo "build-tools: installing sqlc $sqlc_version" >&2
+  tmp=$(mktemp -d)
+  GOBIN="$tmp" GOFLAGS=-mod=mod go install "github.com/sqlc-dev/sqlc/cmd/sqlc@$sqlc_version" >&2
+  mv "$tmp/sqlc" "$bin/sqlc-$sqlc_version"
+  rm -rf "$tmp"
+fi
+ln -sf "sqlc-$sqlc_version" "$bin/sqlc"
 
 if [[ ! -x "$bin/vault-$vault_hash" ]]; then
   echo "build-tools: building Vault (first time on this machine: about 11 minutes)" >&2

@@ -19,8 +19,7 @@ CREATE TABLE patients (
     date_of_birth     date NOT NULL,                  -- encrypted
     balance           numeric NOT NULL,               -- encrypted
     allergies         jsonb NOT NULL,                 -- encrypted
-    discharged_on     date,                           -- encrypted, nullable
-    encrypted_kms_key text
+    discharged_on     date                            -- encrypted, nullable
 );
 
 CREATE TABLE appointments (
@@ -35,6 +34,9 @@ CREATE TABLE clinical_notes (
     id                bigserial PRIMARY KEY,
     patient_id        bigint NOT NULL REFERENCES patients (id),
     written_at        timestamptz NOT NULL DEFAULT now(),
-    body              text NOT NULL,                  -- encrypted
-    encrypted_kms_key text
+    body              text NOT NULL                   -- encrypted
 );
+
+-- Not listed here: the key columns (encrypted_kms_key) that the migration
+-- adds. The driver manages them and leaves them out of SELECT *, so the
+-- models sqlc generates are the same as before encryption.
