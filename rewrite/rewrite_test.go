@@ -137,6 +137,8 @@ var cases = []string{
 	"SELECT * FROM users_view",
 	"COPY users TO STDOUT",
 	"SELECT 1; SELECT email FROM users",
+	"ALTER TABLE users ADD COLUMN nickname text; CREATE INDEX ON users (org_id); COMMENT ON TABLE users IS 'x'",
+	"ALTER TABLE users ADD COLUMN nickname text; INSERT INTO users (email) VALUES ('x')",
 	"SELECT email INTO t2 FROM users",
 	"EXPLAIN ANALYZE INSERT INTO users (email) VALUES ('x')",
 	// INSERT.
