@@ -6,27 +6,16 @@ import (
 	"encoding/base64"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 
+	"github.com/kmspostgres/kmspostgres/internal/testenv"
 	"github.com/kmspostgres/kmspostgres/providers"
 	"github.com/kmspostgres/kmspostgres/providers/testkey"
 )
 
-type recorder struct {
-	mu     sync.Mutex
-	events []providers.Event
-}
-
-func (r *recorder) Observe(e providers.Event) {
-	r.mu.Lock()
-	r.events = append(r.events, e)
-	r.mu.Unlock()
-}
-
 func TestBox(t *testing.T) {
 	ctx := context.Background()
-	rec := &recorder{}
+	rec := &testenv.Recorder{}
 	box, err := NewBox("insecure-test-key", WithObserver(rec))
 	if err != nil {
 		t.Fatal(err)
@@ -59,13 +48,12 @@ func TestBox(t *testing.T) {
 			t.Errorf("Decrypt(%q) succeeded", bad)
 		}
 	}
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	if len(rec.events) != 4 || rec.events[0].Op != providers.OpWrap || rec.events[1].Op != providers.OpUnwrap || rec.events[2].Err == nil {
-		t.Fatalf("events: %+v", rec.events)
+	events := rec.Events()
+	if len(events) != 4 || events[0].Op != providers.OpWrap || events[1].Op != providers.OpUnwrap || events[2].Err == nil {
+		t.Fatalf("events: %+v", events)
 	}
-	if rec.events[0].Context["model_id"] != "123" || rec.events[0].Version != 1 || rec.events[0].KeyID != "insecure-test-key" {
-		t.Fatalf("event fields: %+v", rec.events[0])
+	if events[0].Context["model_id"] != "123" || events[0].Version != 1 || events[0].KeyID != "insecure-test-key" {
+		t.Fatalf("event fields: %+v", events[0])
 	}
 }
 

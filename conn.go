@@ -162,6 +162,21 @@ func planArgs(p []rewrite.Arg, args []driver.NamedValue, slots []any) ([]driver.
 	return out, nil
 }
 
+// statement turns a rewritten plan into the SQL and arguments to run:
+// keys minted and cells sealed for an INSERT, rows keyed and locked for an
+// UPDATE. finish, when not nil, ends the transaction the driver opened.
+func (c *Conn) statement(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue) (string, []driver.NamedValue, func(error) error, error) {
+	switch {
+	case p.Insert != nil:
+		q, a, err := c.prepareInsert(ctx, p, args)
+		return q, a, nil, err
+	case p.Update != nil:
+		return c.prepareUpdate(ctx, p, args)
+	}
+	a, err := planArgs(p.Args, args, nil)
+	return p.SQL, a, nil, err
+}
+
 // ExecContext runs a statement.
 func (c *Conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
 	p, err := c.plan(ctx, query)
@@ -169,35 +184,21 @@ func (c *Conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		return nil, err
 	}
 	if p.Passthrough {
-		r, err := c.inner.ExecContext(ctx, query, args)
-		if p.Invalidates {
-			c.c.invalidate()
-		}
-		return r, err
+		defer c.afterPassthrough(p)
+		return c.inner.ExecContext(ctx, query, args)
 	}
-	switch {
-	case p.Insert != nil:
-		q, a, err := c.prepareInsert(ctx, p, args)
-		if err != nil {
-			return nil, err
-		}
-		return c.inner.ExecContext(ctx, q, a)
-	case p.Update != nil:
-		q, a, finish, err := c.prepareUpdate(ctx, p, args)
-		if err != nil {
-			return nil, err
-		}
-		res, err := c.inner.ExecContext(ctx, q, a)
-		if err = finish(err); err != nil {
-			return nil, err
-		}
-		return res, nil
-	}
-	a, err := planArgs(p.Args, args, nil)
+	q, a, finish, err := c.statement(ctx, p, args)
 	if err != nil {
 		return nil, err
 	}
-	return c.inner.ExecContext(ctx, p.SQL, a)
+	res, err := c.inner.ExecContext(ctx, q, a)
+	if finish != nil {
+		err = finish(err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
 }
 
 // QueryContext runs a query and decrypts its encrypted result columns.
@@ -207,31 +208,21 @@ func (c *Conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 		return nil, err
 	}
 	if p.Passthrough {
-		r, err := c.inner.QueryContext(ctx, query, args)
-		if p.Invalidates {
-			c.c.invalidate()
-		}
-		return r, err
+		defer c.afterPassthrough(p)
+		return c.inner.QueryContext(ctx, query, args)
 	}
-	switch {
-	case p.Insert != nil:
-		q, a, err := c.prepareInsert(ctx, p, args)
-		if err != nil {
-			return nil, err
-		}
-		return c.query(ctx, p.Out, q, a, nil)
-	case p.Update != nil:
-		q, a, finish, err := c.prepareUpdate(ctx, p, args)
-		if err != nil {
-			return nil, err
-		}
-		return c.query(ctx, p.Out, q, a, finish)
-	}
-	a, err := planArgs(p.Args, args, nil)
+	q, a, finish, err := c.statement(ctx, p, args)
 	if err != nil {
 		return nil, err
 	}
-	return c.query(ctx, p.Out, p.SQL, a, nil)
+	return c.query(ctx, p.Out, q, a, finish)
+}
+
+// afterPassthrough resets the caches after DDL.
+func (c *Conn) afterPassthrough(p *rewrite.Plan) {
+	if p.Invalidates {
+		c.c.invalidate()
+	}
 }
 
 // query runs q and wraps its rows to decrypt them. finish, if not nil,

@@ -116,11 +116,11 @@ func conformance(t *testing.T, c kmsCase) {
 				t.Fatal(err)
 			}
 		}
-		if w := e.events.count(providers.OpWrap); w != 40 {
+		if w := e.events.Count(providers.OpWrap); w != 40 {
 			t.Fatalf("wraps: %d, want one per row and key (40)", w)
 		}
 		e.assertNoPlaintext("users", "u1@x", "u19@x")
-		e.events.reset()
+		e.events.Reset()
 		var before int64
 		if c.requests != nil {
 			before = c.requests()
@@ -129,7 +129,7 @@ func conformance(t *testing.T, c kmsCase) {
 		if got != 40 {
 			t.Fatalf("read %d emails", got)
 		}
-		if u := e.events.count(providers.OpUnwrap); u != 40 {
+		if u := e.events.Count(providers.OpUnwrap); u != 40 {
 			t.Fatalf("unwraps: %d, want 40 (20 rows x 2 keys, deduplicated across the self-join)", u)
 		}
 		if c.requests != nil {
@@ -263,11 +263,7 @@ func TestConformanceAWS(t *testing.T) {
 	l := startLocalKMS(t)
 	px := newProxy(t, l.url())
 	// The provider is built from the SDK's default chain, as in production.
-	t.Setenv("AWS_ENDPOINT_URL_KMS", px.srv.URL)
-	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
-	t.Setenv("AWS_REGION", awsRegion)
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	awsEnv(t, px.srv.URL)
 	full, err := awskms.New(context.Background())
 	if err != nil {
 		t.Fatal(err)

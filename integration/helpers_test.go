@@ -14,57 +14,19 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/kmspostgres/kmspostgres"
-	"github.com/kmspostgres/kmspostgres/providers"
+	"github.com/kmspostgres/kmspostgres/internal/testenv"
 	"github.com/kmspostgres/kmspostgres/providers/testkey"
 )
 
-func databaseURL(t testing.TB) string {
-	t.Helper()
-	u := os.Getenv("KMSPG_TEST_DATABASE_URL")
-	if u == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("KMSPG_TEST_DATABASE_URL is not set under CI=true: run the tests with ./scripts/test.sh")
-		}
-		t.Skip("KMSPG_TEST_DATABASE_URL is not set; ./scripts/test.sh starts a throwaway PostgreSQL")
-	}
-	return u
-}
+func databaseURL(t testing.TB) string { return testenv.DatabaseURL(t) }
 
 // recorder counts audit events.
-type recorder struct {
-	mu     sync.Mutex
-	events []providers.Event
-}
-
-func (r *recorder) Observe(e providers.Event) {
-	r.mu.Lock()
-	r.events = append(r.events, e)
-	r.mu.Unlock()
-}
-
-func (r *recorder) count(op providers.Op) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	n := 0
-	for _, e := range r.events {
-		if e.Op == op {
-			n++
-		}
-	}
-	return n
-}
-
-func (r *recorder) reset() {
-	r.mu.Lock()
-	r.events = nil
-	r.mu.Unlock()
-}
+type recorder = testenv.Recorder
 
 // env is one test's world: its own PostgreSQL schema (namespace), the
 // tables of ddl in it, a schema map, a *sql.DB through kmspostgres and a
@@ -75,7 +37,7 @@ type env struct {
 	base   string // database URL with search_path set
 	schema string // path of the schema map file
 	kms    *testkey.Provider
-	events *recorder
+	events *testenv.Recorder
 	db     *sql.DB
 	raw    *pgx.Conn
 }

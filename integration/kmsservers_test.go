@@ -17,20 +17,14 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/kmspostgres/kmspostgres/internal/testenv"
 )
 
-// tool returns the path of a KMS server binary built by
-// scripts/build-tools.sh (scripts/test.sh sets KMSPG_TOOLS).
+// tool returns the path of a binary built by scripts/build-tools.sh.
 func tool(t testing.TB, name string) string {
 	t.Helper()
-	dir := os.Getenv("KMSPG_TOOLS")
-	if dir == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("KMSPG_TOOLS is not set under CI=true: run the tests with ./scripts/test.sh, which builds local-kms and Vault")
-		}
-		t.Skip("KMSPG_TOOLS is not set; ./scripts/test.sh builds local-kms and Vault")
-	}
-	p := filepath.Join(dir, name)
+	p := filepath.Join(testenv.ToolsDir(t), name)
 	if _, err := os.Stat(p); err != nil {
 		t.Fatalf("%s: %v", name, err)
 	}
@@ -129,6 +123,16 @@ Aliases:
   - AliasName: alias/kmspg
     TargetKeyId: ` + awsKeyA + `
 `
+}
+
+// awsEnv points the AWS SDK's default chain at a local-kms endpoint, as a
+// deployment's environment would point it at AWS.
+func awsEnv(t testing.TB, endpoint string) {
+	t.Setenv("AWS_ENDPOINT_URL_KMS", endpoint)
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
+	t.Setenv("AWS_REGION", awsRegion)
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 }
 
 func startLocalKMS(t testing.TB) *localKMS {

@@ -32,11 +32,7 @@ func BenchmarkUnwrap(b *testing.B) {
 	b.Run("testkey", func(b *testing.B) { run(b, testkey.New(), testkey.KeyID) })
 	b.Run("aws", func(b *testing.B) {
 		l := startLocalKMS(b)
-		b.Setenv("AWS_ENDPOINT_URL_KMS", l.url())
-		b.Setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-		b.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
-		b.Setenv("AWS_REGION", awsRegion)
-		b.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+		awsEnv(b, l.url())
 		p, err := awskms.New(ctx)
 		if err != nil {
 			b.Fatal(err)

@@ -25,11 +25,7 @@ type oneByOne struct{ providers.Provider }
 func TestSwitchKMSWithPreviousVersions(t *testing.T) {
 	l := startLocalKMS(t)
 	v := startVault(t)
-	t.Setenv("AWS_ENDPOINT_URL_KMS", l.url())
-	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
-	t.Setenv("AWS_REGION", awsRegion)
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	awsEnv(t, l.url())
 	t.Setenv("VAULT_ADDR", v.addr)
 	t.Setenv("VAULT_TOKEN", "root")
 	aws, err := awskms.New(context.Background())

@@ -48,8 +48,8 @@ func TestRewrap(t *testing.T) {
 	if st.Rewrapped != 25 || st.Changed != 0 {
 		t.Fatalf("users: %+v", st)
 	}
-	if rec.count(providers.OpUnwrap) != 25 || rec.count(providers.OpWrap) != 25 {
-		t.Fatalf("KMS calls: %d unwraps, %d wraps", rec.count(providers.OpUnwrap), rec.count(providers.OpWrap))
+	if rec.Count(providers.OpUnwrap) != 25 || rec.Count(providers.OpWrap) != 25 {
+		t.Fatalf("KMS calls: %d unwraps, %d wraps", rec.Count(providers.OpUnwrap), rec.Count(providers.OpWrap))
 	}
 	if st, err := c.Rewrap(ctx, "notes", kmspostgres.RewrapOptions{BatchSize: 4}); err != nil || st.Rewrapped != 25 {
 		t.Fatalf("notes: %+v %v", st, err)

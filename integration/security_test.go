@@ -209,11 +209,9 @@ func TestKeyVersionsAndContexts(t *testing.T) {
 		t.Fatalf("re-keyed row: %q", k)
 	}
 	// The context is what the KMS saw.
-	e2.events.reset()
+	e2.events.Reset()
 	db.QueryRow("SELECT email FROM users WHERE id = 1").Scan(&s)
-	e2.events.mu.Lock()
-	ev := e2.events.events
-	e2.events.mu.Unlock()
+	ev := e2.events.Events()
 	if len(ev) != 1 || ev[0].Context["model"] != "User" || ev[0].Context["model_id"] != "1" || ev[0].Version != 2 || ev[0].Op != providers.OpUnwrap {
 		t.Fatalf("audit event: %+v", ev)
 	}

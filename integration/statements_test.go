@@ -74,10 +74,10 @@ func TestInsertSelectUpdateDelete(t *testing.T) {
 		}
 
 		// UPDATE that sets every column of a key: a fresh key, no unwrap.
-		e.events.reset()
+		e.events.Reset()
 		e.exec("UPDATE users SET email = $1, name = $2, dob = $3, balance = NULL WHERE id = $4", "ada@new.example", "Ada", "1815-12-10", got[0].id)
-		if e.events.count(providers.OpUnwrap) != 0 || e.events.count(providers.OpWrap) != 1 {
-			t.Fatalf("fresh-key update: %d wraps %d unwraps", e.events.count(providers.OpWrap), e.events.count(providers.OpUnwrap))
+		if e.events.Count(providers.OpUnwrap) != 0 || e.events.Count(providers.OpWrap) != 1 {
+			t.Fatalf("fresh-key update: %d wraps %d unwraps", e.events.Count(providers.OpWrap), e.events.Count(providers.OpUnwrap))
 		}
 		// Set-based update over many rows, each under its own key.
 		res = e.exec("UPDATE users SET phone = $1 WHERE id > $2", []byte("phone-nine-nine"), int64(0))
@@ -142,13 +142,13 @@ func TestUpdateUnderExistingKey(t *testing.T) {
 		e.exec("INSERT INTO notes (owner, title, body) VALUES ($1, $2, $3)", i%2, fmt.Sprintf("title %d", i), fmt.Sprintf("body %d", i))
 	}
 	before := e.rawValues("SELECT encrypted_kms_key FROM notes ORDER BY id")
-	e.events.reset()
+	e.events.Reset()
 	// Setting one of two columns keeps each row's key: one unwrap per row, no wrap.
 	res := e.exec("UPDATE notes SET body = $1 WHERE owner = $2", "new body", 0)
 	if n, _ := res.RowsAffected(); n != 3 {
 		t.Fatalf("affected %d", n)
 	}
-	if w, u := e.events.count(providers.OpWrap), e.events.count(providers.OpUnwrap); w != 0 || u != 3 {
+	if w, u := e.events.Count(providers.OpWrap), e.events.Count(providers.OpUnwrap); w != 0 || u != 3 {
 		t.Fatalf("partial update: %d wraps, %d unwraps", w, u)
 	}
 	after := e.rawValues("SELECT encrypted_kms_key FROM notes ORDER BY id")

@@ -295,16 +295,16 @@ func TestAuditAndUnwrapDedup(t *testing.T) {
 		e.exec("INSERT INTO users (name, email, phone) VALUES ($1, $2, $3)", "n", fmt.Sprintf("u%d@x", i), []byte("p"))
 	}
 	// One wrap per inserted row and key.
-	if w := e.events.count(providers.OpWrap); w != 100 {
+	if w := e.events.Count(providers.OpWrap); w != 100 {
 		t.Fatalf("wraps: %d, want 100", w)
 	}
-	e.events.reset()
+	e.events.Reset()
 	// A self-join reads every row key twice per row: each is unwrapped once.
 	got := e.strings("SELECT a.email, b.email, a.phone FROM users a JOIN users b ON a.id = b.id")
 	if strings.Count(got, "|") != 49 {
 		t.Fatalf("rows: %d", strings.Count(got, "|")+1)
 	}
-	if u := e.events.count(providers.OpUnwrap); u != 100 {
+	if u := e.events.Count(providers.OpUnwrap); u != 100 {
 		t.Fatalf("unwraps: %d, want 100 (50 rows x 2 keys, deduplicated)", u)
 	}
 }

@@ -200,17 +200,24 @@ func qualOf(rv *pg.RangeVar) string {
 	return rv.Relname
 }
 
+// target resolves the table an INSERT, UPDATE or DELETE writes, and the
+// scope of its WITH clause. t is nil for a table that is not encrypted.
+func (a *analyzer) target(rv *pg.RangeVar, w *pg.WithClause) (cs *scope, target *rel, t *Table, err error) {
+	if cs, err = a.with(w, nil); err != nil {
+		return nil, nil, nil, err
+	}
+	if target, err = a.rangeVar(rv, &scope{}); err != nil {
+		return nil, nil, nil, err
+	}
+	if t, err = a.cat.Encrypted(rv.Schemaname, rv.Relname); err != nil {
+		return nil, nil, nil, err
+	}
+	return cs, target, t, nil
+}
+
 func (a *analyzer) insert(stmt *pg.Node, ins *pg.InsertStmt) (*Plan, error) {
 	rv := ins.Relation
-	cs, err := a.with(ins.WithClause, nil)
-	if err != nil {
-		return nil, err
-	}
-	target, err := a.rangeVar(rv, &scope{})
-	if err != nil {
-		return nil, err
-	}
-	t, err := a.cat.Encrypted(rv.Schemaname, rv.Relname)
+	cs, target, t, err := a.target(rv, ins.WithClause)
 	if err != nil {
 		return nil, err
 	}
@@ -532,15 +539,7 @@ type setCell struct {
 
 func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
 	rv := upd.Relation
-	cs, err := a.with(upd.WithClause, nil)
-	if err != nil {
-		return nil, err
-	}
-	target, err := a.rangeVar(rv, &scope{})
-	if err != nil {
-		return nil, err
-	}
-	t, err := a.cat.Encrypted(rv.Schemaname, rv.Relname)
+	cs, target, t, err := a.target(rv, upd.WithClause)
 	if err != nil {
 		return nil, err
 	}
@@ -718,11 +717,7 @@ func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
 }
 
 func (a *analyzer) delete(stmt *pg.Node, del *pg.DeleteStmt) (*Plan, error) {
-	cs, err := a.with(del.WithClause, nil)
-	if err != nil {
-		return nil, err
-	}
-	target, err := a.rangeVar(del.Relation, &scope{})
+	cs, target, _, err := a.target(del.Relation, del.WithClause)
 	if err != nil {
 		return nil, err
 	}

@@ -16,24 +16,22 @@ vault_hash=$(cat integration/tools/vault/go.mod integration/tools/vault/go.sum i
 bin="$cache/bin"
 mkdir -p "$bin"
 
-if [[ ! -x "$bin/local-kms-$localkms_version" ]]; then
-  echo "build-tools: installing local-kms $localkms_version" >&2
-  tmp=$(mktemp -d)
-  GOBIN="$tmp" GOFLAGS=-mod=mod go install "github.com/nsmithuk/local-kms@$localkms_version" >&2
-  mv "$tmp/local-kms" "$bin/local-kms-$localkms_version"
-  rm -rf "$tmp"
-fi
-ln -sf "local-kms-$localkms_version" "$bin/local-kms"
+# install NAME PACKAGE VERSION: go install into the cache, once per version.
+install() {
+  local name=$1 pkg=$2 version=$3
+  if [[ ! -x "$bin/$name-$version" ]]; then
+    echo "build-tools: installing $name $version" >&2
+    local tmp
+    tmp=$(mktemp -d)
+    GOBIN="$tmp" GOFLAGS=-mod=mod go install "$pkg@$version" >&2
+    mv "$tmp/$name" "$bin/$name-$version"
+    rm -rf "$tmp"
+  fi
+  ln -sf "$name-$version" "$bin/$name"
+}
 
-sqlc_version="v1.31.1"
-if [[ ! -x "$bin/sqlc-$sqlc_version" ]]; then
-  echo "build-tools: installing sqlc $sqlc_version" >&2
-  tmp=$(mktemp -d)
-  GOBIN="$tmp" GOFLAGS=-mod=mod go install "github.com/sqlc-dev/sqlc/cmd/sqlc@$sqlc_version" >&2
-  mv "$tmp/sqlc" "$bin/sqlc-$sqlc_version"
-  rm -rf "$tmp"
-fi
-ln -sf "sqlc-$sqlc_version" "$bin/sqlc"
+install local-kms github.com/nsmithuk/local-kms "$localkms_version"
+install sqlc github.com/sqlc-dev/sqlc/cmd/sqlc v1.31.1
 
 if [[ ! -x "$bin/vault-$vault_hash" ]]; then
   echo "build-tools: building Vault (first time on this machine: about 11 minutes)" >&2

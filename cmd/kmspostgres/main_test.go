@@ -12,16 +12,11 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib"
 
 	_ "github.com/kmspostgres/kmspostgres"
+	"github.com/kmspostgres/kmspostgres/internal/testenv"
 )
 
 func TestCLI(t *testing.T) {
-	base := os.Getenv("KMSPG_TEST_DATABASE_URL")
-	if base == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("KMSPG_TEST_DATABASE_URL is not set under CI=true")
-		}
-		t.Skip("KMSPG_TEST_DATABASE_URL is not set")
-	}
+	base := testenv.DatabaseURL(t)
 	raw, err := sql.Open("pgx", base)
 	if err != nil {
 		t.Fatal(err)

@@ -1,24 +1,19 @@
 package main
 
 import (
-	"database/sql"
-
 	"bytes"
 	"context"
-	_ "github.com/jackc/pgx/v5/stdlib"
-	"os"
+	"database/sql"
 	"strings"
 	"testing"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/kmspostgres/kmspostgres/internal/testenv"
 )
 
 func TestSqlcExample(t *testing.T) {
-	dsn := os.Getenv("KMSPG_TEST_DATABASE_URL")
-	if dsn == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("KMSPG_TEST_DATABASE_URL is not set under CI=true")
-		}
-		t.Skip("KMSPG_TEST_DATABASE_URL is not set")
-	}
+	dsn := testenv.DatabaseURL(t)
 	t.Setenv("KMS_KEY_ID", "insecure-test-key")
 	// Its own schema, so that it does not meet other tests' tables.
 	var out bytes.Buffer

@@ -7,16 +7,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kmspostgres/kmspostgres/internal/testenv"
 )
 
 func TestSqlxExample(t *testing.T) {
-	dsn := os.Getenv("KMSPG_TEST_DATABASE_URL")
-	if dsn == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("KMSPG_TEST_DATABASE_URL is not set under CI=true")
-		}
-		t.Skip("KMSPG_TEST_DATABASE_URL is not set")
-	}
+	dsn := testenv.DatabaseURL(t)
 	t.Setenv("KMS_KEY_ID", "insecure-test-key")
 	path := filepath.Join(t.TempDir(), "schema.yaml")
 	if err := os.WriteFile(path, schemaMap, 0o600); err != nil {
