@@ -1,6 +1,7 @@
 package envelope
 
 import (
+	"bytes"
 	"database/sql/driver"
 	"encoding/binary"
 	"encoding/hex"
@@ -203,7 +204,17 @@ func (t Type) Decode(b []byte) (any, error) {
 		return fmt.Errorf("%w: plaintext of %d bytes is not a %s; did the column's type change in the schema map?", ErrFormat, len(b), t)
 	}
 	switch t {
-	case Text, Numeric:
+	case Text:
+		if !utf8.Valid(b) || bytes.IndexByte(b, 0) >= 0 {
+			return nil, bad()
+		}
+		return string(b), nil
+	case Numeric:
+		// Encode stores the normalized form; anything else was not written
+		// as a numeric.
+		if n, err := NormalizeNumeric(string(b)); err != nil || n != string(b) {
+			return nil, bad()
+		}
 		return string(b), nil
 	case Bytea, JSON, JSONB:
 		if b == nil {
@@ -214,7 +225,11 @@ func (t Type) Decode(b []byte) (any, error) {
 		if len(b) != 8 {
 			return nil, bad()
 		}
-		return int64(binary.BigEndian.Uint64(b)), nil
+		i := int64(binary.BigEndian.Uint64(b))
+		if (t == Smallint && (i < math.MinInt16 || i > math.MaxInt16)) || (t == Integer && (i < math.MinInt32 || i > math.MaxInt32)) {
+			return nil, bad()
+		}
+		return i, nil
 	case Real, Double:
 		if len(b) != 8 {
 			return nil, bad()
