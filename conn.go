@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/kmspostgres/kmspostgres/rewrite"
@@ -189,16 +190,30 @@ func (c *Conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	}
 	q, a, finish, err := c.statement(ctx, p, args)
 	if err != nil {
-		return nil, err
+		return nil, c.staleCheck(err)
 	}
 	res, err := c.inner.ExecContext(ctx, q, a)
 	if finish != nil {
 		err = finish(err)
 	}
 	if err != nil {
-		return nil, err
+		return nil, c.staleCheck(err)
 	}
 	return res, nil
+}
+
+// staleCheck resets the caches when the database says a table or column
+// the plan named is gone: the schema changed outside the driver, and the
+// next run plans again. The error is returned as it is.
+func (c *Conn) staleCheck(err error) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch pe.Code {
+		case "42703", "42P01", "42804": // undefined column, undefined table, datatype mismatch
+			c.c.invalidate()
+		}
+	}
+	return err
 }
 
 // QueryContext runs a query and decrypts its encrypted result columns.
@@ -213,9 +228,10 @@ func (c *Conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	}
 	q, a, finish, err := c.statement(ctx, p, args)
 	if err != nil {
-		return nil, err
+		return nil, c.staleCheck(err)
 	}
-	return c.query(ctx, p.Out, q, a, finish)
+	rows, err := c.query(ctx, p.Out, q, a, finish)
+	return rows, c.staleCheck(err)
 }
 
 // afterPassthrough resets the caches after DDL.

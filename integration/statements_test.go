@@ -433,3 +433,23 @@ func TestPreparedAndTransactions(t *testing.T) {
 		tx.Rollback()
 	})
 }
+
+// TestSchemaChangedOutsideTheDriver: a column dropped by another process
+// fails the cached plan once, then the driver plans again.
+func TestSchemaChangedOutsideTheDriver(t *testing.T) {
+	e := newEnv(t, usersDDL, usersMap)
+	e.exec("INSERT INTO users (id, name, email) VALUES (1, 'a', 'a@x')")
+	if got := e.strings("SELECT * FROM users"); !strings.Contains(got, "a@x") {
+		t.Fatal(got)
+	}
+	if _, err := e.raw.Exec(context.Background(), "ALTER TABLE users DROP COLUMN org_id"); err != nil {
+		t.Fatal(err)
+	}
+	// The cached plan still names org_id: the server refuses it once.
+	if _, err := e.db.Query("SELECT * FROM users"); err == nil || !strings.Contains(err.Error(), "org_id") {
+		t.Fatalf("first run after the change: %v", err)
+	}
+	if got := e.strings("SELECT * FROM users"); got != "1,a,a@x,NULL,NULL,NULL" {
+		t.Fatalf("after an outside ALTER: %s", got)
+	}
+}
