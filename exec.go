@@ -403,10 +403,9 @@ func (c *Conn) keyUpdate(ctx context.Context, p *rewrite.Plan, ti *tableInfo, ar
 	keyRows := func(rows []updRow, prior map[string]*updRow, priorKeys map[string][]rowKey) (map[string][]rowKey, error) {
 		out := make(map[string][]rowKey, len(rows))
 		type job struct {
-			id   string
-			r    *updRow
-			i    int
-			fail error
+			id string
+			r  *updRow
+			i  int
 		}
 		var jobs []*job
 		for ri := range rows {

@@ -39,7 +39,7 @@ func (w WrappedKey) String() string {
 // value itself.
 func ParseWrappedKey(s string) (WrappedKey, error) {
 	if len(s) < 4 || s[0] != 'v' {
-		return WrappedKey{}, fmt.Errorf("%w: wrapped key does not start with v<version>:", ErrFormat)
+		return WrappedKey{}, fmt.Errorf("%w: wrapped key does not start with v<version>", ErrFormat)
 	}
 	colon := strings.IndexByte(s, ':')
 	if colon < 2 {

@@ -2,6 +2,7 @@ package rewrite
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
@@ -650,7 +651,7 @@ func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
 	types = append(types, "text[]::tid[]")
 	for i, c := range cells {
 		up.Cells = append(up.Cells, Cell{Column: c.name, Key: c.ec.Key, Value: c.val, Slot: up.Slots})
-		name := "c" + itoa(i)
+		name := "c" + strconv.Itoa(i)
 		colNames = append(colNames, name)
 		if c.ec.Bytea {
 			types = append(types, "bytea[]")
@@ -666,7 +667,7 @@ func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
 			fresh = fresh && set[c]
 		}
 		up.Keys = append(up.Keys, UpdateKey{Key: k, Fresh: fresh, Slot: up.Slots})
-		name := "k" + itoa(i)
+		name := "k" + strconv.Itoa(i)
 		colNames = append(colNames, name)
 		types = append(types, "text[]")
 		upd.TargetList = append(upd.TargetList, resTarget(t.Keys[k].Column, colRef("__kmspg_v", name)))
@@ -704,7 +705,7 @@ func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
 	// UPDATE … FROM unnest(arrays) AS __kmspg_v(ctid, c0, …, k0, …) WHERE q.ctid = __kmspg_v.ctid
 	var args []string
 	for i, ty := range types {
-		args = append(args, "$"+itoa(slotBase+1+i)+"::"+ty)
+		args = append(args, "$"+strconv.Itoa(slotBase+1+i)+"::"+ty)
 	}
 	snippet := parseOne("SELECT FROM unnest(" + strings.Join(args, ", ") + ") AS __kmspg_v(" + strings.Join(colNames, ", ") + ")").GetSelectStmt()
 	upd.FromClause = snippet.FromClause
@@ -735,12 +736,4 @@ func (a *analyzer) delete(stmt *pg.Node, del *pg.DeleteStmt) (*Plan, error) {
 		return &Plan{Passthrough: true}, err
 	}
 	return &Plan{Out: out}, nil
-}
-
-func itoa(i int) string {
-	const digits = "0123456789"
-	if i < 10 {
-		return digits[i : i+1]
-	}
-	return itoa(i/10) + digits[i%10:i%10+1]
 }
