@@ -308,6 +308,7 @@ func (c *Conn) prepareInsert(ctx context.Context, p *rewrite.Plan, args []driver
 type updRow struct {
 	ctid string
 	pk   []string
+	id   string // pk joined, to match a row across the two reads
 	keys []*string
 }
 
@@ -330,6 +331,7 @@ func (c *Conn) selectRows(ctx context.Context, sql string, args []any, npk, nkey
 		if err := rows.Scan(dest...); err != nil {
 			return nil, err
 		}
+		r.id = strings.Join(r.pk, "\x00")
 		out = append(out, r)
 	}
 	return out, rows.Err()
@@ -410,7 +412,7 @@ func (c *Conn) keyUpdate(ctx context.Context, p *rewrite.Plan, ti *tableInfo, ar
 		var jobs []*job
 		for ri := range rows {
 			r := &rows[ri]
-			id := strings.Join(r.pk, "\x00")
+			id := r.id
 			out[id] = make([]rowKey, len(up.Keys))
 			for i, k := range up.Keys {
 				if skip[i] {
@@ -458,7 +460,7 @@ func (c *Conn) keyUpdate(ctx context.Context, p *rewrite.Plan, ti *tableInfo, ar
 	}
 	prior := make(map[string]*updRow, len(peek))
 	for i := range peek {
-		prior[strings.Join(peek[i].pk, "\x00")] = &peek[i]
+		prior[peek[i].id] = &peek[i]
 	}
 	locked, err := c.selectRows(ctx, up.LockSQL, anyArgs, npk, nk)
 	if err != nil {
@@ -483,7 +485,7 @@ func (c *Conn) keyUpdate(ctx context.Context, p *rewrite.Plan, ti *tableInfo, ar
 		texts := make([]*string, len(locked))
 		raws := make([][]byte, len(locked))
 		for ri, r := range locked {
-			rk := keys[strings.Join(r.pk, "\x00")][keyIndex[cell.Key]]
+			rk := keys[r.id][keyIndex[cell.Key]]
 			if vals[ci] == nil || rk.ck == nil {
 				continue
 			}
@@ -507,7 +509,7 @@ func (c *Conn) keyUpdate(ctx context.Context, p *rewrite.Plan, ti *tableInfo, ar
 	for i, k := range up.Keys {
 		col := make([]*string, len(locked))
 		for ri, r := range locked {
-			if rk := keys[strings.Join(r.pk, "\x00")][i]; rk.ck != nil {
+			if rk := keys[r.id][i]; rk.ck != nil {
 				w := rk.wrapped
 				col[ri] = &w
 			}

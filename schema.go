@@ -332,17 +332,12 @@ func (s *Schema) Validate() error {
 			if c.Type == 0 {
 				c.Type = envelope.Text
 			}
-			if _, ok := typeNameOK(c.Type); !ok {
+			if !c.Type.Valid() {
 				return fail("table %s, column %s: unknown type %v", tn, cn, c.Type)
 			}
 		}
 	}
 	return nil
-}
-
-func typeNameOK(t envelope.Type) (string, bool) {
-	_, err := envelope.ParseType(t.String())
-	return t.String(), err == nil
 }
 
 var placeholder = regexp.MustCompile(`\{([^{}]*)\}`)

@@ -76,6 +76,12 @@ func ParseType(name string) (Type, error) {
 	return t, nil
 }
 
+// Valid reports whether t is one of the declared types.
+func (t Type) Valid() bool {
+	_, ok := typeNames[t]
+	return ok
+}
+
 // String returns the PostgreSQL name of the type.
 func (t Type) String() string {
 	if s, ok := typeNames[t]; ok {

@@ -216,6 +216,18 @@ func (a *analyzer) target(rv *pg.RangeVar, w *pg.WithClause) (cs *scope, target 
 	return cs, target, t, nil
 }
 
+// writeScope is the scope of an UPDATE's or DELETE's WHERE: the target and
+// the FROM (USING) items. It checks the WHERE clause.
+func (a *analyzer) writeScope(cs *scope, target *rel, from []*pg.Node, where *pg.Node) (*scope, error) {
+	sc := &scope{parent: cs, rels: []*rel{target}}
+	for _, f := range from {
+		if err := a.fromItem(f, sc, cs); err != nil {
+			return nil, err
+		}
+	}
+	return sc, a.checkExpr(where, sc, "WHERE")
+}
+
 func (a *analyzer) insert(stmt *pg.Node, ins *pg.InsertStmt) (*Plan, error) {
 	rv := ins.Relation
 	cs, target, t, err := a.target(rv, ins.WithClause)
@@ -544,13 +556,8 @@ func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	sc := &scope{parent: cs, rels: []*rel{target}}
-	for _, f := range upd.FromClause {
-		if err := a.fromItem(f, sc, cs); err != nil {
-			return nil, err
-		}
-	}
-	if err := a.checkExpr(upd.WhereClause, sc, "WHERE"); err != nil {
+	sc, err := a.writeScope(cs, target, upd.FromClause, upd.WhereClause)
+	if err != nil {
 		return nil, err
 	}
 	var cells []setCell
@@ -722,13 +729,7 @@ func (a *analyzer) delete(stmt *pg.Node, del *pg.DeleteStmt) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	sc := &scope{parent: cs, rels: []*rel{target}}
-	for _, f := range del.UsingClause {
-		if err := a.fromItem(f, sc, cs); err != nil {
-			return nil, err
-		}
-	}
-	if err := a.checkExpr(del.WhereClause, sc, "WHERE"); err != nil {
+	if _, err := a.writeScope(cs, target, del.UsingClause, del.WhereClause); err != nil {
 		return nil, err
 	}
 	out, err := a.returning(&del.ReturningList, &scope{parent: cs, rels: []*rel{target}})
