@@ -60,6 +60,13 @@ func useProvider(t *testing.T, kind providers.Kind, p providers.Provider) {
 	t.Cleanup(func() { providers.Register(kind, defaultFactories[kind]) })
 }
 
+// env is a fresh users table mapped to the case's key, with the kind's
+// key ids routed to p.
+func (c kmsCase) env(t *testing.T, p providers.Provider) *env {
+	useProvider(t, c.kind, p)
+	return newEnv(t, usersDDL, strings.Replace(usersMap, "key_id: insecure-test-key", "key_id: "+c.keyID, 1))
+}
+
 func conformance(t *testing.T, c kmsCase) {
 	ctx := context.Background()
 	rowCtx := envelope.Context{"table": "users", "id": "42"}
@@ -107,8 +114,7 @@ func conformance(t *testing.T, c kmsCase) {
 		}
 	})
 	t.Run("through the driver", func(t *testing.T) {
-		useProvider(t, c.kind, c.full)
-		e := newEnv(t, usersDDL, strings.Replace(usersMap, "key_id: insecure-test-key", "key_id: "+c.keyID, 1))
+		e := c.env(t, c.full)
 		db := e.openBare(kmspostgres.WithObserver(e.events))
 		defer db.Close()
 		for i := range 20 {
@@ -147,8 +153,7 @@ func conformance(t *testing.T, c kmsCase) {
 	})
 	if c.encryptOnly != nil {
 		t.Run("encrypt-only credentials", func(t *testing.T) {
-			useProvider(t, c.kind, c.encryptOnly)
-			e := newEnv(t, usersDDL, strings.Replace(usersMap, "key_id: insecure-test-key", "key_id: "+c.keyID, 1))
+			e := c.env(t, c.encryptOnly)
 			db := e.openBare()
 			defer db.Close()
 			if _, err := db.Exec("INSERT INTO users (id, name, email) VALUES (1, 'a', 'a@x')"); err != nil {
@@ -165,8 +170,7 @@ func conformance(t *testing.T, c kmsCase) {
 		})
 	}
 	t.Run("KMS down mid-test", func(t *testing.T) {
-		useProvider(t, c.kind, c.full)
-		e := newEnv(t, usersDDL, strings.Replace(usersMap, "key_id: insecure-test-key", "key_id: "+c.keyID, 1))
+		e := c.env(t, c.full)
 		db := e.openBare()
 		defer db.Close()
 		if _, err := db.Exec("INSERT INTO users (id, name, email) VALUES (1, 'a', 'a@x')"); err != nil {
@@ -194,8 +198,7 @@ func conformance(t *testing.T, c kmsCase) {
 	})
 	if c.rotate != nil {
 		t.Run("master key rotation", func(t *testing.T) {
-			useProvider(t, c.kind, c.full)
-			e := newEnv(t, usersDDL, strings.Replace(usersMap, "key_id: insecure-test-key", "key_id: "+c.keyID, 1))
+			e := c.env(t, c.full)
 			db := e.openBare()
 			defer db.Close()
 			if _, err := db.Exec("INSERT INTO users (id, name, email) VALUES (1, 'old', 'old@x')"); err != nil {
