@@ -32,10 +32,10 @@ type Box struct {
 // NewBox returns a Box that writes under keyID (empty: the KMS_KEY_ID
 // environment variable). Options: WithKeyVersion, WithPreviousVersion,
 // WithProvider, WithObserver.
-func NewBox(keyID string, opts ...Option) (*Box, error) {
-	var c config
+func NewBox(keyID string, opts ...BoxOption) (*Box, error) {
+	var c boxConfig
 	for _, o := range opts {
-		o(&c)
+		o.applyBox(&c)
 	}
 	if keyID == "" {
 		keyID = os.Getenv("KMS_KEY_ID")
@@ -52,7 +52,7 @@ func NewBox(keyID string, opts ...Option) (*Box, error) {
 	if _, clash := c.previous[c.version]; clash {
 		return nil, fmt.Errorf("kmspostgres: NewBox: version %d is both current and previous", c.version)
 	}
-	return &Box{keyID: keyID, version: c.version, prev: c.previous, kr: &keyring{provider: c.provider, observers: c.observers}}, nil
+	return &Box{keyID: keyID, version: c.version, prev: c.previous, kr: newKeyring(c.kms)}, nil
 }
 
 func boxAAD(c envelope.Context) ([]byte, error) {
@@ -63,9 +63,10 @@ func boxAAD(c envelope.Context) ([]byte, error) {
 	return append([]byte{0x02}, canon...), nil
 }
 
-// Encrypt seals plaintext under a fresh data key wrapped with context.
-func (b *Box) Encrypt(ctx context.Context, plaintext []byte, context map[string]string) (string, error) {
-	ec := envelope.Context(context)
+// Encrypt seals plaintext under a fresh data key wrapped with the
+// encryption context encCtx.
+func (b *Box) Encrypt(ctx context.Context, plaintext []byte, encCtx map[string]string) (string, error) {
+	ec := envelope.Context(encCtx)
 	aad, err := boxAAD(ec)
 	if err != nil {
 		return "", err
@@ -89,10 +90,10 @@ func (b *Box) Encrypt(ctx context.Context, plaintext []byte, context map[string]
 	return boxPrefix + wrapped + ":" + base64.StdEncoding.EncodeToString(cell), nil
 }
 
-// Decrypt opens what Encrypt returned, with the same context. Data written
+// Decrypt opens what Encrypt returned, with the same encryption context. Data written
 // under a previous version is read with that version's key id. A wrong
 // context or a tampered message fails with ErrDecrypt.
-func (b *Box) Decrypt(ctx context.Context, ciphertext string, context map[string]string) ([]byte, error) {
+func (b *Box) Decrypt(ctx context.Context, ciphertext string, encCtx map[string]string) ([]byte, error) {
 	rest, ok := strings.CutPrefix(ciphertext, boxPrefix)
 	if !ok {
 		return nil, fmt.Errorf("%w: not a kmsbox1 ciphertext", ErrFormat)
@@ -116,7 +117,7 @@ func (b *Box) Decrypt(ctx context.Context, ciphertext string, context map[string
 			return nil, fmt.Errorf("%w: %d (the box writes version %d; add WithPreviousVersion to read it)", ErrVersion, wk.Version, b.version)
 		}
 	}
-	ec := envelope.Context(context)
+	ec := envelope.Context(encCtx)
 	aad, err := boxAAD(ec)
 	if err != nil {
 		return nil, err

@@ -5,26 +5,25 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 
-	"github.com/kmspostgres/kmspostgres/rewrite"
+	"github.com/kmspostgres/kmspostgres/internal/lru"
 )
 
 // Connector opens connections that share one schema map, one plan cache
 // and one catalog. Use it with sql.OpenDB.
 type Connector struct {
-	inner  driver.Connector
-	schema *Schema
-	kr     *keyring
-	plans  *planCache
-	cat    *catalog
-	ids    *idCache
+	inner   driver.Connector
+	schema  *Schema
+	keyring *keyring
+	plans   *lru.Cache[string, planEntry] // by SQL text
+	catalog *catalog
+	ids     *idCache
 
-	// Parallelism bounds concurrent KMS calls per statement.
-	parallelism int
+	// kmsConcurrency bounds the KMS calls one statement makes at once.
+	kmsConcurrency int
 	// window is how many rows a result set reads ahead to unwrap their
 	// keys together.
 	window int
@@ -38,9 +37,9 @@ var (
 // and returns a connector. Options: WithSchema, WithProvider, WithObserver,
 // WithConnConfig.
 func NewConnector(dsn string, opts ...Option) (*Connector, error) {
-	var cfg config
+	var cfg connectorConfig
 	for _, o := range opts {
-		o(&cfg)
+		o.applyConnector(&cfg)
 	}
 	rest, path, err := splitDSN(dsn)
 	if err != nil {
@@ -70,17 +69,16 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 	if cfg.connConfig != nil {
 		stdOpts = append(stdOpts, stdlib.OptionBeforeConnect(cfg.connConfig))
 	}
-	c := &Connector{
-		inner:       stdlib.GetConnector(*pgcfg, stdOpts...),
-		schema:      schema,
-		kr:          &keyring{provider: cfg.provider, observers: cfg.observers},
-		plans:       newPlanCache(2048),
-		ids:         &idCache{blocks: map[string]*idBlock{}, size: 32},
-		parallelism: 16,
-		window:      256,
-	}
-	c.cat = newCatalog(schema)
-	return c, nil
+	return &Connector{
+		inner:          stdlib.GetConnector(*pgcfg, stdOpts...),
+		schema:         schema,
+		keyring:        newKeyring(cfg.kms),
+		plans:          lru.New[string, planEntry](2048),
+		catalog:        newCatalog(schema),
+		ids:            newIDCache(32),
+		kmsConcurrency: 16,
+		window:         256,
+	}, nil
 }
 
 // Connect opens a connection.
@@ -94,7 +92,7 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 		ic.Close()
 		return nil, fmt.Errorf("kmspostgres: unexpected inner connection %T", ic)
 	}
-	return &Conn{inner: sc, c: c}, nil
+	return &Conn{inner: sc, connector: c}, nil
 }
 
 // Driver returns the kmspostgres driver.
@@ -105,53 +103,9 @@ func (c *Connector) Schema() *Schema { return c.schema }
 
 // invalidate drops cached plans and catalog answers after DDL.
 func (c *Connector) invalidate() {
-	c.plans.clear()
-	c.cat.reset()
+	c.plans.Clear()
+	c.catalog.reset()
 	c.ids.clear()
-}
-
-// planCache is a bounded map of SQL text to plan (or refusal).
-type planCache struct {
-	mu  sync.RWMutex
-	max int
-	m   map[string]planEntry
-}
-
-type planEntry struct {
-	plan *rewrite.Plan
-	err  error
-}
-
-func newPlanCache(max int) *planCache { return &planCache{max: max, m: map[string]planEntry{}} }
-
-func (p *planCache) get(sql string) (planEntry, bool) {
-	p.mu.RLock()
-	e, ok := p.m[sql]
-	p.mu.RUnlock()
-	return e, ok
-}
-
-func (p *planCache) put(sql string, e planEntry) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.m) >= p.max {
-		// Evict an arbitrary tenth: map order is random, so this is a
-		// cheap random eviction.
-		n := p.max / 10
-		for k := range p.m {
-			delete(p.m, k)
-			if n--; n <= 0 {
-				break
-			}
-		}
-	}
-	p.m[sql] = e
-}
-
-func (p *planCache) clear() {
-	p.mu.Lock()
-	p.m = map[string]planEntry{}
-	p.mu.Unlock()
 }
 
 // Check connects and resolves the whole schema map against the database:
@@ -163,8 +117,8 @@ func (c *Connector) Check(ctx context.Context) error {
 		return err
 	}
 	defer dc.Close()
-	b := boundCatalog{c: c.cat, ctx: ctx, conn: dc.(*Conn).inner.Conn()}
-	c.cat.mu.Lock()
-	defer c.cat.mu.Unlock()
+	b := boundCatalog{c: c.catalog, ctx: ctx, conn: dc.(*Conn).inner.Conn()}
+	c.catalog.mu.Lock()
+	defer c.catalog.mu.Unlock()
 	return b.ensure()
 }

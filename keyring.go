@@ -3,9 +3,9 @@ package kmspostgres
 import (
 	"context"
 	"errors"
-	"sync"
-	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/kmspostgres/kmspostgres/envelope"
 	"github.com/kmspostgres/kmspostgres/providers"
@@ -18,6 +18,10 @@ import (
 type keyring struct {
 	provider  providers.Provider // nil: route by key id
 	observers []providers.Observer
+}
+
+func newKeyring(c kmsConfig) *keyring {
+	return &keyring{provider: c.provider, observers: c.observers}
 }
 
 func (k *keyring) providerFor(keyID string) (providers.Provider, error) {
@@ -48,7 +52,7 @@ func (k *keyring) wrap(ctx context.Context, keyID string, version int, c envelop
 	ct, err := p.Wrap(ctx, keyID, dataKey, c)
 	k.emit(providers.OpWrap, keyID, version, c, start, err)
 	if err != nil {
-		return "", wrapProviderErr("wrap", keyID, err)
+		return "", wrapProviderErr(providers.OpWrap, keyID, err)
 	}
 	return envelope.WrappedKey{Version: version, Ciphertext: ct}.String(), nil
 }
@@ -63,14 +67,14 @@ func (k *keyring) unwrap(ctx context.Context, keyID string, version int, c envel
 	key, err := p.Unwrap(ctx, keyID, wrapped, c)
 	k.emit(providers.OpUnwrap, keyID, version, c, start, err)
 	if err != nil {
-		return nil, wrapProviderErr("unwrap", keyID, err)
+		return nil, wrapProviderErr(providers.OpUnwrap, keyID, err)
 	}
 	return key, nil
 }
 
 // wrapProviderErr makes sure every provider error says which operation and
 // key failed, without wrapping twice.
-func wrapProviderErr(op, keyID string, err error) error {
+func wrapProviderErr(op providers.Op, keyID string, err error) error {
 	var pe *providers.Error
 	if errors.As(err, &pe) {
 		return err
@@ -128,11 +132,11 @@ func (k *keyring) unwrapAll(ctx context.Context, items []*unwrapItem, limit int)
 			for i, it := range chunk {
 				switch {
 				case err != nil:
-					it.err = wrapProviderErr("unwrap", keyID, err)
+					it.err = wrapProviderErr(providers.OpUnwrap, keyID, err)
 				case i >= len(res):
-					it.err = &providers.Error{Op: "unwrap", KeyID: keyID, Err: errors.New("batch answer too short")}
+					it.err = &providers.Error{Op: providers.OpUnwrap, KeyID: keyID, Err: errors.New("batch answer too short")}
 				case res[i].Err != nil:
-					it.err = wrapProviderErr("unwrap", keyID, res[i].Err)
+					it.err = wrapProviderErr(providers.OpUnwrap, keyID, res[i].Err)
 				default:
 					it.key = res[i].Key
 				}
@@ -140,47 +144,30 @@ func (k *keyring) unwrapAll(ctx context.Context, items []*unwrapItem, limit int)
 			}
 		}
 	}
-	parallel(len(single), limit, func(i int) error {
+	forEach(len(single), limit, func(i int) error {
 		it := single[i]
 		it.key, it.err = k.unwrap(ctx, it.keyID, it.version, it.ctx, it.wrapped)
 		return nil
 	})
 }
 
-// parallel runs f(0..n-1) on at most limit goroutines and returns the
-// first error. Workers pull indexes, so n items cost limit goroutines, not
-// n.
-func parallel(n, limit int, f func(i int) error) error {
-	workers := min(n, limit)
-	if workers <= 1 {
-		for i := 0; i < n; i++ {
-			if err := f(i); err != nil {
-				return err
+// forEach runs f(0..n-1) with at most limit running at once and returns
+// the first error; every f runs even after one fails. One item runs on the
+// caller's goroutine.
+func forEach(n, limit int, f func(i int) error) error {
+	if n == 1 || limit <= 1 {
+		var first error
+		for i := range n {
+			if err := f(i); err != nil && first == nil {
+				first = err
 			}
 		}
-		return nil
+		return first
 	}
-	var (
-		next     atomic.Int64
-		wg       sync.WaitGroup
-		errOnce  sync.Once
-		firstErr error
-	)
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n {
-					return
-				}
-				if err := f(i); err != nil {
-					errOnce.Do(func() { firstErr = err })
-				}
-			}
-		}()
+	var g errgroup.Group
+	g.SetLimit(limit)
+	for i := range n {
+		g.Go(func() error { return f(i) })
 	}
-	wg.Wait()
-	return firstErr
+	return g.Wait()
 }

@@ -8,51 +8,88 @@ import (
 	"github.com/kmspostgres/kmspostgres/providers"
 )
 
-// Option configures a Connector or a Box. Options that do not apply to one
-// of them are ignored there.
-type Option func(*config)
+// Option configures a Connector (NewConnector). Box options are another
+// type, so passing one here is a compile error rather than silently
+// ignored.
+type Option interface{ applyConnector(*connectorConfig) }
 
-type config struct {
+// BoxOption configures a Box (NewBox).
+type BoxOption interface{ applyBox(*boxConfig) }
+
+// CommonOption configures both a Connector and a Box: the KMS side they
+// share (WithProvider, WithObserver).
+type CommonOption interface {
+	Option
+	BoxOption
+}
+
+// kmsConfig is what a Connector and a Box share: how they reach the KMS.
+type kmsConfig struct {
+	provider  providers.Provider
+	observers []providers.Observer
+}
+
+type connectorConfig struct {
+	kms        kmsConfig
 	schema     *Schema
-	provider   providers.Provider
-	observers  []providers.Observer
 	connConfig func(context.Context, *pgx.ConnConfig) error
+}
 
-	// Box only.
+type boxConfig struct {
+	kms      kmsConfig
 	version  int
 	previous map[int]string
 }
 
+type connectorOption func(*connectorConfig)
+
+func (o connectorOption) applyConnector(c *connectorConfig) { o(c) }
+
+type boxOption func(*boxConfig)
+
+func (o boxOption) applyBox(c *boxConfig) { o(c) }
+
+type commonOption func(*kmsConfig)
+
+func (o commonOption) applyConnector(c *connectorConfig) { o(&c.kms) }
+func (o commonOption) applyBox(c *boxConfig)             { o(&c.kms) }
+
 // WithSchema gives the Connector a schema map built in Go, instead of the
 // kms_schema DSN parameter or KMSPOSTGRES_SCHEMA. It must be valid (see
 // Schema.Validate).
-func WithSchema(s *Schema) Option { return func(c *config) { c.schema = s } }
-
-// WithProvider sends every key id to p instead of routing by key id: for
-// custom clients, credentials or endpoints, and for tests.
-func WithProvider(p providers.Provider) Option { return func(c *config) { c.provider = p } }
-
-// WithObserver registers an audit observer that sees every wrap and unwrap.
-func WithObserver(o providers.Observer) Option {
-	return func(c *config) { c.observers = append(c.observers, o) }
+func WithSchema(s *Schema) Option {
+	return connectorOption(func(c *connectorConfig) { c.schema = s })
 }
 
 // WithConnConfig lets f adjust pgx's connection config before each connect
 // (TLS, tracers, runtime parameters).
 func WithConnConfig(f func(context.Context, *pgx.ConnConfig) error) Option {
-	return func(c *config) { c.connConfig = f }
+	return connectorOption(func(c *connectorConfig) { c.connConfig = f })
+}
+
+// WithProvider sends every key id to p instead of routing by key id: for
+// custom clients, credentials or endpoints, and for tests.
+func WithProvider(p providers.Provider) CommonOption {
+	return commonOption(func(c *kmsConfig) { c.provider = p })
+}
+
+// WithObserver registers an audit observer that sees every wrap and unwrap.
+func WithObserver(o providers.Observer) CommonOption {
+	return commonOption(func(c *kmsConfig) { c.observers = append(c.observers, o) })
 }
 
 // WithKeyVersion sets the version a Box writes (default 1).
-func WithKeyVersion(v int) Option { return func(c *config) { c.version = v } }
+func WithKeyVersion(v int) BoxOption {
+	return boxOption(func(c *boxConfig) { c.version = v })
+}
 
 // WithPreviousVersion lets a Box read data written under an older version
 // and master key.
-func WithPreviousVersion(version int, keyID string) Option {
-	return func(c *config) {
+func WithPreviousVersion(version int, keyID string) BoxOption {
+	return boxOption(func(c *boxConfig) {
 		if c.previous == nil {
 			c.previous = map[int]string{}
 		}
 		c.previous[version] = keyID
-	}
+	})
 }

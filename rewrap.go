@@ -49,11 +49,11 @@ func (c *Connector) Rewrap(ctx context.Context, table string, opts RewrapOptions
 	defer dc.Close()
 	conn := dc.(*Conn)
 	pc := conn.inner.Conn()
-	rt, err := boundCatalog{c: c.cat, ctx: ctx, conn: pc}.Encrypted(splitTable(table))
+	rt, err := boundCatalog{c: c.catalog, ctx: ctx, conn: pc}.Encrypted(splitTable(table))
 	if err != nil {
 		return stats, err
 	}
-	ti := c.cat.info(rt)
+	ti := c.catalog.info(rt)
 	rel := pgx.Identifier{rt.Schema, rt.Relname}.Sanitize()
 	var pkCols, pkText, pkCmp, pkArgs []string
 	for i, p := range rt.PrimaryKey {
@@ -113,19 +113,19 @@ func (c *Connector) Rewrap(ctx context.Context, table string, opts RewrapOptions
 				break
 			}
 			last = items[len(items)-1].pk
-			err = parallel(len(items), c.parallelism, func(i int) error {
+			err = forEach(len(items), c.kmsConcurrency, func(i int) error {
 				it := items[i]
 				dk, err := conn.unwrapRow(ctx, ti, k, it.pk, it.old)
 				if err != nil {
 					return err
 				}
-				keyID, ectx, err := ti.st.contextFor(key, key.Version, it.pk)
+				keyID, ectx, err := ti.entry.contextFor(key, key.Version, it.pk)
 				if err != nil {
 					return err
 				}
-				w, err := c.kr.wrap(ctx, keyID, key.Version, ectx, dk)
+				w, err := c.keyring.wrap(ctx, keyID, key.Version, ectx, dk)
 				if err != nil {
-					return fmt.Errorf("kmspostgres: %s (%s), key %s: %w", rt.Name, pkLabel(rt, it.pk), key.Name, err)
+					return keyError(ti, k, it.pk, keyID, err)
 				}
 				it.new = w
 				return nil

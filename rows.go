@@ -3,11 +3,8 @@ package kmspostgres
 import (
 	"context"
 	"database/sql/driver"
-	"fmt"
 	"io"
 	"reflect"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/kmspostgres/kmspostgres/envelope"
@@ -94,7 +91,7 @@ func (r *rows) Next(dest []driver.Value) error {
 func (r *rows) fill() error {
 	r.buf, r.pos = r.buf[:0], 0
 	n := len(r.inner.Columns())
-	window := r.c.c.window
+	window := r.c.connector.window
 	if r.out == nil {
 		window = 1
 	}
@@ -116,127 +113,6 @@ func (r *rows) fill() error {
 	return r.decrypt()
 }
 
-// decrypt unwraps the window's keys and replaces every encrypted cell with
-// its plaintext value.
-func (r *rows) decrypt() error {
-	out := r.out
-	infos := make([]*tableInfo, len(out.Sources))
-	for i, s := range out.Sources {
-		infos[i] = r.c.c.cat.info(s.Table)
-	}
-	// firstCol names a source's column in errors.
-	firstCol := make([]string, len(out.Sources))
-	for _, oc := range out.Cols {
-		if oc.Table != nil && firstCol[oc.Source] == "" {
-			firstCol[oc.Source] = oc.Column
-		}
-	}
-	fail := func(si int, pk []string, err error) error {
-		ti := infos[si]
-		return fmt.Errorf("kmspostgres: %s.%s (%s): %w", ti.rt.Name, firstCol[si], pkLabel(ti.rt, pk), err)
-	}
-	// Which key each (row, source) needs.
-	ids := make([][]string, len(r.buf))
-	pending := make(map[string]*unwrapItem, len(r.buf))
-	var items []*unwrapItem
-	pks := make([][][]string, len(r.buf))
-	for ri, row := range r.buf {
-		ids[ri] = make([]string, len(out.Sources))
-		pks[ri] = make([][]string, len(out.Sources))
-		for si, s := range out.Sources {
-			pk := make([]string, len(s.PKAt))
-			for j, at := range s.PKAt {
-				pk[j], _ = row[at].(string)
-			}
-			pks[ri][si] = pk
-			kv := row[s.KeyAt]
-			if kv == nil {
-				continue
-			}
-			text, ok := kv.(string)
-			if !ok {
-				return fail(si, pk, fmt.Errorf("%w: the key column is not text", ErrFormat))
-			}
-			// Table, key, wrapped key (which carries the version) and
-			// primary key determine the context: no need to build it for
-			// keys already unwrapped.
-			id := s.Table.Name + "\x00" + strconv.Itoa(s.Key) + "\x00" + text + "\x00" + strings.Join(pk, "\x00")
-			ids[ri][si] = id
-			if _, ok := r.keys[id]; ok {
-				continue
-			}
-			if _, ok := pending[id]; ok {
-				continue
-			}
-			ti := infos[si]
-			wk, err := envelope.ParseWrappedKey(text)
-			if err != nil {
-				return fail(si, pk, err)
-			}
-			keyID, ectx, err := ti.st.contextFor(ti.key(s.Key), wk.Version, pk)
-			if err != nil {
-				return fail(si, pk, err)
-			}
-			it := &unwrapItem{keyID: keyID, version: wk.Version, ctx: ectx, wrapped: wk.Ciphertext}
-			pending[id] = it
-			items = append(items, it)
-		}
-	}
-	if len(items) > 0 {
-		r.c.c.kr.unwrapAll(r.ctx, items, r.c.c.parallelism)
-		for id, it := range pending {
-			if it.err != nil {
-				continue
-			}
-			ck, err := envelope.NewCellKey(it.key)
-			if err != nil {
-				it.err = err
-				continue
-			}
-			r.keys[id] = ck
-		}
-	}
-	for ri, row := range r.buf {
-		for i, oc := range out.Cols {
-			if oc.Table == nil || row[i] == nil {
-				continue
-			}
-			si := oc.Source
-			ti := infos[si]
-			pk := pks[ri][si]
-			id := ids[ri][si]
-			if id == "" {
-				return fail(si, pk, fmt.Errorf("%w: %s has a value but the row has no data key (key column %s is NULL)", ErrDecrypt, oc.Column, ti.rt.Keys[out.Sources[si].Key].Column))
-			}
-			ck := r.keys[id]
-			if ck == nil {
-				return fmt.Errorf("kmspostgres: %s.%s (%s): %w", ti.rt.Name, oc.Column, pkLabel(ti.rt, pk), pending[id].err)
-			}
-			var cell []byte
-			switch v := row[i].(type) {
-			case string:
-				b, err := envelope.DecodeBase64(v)
-				if err != nil {
-					return fmt.Errorf("kmspostgres: %s.%s (%s): %w", ti.rt.Name, oc.Column, pkLabel(ti.rt, pk), err)
-				}
-				cell = b
-			case []byte:
-				cell = v
-			default:
-				return fmt.Errorf("kmspostgres: %s.%s (%s): %w: stored as %T", ti.rt.Name, oc.Column, pkLabel(ti.rt, pk), ErrFormat, v)
-			}
-			pt, err := ck.Open(envelope.CellAAD(ti.rt.Name, oc.Column), cell)
-			if err != nil {
-				return fmt.Errorf("kmspostgres: %s.%s (%s): %w", ti.rt.Name, oc.Column, pkLabel(ti.rt, pk), err)
-			}
-			if row[i], err = ti.colType(oc.Column).Decode(pt); err != nil {
-				return fmt.Errorf("kmspostgres: %s.%s (%s): %w", ti.rt.Name, oc.Column, pkLabel(ti.rt, pk), err)
-			}
-		}
-	}
-	return nil
-}
-
 // encType returns the declared type of visible column i when it is
 // encrypted.
 func (r *rows) encType(i int) (envelope.Type, bool) {
@@ -244,7 +120,7 @@ func (r *rows) encType(i int) (envelope.Type, bool) {
 		return 0, false
 	}
 	oc := r.out.Cols[i]
-	return r.c.c.cat.info(oc.Table).colType(oc.Column), true
+	return r.c.connector.catalog.info(oc.Table).colType(oc.Column), true
 }
 
 var dbTypeNames = map[envelope.Type]string{

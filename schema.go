@@ -4,9 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -77,9 +78,6 @@ type Column struct {
 	// Type is the plaintext type, default envelope.Text.
 	Type envelope.Type
 }
-
-// ErrSchema reports an invalid schema map. Use errors.Is.
-var ErrSchema = errors.New("kmspostgres: invalid schema map")
 
 // LoadSchema reads and validates a schema map file.
 func LoadSchema(path string) (*Schema, error) {
@@ -205,137 +203,168 @@ var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*$`)
 // Validate checks the schema and fills in every default. It is called by
 // LoadSchema and ParseSchema; call it yourself on a Schema built in Go.
 func (s *Schema) Validate() error {
-	where := s.source
-	if where == "" {
-		where = "schema"
-	}
-	fail := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s: %s", ErrSchema, where, fmt.Sprintf(format, args...))
-	}
 	if s.KeyID == "" {
 		s.KeyID = os.Getenv("KMS_KEY_ID")
 	}
 	if len(s.Tables) == 0 {
-		return fail("no tables")
+		return s.invalid("no tables")
 	}
 	s.byName = map[string]*Table{}
-	for tn, t := range s.Tables {
+	for _, tn := range slices.Sorted(maps.Keys(s.Tables)) {
+		t := s.Tables[tn]
 		if t == nil {
-			return fail("table %s is empty", tn)
+			return s.invalid("table %s is empty", tn)
 		}
-		t.Name = tn
-		parts := strings.Split(tn, ".")
-		if len(parts) > 2 {
-			return fail("table %s: name must be table or schema.table", tn)
+		if err := s.validateTable(tn, t); err != nil {
+			return err
 		}
-		for _, p := range parts {
-			if !identRe.MatchString(p) {
-				return fail("table %s: %q is not a plain SQL identifier", tn, p)
-			}
+	}
+	return nil
+}
+
+// invalid is a validation error that names the map.
+func (s *Schema) invalid(format string, args ...any) error {
+	where := s.source
+	if where == "" {
+		where = "schema"
+	}
+	return fmt.Errorf("%w: %s: %s", ErrSchema, where, fmt.Sprintf(format, args...))
+}
+
+// validateTable checks one table's name, primary key, keys and columns.
+func (s *Schema) validateTable(tn string, t *Table) error {
+	t.Name = tn
+	parts := strings.Split(tn, ".")
+	if len(parts) > 2 {
+		return s.invalid("table %s: name must be table or schema.table", tn)
+	}
+	for _, p := range parts {
+		if !identRe.MatchString(p) {
+			return s.invalid("table %s: %q is not a plain SQL identifier", tn, p)
 		}
-		lower := strings.ToLower(tn)
-		if _, dup := s.byName[lower]; dup {
-			return fail("table %s is listed twice", tn)
+	}
+	lower := strings.ToLower(tn)
+	if _, dup := s.byName[lower]; dup {
+		return s.invalid("table %s is listed twice", tn)
+	}
+	s.byName[lower] = t
+	if len(t.PrimaryKey) == 0 {
+		t.PrimaryKey = []string{"id"}
+	}
+	pk := map[string]bool{}
+	for _, c := range t.PrimaryKey {
+		if !identRe.MatchString(c) {
+			return s.invalid("table %s: primary key column %q is not a plain SQL identifier", tn, c)
 		}
-		s.byName[lower] = t
-		if len(t.PrimaryKey) == 0 {
-			t.PrimaryKey = []string{"id"}
+		pk[c] = true
+	}
+	if len(t.Keys) == 0 {
+		t.Keys = map[string]*Key{"kms_key": {}}
+	}
+	keyCols := map[string]string{} // key column → key name
+	for _, kn := range slices.Sorted(maps.Keys(t.Keys)) {
+		if t.Keys[kn] == nil {
+			t.Keys[kn] = &Key{}
 		}
-		pk := map[string]bool{}
-		for _, c := range t.PrimaryKey {
-			if !identRe.MatchString(c) {
-				return fail("table %s: primary key column %q is not a plain SQL identifier", tn, c)
-			}
-			pk[c] = true
+		k := t.Keys[kn]
+		if err := s.validateKey(t, kn, k, pk); err != nil {
+			return err
 		}
-		if len(t.Keys) == 0 {
-			t.Keys = map[string]*Key{"kms_key": {}}
+		if other, dup := keyCols[k.Column]; dup {
+			return s.invalid("table %s: keys %s and %s share the column %s", tn, other, kn, k.Column)
 		}
-		keyCols := map[string]string{}
-		for kn, k := range t.Keys {
-			if k == nil {
-				k = &Key{}
-				t.Keys[kn] = k
-			}
-			k.Name = kn
-			if k.Column == "" {
-				k.Column = "encrypted_" + kn
-			}
-			if !identRe.MatchString(k.Column) {
-				return fail("table %s, key %s: column %q is not a plain SQL identifier", tn, kn, k.Column)
-			}
-			if other, dup := keyCols[k.Column]; dup {
-				return fail("table %s: keys %s and %s share the column %s", tn, other, kn, k.Column)
-			}
-			keyCols[k.Column] = kn
-			if pk[k.Column] {
-				return fail("table %s, key %s: the key column %s is a primary-key column", tn, kn, k.Column)
-			}
-			if k.KeyID == "" {
-				k.KeyID = s.KeyID
-			}
-			if k.KeyID == "" {
-				return fail("table %s, key %s: empty key id; set key_id (top level or on the key) or KMS_KEY_ID", tn, kn)
-			}
-			if k.Version == 0 {
-				k.Version = 1
-			}
-			if k.Version < 1 {
-				return fail("table %s, key %s: version %d must be a positive integer", tn, kn, k.Version)
-			}
-			if err := checkTemplate(k.Context, pk); err != nil {
-				return fail("table %s, key %s: context: %v", tn, kn, err)
-			}
-			for v, pv := range k.PreviousVersions {
-				if v < 1 {
-					return fail("table %s, key %s: previous version %d must be a positive integer", tn, kn, v)
-				}
-				if v == k.Version {
-					return fail("table %s, key %s: version %d is both current and in previous_versions", tn, kn, v)
-				}
-				if pv == nil {
-					pv = &KeyVersion{}
-					k.PreviousVersions[v] = pv
-				}
-				if pv.KeyID == "" {
-					pv.KeyID = k.KeyID
-				}
-				if err := checkTemplate(pv.Context, pk); err != nil {
-					return fail("table %s, key %s, previous version %d: context: %v", tn, kn, v, err)
-				}
-			}
+		keyCols[k.Column] = kn
+	}
+	if len(t.Columns) == 0 {
+		return s.invalid("table %s has no encrypted columns", tn)
+	}
+	for _, cn := range slices.Sorted(maps.Keys(t.Columns)) {
+		if t.Columns[cn] == nil {
+			t.Columns[cn] = &Column{}
 		}
-		if len(t.Columns) == 0 {
-			return fail("table %s has no encrypted columns", tn)
+		if err := s.validateColumn(t, cn, t.Columns[cn], pk, keyCols); err != nil {
+			return err
 		}
-		for cn, c := range t.Columns {
-			if c == nil {
-				c = &Column{}
-				t.Columns[cn] = c
-			}
-			c.Name = cn
-			if !identRe.MatchString(cn) {
-				return fail("table %s: column %q is not a plain SQL identifier", tn, cn)
-			}
-			if pk[cn] {
-				return fail("table %s, column %s: a primary-key column cannot be encrypted (it is part of the encryption context)", tn, cn)
-			}
-			if _, isKey := keyCols[cn]; isKey {
-				return fail("table %s, column %s: it is a key column", tn, cn)
-			}
-			if c.Key == "" {
-				c.Key = "kms_key"
-			}
-			if _, ok := t.Keys[c.Key]; !ok {
-				return fail("table %s, column %s: key %q does not exist (keys: %s)", tn, cn, c.Key, strings.Join(sortedKeys(t.Keys), ", "))
-			}
-			if c.Type == 0 {
-				c.Type = envelope.Text
-			}
-			if !c.Type.Valid() {
-				return fail("table %s, column %s: unknown type %v", tn, cn, c.Type)
-			}
+	}
+	return nil
+}
+
+// validateKey checks one key and fills in its defaults: column, key id,
+// version, and the key ids of its previous versions.
+func (s *Schema) validateKey(t *Table, kn string, k *Key, pk map[string]bool) error {
+	tn := t.Name
+	k.Name = kn
+	if k.Column == "" {
+		k.Column = "encrypted_" + kn
+	}
+	if !identRe.MatchString(k.Column) {
+		return s.invalid("table %s, key %s: column %q is not a plain SQL identifier", tn, kn, k.Column)
+	}
+	if pk[k.Column] {
+		return s.invalid("table %s, key %s: the key column %s is a primary-key column", tn, kn, k.Column)
+	}
+	if k.KeyID == "" {
+		k.KeyID = s.KeyID
+	}
+	if k.KeyID == "" {
+		return s.invalid("table %s, key %s: empty key id; set key_id (top level or on the key) or KMS_KEY_ID", tn, kn)
+	}
+	if k.Version == 0 {
+		k.Version = 1
+	}
+	if k.Version < 1 {
+		return s.invalid("table %s, key %s: version %d must be a positive integer", tn, kn, k.Version)
+	}
+	if err := checkTemplate(k.Context, pk); err != nil {
+		return s.invalid("table %s, key %s: context: %v", tn, kn, err)
+	}
+	for _, v := range slices.Sorted(maps.Keys(k.PreviousVersions)) {
+		pv := k.PreviousVersions[v]
+		if v < 1 {
+			return s.invalid("table %s, key %s: previous version %d must be a positive integer", tn, kn, v)
 		}
+		if v == k.Version {
+			return s.invalid("table %s, key %s: version %d is both current and in previous_versions", tn, kn, v)
+		}
+		if pv == nil {
+			pv = &KeyVersion{}
+			k.PreviousVersions[v] = pv
+		}
+		if pv.KeyID == "" {
+			pv.KeyID = k.KeyID
+		}
+		if err := checkTemplate(pv.Context, pk); err != nil {
+			return s.invalid("table %s, key %s, previous version %d: context: %v", tn, kn, v, err)
+		}
+	}
+	return nil
+}
+
+// validateColumn checks one encrypted column and fills in its key and
+// type.
+func (s *Schema) validateColumn(t *Table, cn string, c *Column, pk map[string]bool, keyCols map[string]string) error {
+	tn := t.Name
+	c.Name = cn
+	if !identRe.MatchString(cn) {
+		return s.invalid("table %s: column %q is not a plain SQL identifier", tn, cn)
+	}
+	if pk[cn] {
+		return s.invalid("table %s, column %s: a primary-key column cannot be encrypted (it is part of the encryption context)", tn, cn)
+	}
+	if _, isKey := keyCols[cn]; isKey {
+		return s.invalid("table %s, column %s: it is a key column", tn, cn)
+	}
+	if c.Key == "" {
+		c.Key = "kms_key"
+	}
+	if _, ok := t.Keys[c.Key]; !ok {
+		return s.invalid("table %s, column %s: key %q does not exist (keys: %s)", tn, cn, c.Key, strings.Join(slices.Sorted(maps.Keys(t.Keys)), ", "))
+	}
+	if c.Type == 0 {
+		c.Type = envelope.Text
+	}
+	if !c.Type.Valid() {
+		return s.invalid("table %s, column %s: unknown type %v", tn, cn, c.Type)
 	}
 	return nil
 }
@@ -358,15 +387,6 @@ func checkTemplate(tmpl map[string]string, pk map[string]bool) error {
 		}
 	}
 	return nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // Table returns the table entry for a name as SQL spells it (case-folded),
@@ -395,10 +415,6 @@ func (k *Key) versionOf(v int) (keyID string, tmpl map[string]string, ok bool) {
 	}
 	return "", nil, false
 }
-
-// ErrVersion reports a wrapped key whose version is neither current nor in
-// previous_versions. Use errors.Is.
-var ErrVersion = errors.New("kmspostgres: key version not active")
 
 // contextFor renders the encryption context of a row for key version v.
 // pk holds the primary-key values as text, in PrimaryKey order.
@@ -436,9 +452,9 @@ func (t *Table) contextFor(k *Key, v int, pk []string) (keyID string, c envelope
 // String renders the schema as a short summary, for logs.
 func (s *Schema) String() string {
 	var b strings.Builder
-	for _, tn := range sortedKeys(s.Tables) {
+	for _, tn := range slices.Sorted(maps.Keys(s.Tables)) {
 		t := s.Tables[tn]
-		b.WriteString(tn + "(" + strings.Join(sortedKeys(t.Columns), ",") + ") ")
+		b.WriteString(tn + "(" + strings.Join(slices.Sorted(maps.Keys(t.Columns)), ",") + ") ")
 	}
 	return strings.TrimSpace(b.String()) + " key_id=" + strconv.Quote(s.KeyID)
 }

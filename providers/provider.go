@@ -64,7 +64,7 @@ var ErrNoProvider = errors.New("kmspostgres: no KMS provider for key id")
 // Error is a provider failure: which operation on which key, and the cause
 // (which wraps one of the sentinels above).
 type Error struct {
-	Op    string // "wrap" or "unwrap"
+	Op    Op // OpWrap or OpUnwrap
 	KeyID string
 	Err   error
 }

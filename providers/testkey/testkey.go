@@ -90,7 +90,7 @@ func (p *Provider) SetUnavailable(down bool) { p.unavailable.Store(down) }
 // Calls returns how many wrap and unwrap calls were made.
 func (p *Provider) Calls() (wraps, unwraps int64) { return p.wraps.Load(), p.unwraps.Load() }
 
-func (p *Provider) call(ctx context.Context, op, keyID string) error {
+func (p *Provider) call(ctx context.Context, op providers.Op, keyID string) error {
 	if keyID != KeyID && keyID != EncryptOnlyKeyID {
 		return &providers.Error{Op: op, KeyID: keyID, Err: fmt.Errorf("%w: the test provider serves only %s and %s", providers.ErrNoProvider, KeyID, EncryptOnlyKeyID)}
 	}

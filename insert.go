@@ -1,0 +1,162 @@
+package kmspostgres
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql/driver"
+	"fmt"
+
+	"github.com/kmspostgres/kmspostgres/envelope"
+	"github.com/kmspostgres/kmspostgres/rewrite"
+)
+
+// prepareInsert turns an INSERT plan into the SQL and arguments to run:
+// primary keys the statement leaves out are taken, one data key per row
+// and key is minted and wrapped, and every cell is sealed. Nothing is
+// written if any step fails.
+func (c *Conn) prepareInsert(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue) (string, []driver.NamedValue, error) {
+	ip := p.Insert
+	ti := c.connector.catalog.info(ip.Table)
+	slots := make([]any, ip.Slots)
+	gen, err := c.generatePKs(ctx, ip)
+	if err != nil {
+		return "", nil, err
+	}
+	jobs, err := insertKeyJobs(ip, args, slots, gen)
+	if err != nil {
+		return "", nil, err
+	}
+	err = forEach(len(jobs), c.connector.kmsConcurrency, func(i int) error {
+		j := jobs[i]
+		var err error
+		j.out, err = c.mint(ctx, ti, j.key, j.pk)
+		return err
+	})
+	if err != nil {
+		return "", nil, err
+	}
+	if err := sealInsert(ti, ip, args, slots, jobs); err != nil {
+		return "", nil, err
+	}
+	a, err := planArgs(p.Args, args, slots)
+	return p.SQL, a, err
+}
+
+// generatePKs makes the primary keys the statement leaves to the driver:
+// uuids, or ids taken from the sequence in blocks.
+func (c *Conn) generatePKs(ctx context.Context, ip *rewrite.Insert) ([]any, error) {
+	need := 0
+	for _, row := range ip.Rows {
+		for _, s := range row.PKSlot {
+			if s >= 0 {
+				need++
+			}
+		}
+	}
+	if need == 0 {
+		return nil, nil
+	}
+	gen := make([]any, 0, need)
+	if ip.Table.PKGen == rewrite.PKUUID {
+		for range need {
+			var b [16]byte
+			if _, err := rand.Read(b[:]); err != nil {
+				return nil, err
+			}
+			b[6] = b[6]&0x0f | 0x40 // version 4
+			b[8] = b[8]&0x3f | 0x80 // RFC 4122 variant
+			s, _ := envelope.UUID.Decode(b[:])
+			gen = append(gen, s)
+		}
+		return gen, nil
+	}
+	if ip.Table.Sequence == "" {
+		return nil, fmt.Errorf("kmspostgres: %s: no sequence found for the primary key", ip.Table.Name)
+	}
+	ids, err := c.connector.ids.take(ctx, c.inner.Conn(), ip.Table.Sequence, need)
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range ids {
+		gen = append(gen, id)
+	}
+	return gen, nil
+}
+
+// insertKey is one data key an INSERT mints: for a row and a key.
+type insertKey struct {
+	row, key int
+	pk       []string
+	out      rowKey
+}
+
+// insertKeyJobs renders each row's primary key (placing generated ones in
+// their slots) and lists the data keys to mint: one per row and key that
+// has a non-NULL value to encrypt.
+func insertKeyJobs(ip *rewrite.Insert, args []driver.NamedValue, slots, gen []any) ([]*insertKey, error) {
+	var jobs []*insertKey
+	for ri, row := range ip.Rows {
+		pk := make([]string, len(row.PK))
+		for pi, val := range row.PK {
+			if s := row.PKSlot[pi]; s >= 0 {
+				slots[s], gen = gen[0], gen[1:]
+				pk[pi], _ = pkText(slots[s], ip.Table.PKTypes[pi])
+				continue
+			}
+			v, err := valueOf(val, args)
+			if err != nil {
+				return nil, err
+			}
+			col := ip.Table.PrimaryKey[pi]
+			if v == nil {
+				return nil, fmt.Errorf("kmspostgres: %s.%s: the primary key is NULL; it is part of the encryption context", ip.Table.Name, col)
+			}
+			if pk[pi], err = pkText(v, ip.Table.PKTypes[pi]); err != nil {
+				return nil, &CellError{Table: ip.Table.Name, Column: col, Err: err}
+			}
+		}
+		for k, ks := range row.KeySlot {
+			if ks < 0 {
+				continue
+			}
+			nonNull := false
+			for _, cell := range row.Cells {
+				if cell.Key == k {
+					v, err := valueOf(cell.Value, args)
+					if err != nil {
+						return nil, err
+					}
+					nonNull = nonNull || v != nil
+				}
+			}
+			if nonNull {
+				jobs = append(jobs, &insertKey{row: ri, key: k, pk: pk})
+			}
+		}
+	}
+	return jobs, nil
+}
+
+// sealInsert places the wrapped keys and sealed cells in their slots.
+func sealInsert(ti *tableInfo, ip *rewrite.Insert, args []driver.NamedValue, slots []any, jobs []*insertKey) error {
+	keys := make(map[[2]int]rowKey, len(jobs))
+	for _, j := range jobs {
+		keys[[2]int{j.row, j.key}] = j.out
+		slots[ip.Rows[j.row].KeySlot[j.key]] = j.out.wrapped
+	}
+	for ri, row := range ip.Rows {
+		for _, cell := range row.Cells {
+			v, _ := valueOf(cell.Value, args)
+			rk, ok := keys[[2]int{ri, cell.Key}]
+			if v == nil || !ok {
+				slots[cell.Slot] = nil
+				continue
+			}
+			var err error
+			if slots[cell.Slot], err = seal(ti, cell.Column, rk.ck, v); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,275 @@
+package kmspostgres
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/kmspostgres/kmspostgres/rewrite"
+)
+
+// prepareUpdate finds the rows an UPDATE of encrypted columns will change,
+// keys each one (a fresh data key when the UPDATE sets every column under
+// the key or the row has none, else the row's own key, unwrapped), locks
+// them, and returns the rewritten UPDATE with per-row arrays. KMS calls
+// happen before the rows are locked; a row that changed in between is
+// keyed again under the lock. finish ends the transaction the driver
+// opened, if it opened one.
+func (c *Conn) prepareUpdate(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue) (string, []driver.NamedValue, func(error) error, error) {
+	finish, err := c.ensureTx(ctx)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	u, err := c.newUpdateKeyer(ctx, p, args)
+	if err != nil {
+		return "", nil, nil, finish(err)
+	}
+	q, a, err := u.run()
+	if err != nil {
+		return "", nil, nil, finish(err)
+	}
+	return q, a, finish, nil
+}
+
+// ensureTx opens a transaction when the connection is outside one, so that
+// an UPDATE's lock and write are atomic. finish commits it (or rolls it
+// back on error); inside the caller's transaction it only returns err.
+func (c *Conn) ensureTx(ctx context.Context) (finish func(error) error, err error) {
+	conn := c.inner.Conn()
+	if conn.PgConn().TxStatus() != 'I' {
+		return func(err error) error { return err }, nil
+	}
+	if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+		return nil, err
+	}
+	return func(err error) error {
+		if err == nil {
+			if _, err = conn.Exec(ctx, "COMMIT"); err == nil {
+				return nil
+			}
+		}
+		_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+		return err
+	}, nil
+}
+
+// updRow is a row an UPDATE will change: its ctid, primary key and the
+// current text of each key column the UPDATE writes under.
+type updRow struct {
+	ctid string
+	pk   []string
+	id   string // pk joined, to match a row across the two reads
+	keys []*string
+}
+
+// updateKeyer keys the rows of one UPDATE: read them, key each, lock them,
+// key again what changed in between, then seal the cells.
+type updateKeyer struct {
+	c    *Conn
+	ctx  context.Context
+	p    *rewrite.Plan
+	up   *rewrite.Update
+	ti   *tableInfo
+	args []driver.NamedValue
+
+	selArgs []any
+	vals    []any  // the value of each cell, the same for every row
+	skip    []bool // per up.Keys: a fresh key whose cells are all NULL: key NULL, no KMS call
+}
+
+func (c *Conn) newUpdateKeyer(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue) (*updateKeyer, error) {
+	up := p.Update
+	u := &updateKeyer{c: c, ctx: ctx, p: p, up: up, ti: c.connector.catalog.info(up.Table), args: args}
+	sargs, err := planArgs(up.SelectArgs, args, nil)
+	if err != nil {
+		return nil, err
+	}
+	u.selArgs = make([]any, len(sargs))
+	for i, a := range sargs {
+		u.selArgs[i] = a.Value
+	}
+	u.vals = make([]any, len(up.Cells))
+	for i, cell := range up.Cells {
+		if u.vals[i], err = valueOf(cell.Value, args); err != nil {
+			return nil, err
+		}
+	}
+	u.skip = make([]bool, len(up.Keys))
+	for i, k := range up.Keys {
+		if !k.Fresh {
+			continue
+		}
+		allNull := true
+		for j, cell := range up.Cells {
+			if cell.Key == k.Key && u.vals[j] != nil {
+				allNull = false
+			}
+		}
+		u.skip[i] = allNull
+	}
+	return u, nil
+}
+
+// run reads, keys, locks and re-keys the rows, and returns the UPDATE to
+// run with its arguments.
+func (u *updateKeyer) run() (string, []driver.NamedValue, error) {
+	peek, err := u.selectRows(u.up.SelectSQL)
+	if err != nil {
+		return "", nil, err
+	}
+	peekKeys, err := u.keyRows(peek, nil, nil)
+	if err != nil {
+		return "", nil, err
+	}
+	prior := make(map[string]*updRow, len(peek))
+	for i := range peek {
+		prior[peek[i].id] = &peek[i]
+	}
+	locked, err := u.selectRows(u.up.LockSQL)
+	if err != nil {
+		return "", nil, err
+	}
+	keys, err := u.keyRows(locked, prior, peekKeys)
+	if err != nil {
+		return "", nil, err
+	}
+	slots, err := u.slots(locked, keys)
+	if err != nil {
+		return "", nil, err
+	}
+	a, err := planArgs(u.p.Args, u.args, slots)
+	return u.p.SQL, a, err
+}
+
+func (u *updateKeyer) selectRows(sql string) ([]updRow, error) {
+	rows, err := u.c.inner.Conn().Query(u.ctx, sql, u.selArgs...)
+	if err != nil {
+		return nil, err
+	}
+	npk, nk := len(u.up.Table.PrimaryKey), len(u.up.Keys)
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (updRow, error) {
+		r := updRow{pk: make([]string, npk), keys: make([]*string, nk)}
+		dest := make([]any, 0, 1+npk+nk)
+		dest = append(dest, &r.ctid)
+		for i := range r.pk {
+			dest = append(dest, &r.pk[i])
+		}
+		for i := range r.keys {
+			dest = append(dest, &r.keys[i])
+		}
+		err := row.Scan(dest...)
+		r.id = strings.Join(r.pk, "\x00")
+		return r, err
+	})
+}
+
+// keyRows returns each row's keys, per up.Keys. A row seen in prior whose
+// key column has not changed reuses the key found then (priorKeys).
+func (u *updateKeyer) keyRows(rows []updRow, prior map[string]*updRow, priorKeys map[string][]rowKey) (map[string][]rowKey, error) {
+	out := make(map[string][]rowKey, len(rows))
+	type job struct {
+		r *updRow
+		i int
+	}
+	var jobs []job
+	for ri := range rows {
+		r := &rows[ri]
+		out[r.id] = make([]rowKey, len(u.up.Keys))
+		for i, k := range u.up.Keys {
+			if u.skip[i] {
+				continue
+			}
+			if pr, ok := prior[r.id]; ok && (k.Fresh || sameKey(pr.keys[i], r.keys[i])) {
+				out[r.id][i] = priorKeys[r.id][i]
+				continue
+			}
+			jobs = append(jobs, job{r: r, i: i})
+		}
+	}
+	err := forEach(len(jobs), u.c.connector.kmsConcurrency, func(n int) error {
+		j := jobs[n]
+		rk, err := u.keyRow(j.r, j.i)
+		out[j.r.id][j.i] = rk
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// keyRow mints a fresh key for a row, or unwraps its own.
+func (u *updateKeyer) keyRow(r *updRow, i int) (rowKey, error) {
+	k := u.up.Keys[i]
+	if k.Fresh || r.keys[i] == nil {
+		return u.c.mint(u.ctx, u.ti, k.Key, r.pk)
+	}
+	rk, err := u.c.openKey(u.ctx, u.ti, k.Key, r.pk, *r.keys[i])
+	if errors.Is(err, ErrPermission) {
+		err = fmt.Errorf("%w (this UPDATE keeps the row's data key because it does not set every column under key %s; an encrypt-only server must set them all, so that the driver can mint a new key)", err, u.ti.table.Keys[k.Key].Name)
+	}
+	return rk, err
+}
+
+// slots fills the per-row arrays: ctids, sealed cells, wrapped keys.
+func (u *updateKeyer) slots(locked []updRow, keys map[string][]rowKey) ([]any, error) {
+	up, ti := u.up, u.ti
+	slots := make([]any, up.Slots)
+	ctids := make([]string, len(locked))
+	for i, r := range locked {
+		ctids[i] = r.ctid
+	}
+	slots[up.CtidSlot] = ctids
+	keyIndex := map[int]int{}
+	for i, k := range up.Keys {
+		keyIndex[k.Key] = i
+	}
+	for ci, cell := range up.Cells {
+		bytea := ti.table.Encrypted[cell.Column].Bytea
+		texts := make([]*string, len(locked))
+		raws := make([][]byte, len(locked))
+		for ri, r := range locked {
+			rk := keys[r.id][keyIndex[cell.Key]]
+			if u.vals[ci] == nil || rk.ck == nil {
+				continue
+			}
+			v, err := seal(ti, cell.Column, rk.ck, u.vals[ci])
+			if err != nil {
+				return nil, err
+			}
+			if bytea {
+				raws[ri] = v.([]byte)
+			} else {
+				s := v.(string)
+				texts[ri] = &s
+			}
+		}
+		if bytea {
+			slots[cell.Slot] = raws
+		} else {
+			slots[cell.Slot] = texts
+		}
+	}
+	for i, k := range up.Keys {
+		col := make([]*string, len(locked))
+		for ri, r := range locked {
+			if rk := keys[r.id][i]; rk.ck != nil {
+				w := rk.wrapped
+				col[ri] = &w
+			}
+		}
+		slots[k.Slot] = col
+	}
+	return slots, nil
+}
+
+func sameKey(a, b *string) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
