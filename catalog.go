@@ -30,9 +30,9 @@ type catalog struct {
 	mu      sync.Mutex
 	loaded  bool
 	tables  map[string]*tableInfo // by schema-map name
-	encAttr map[[2]uint32]string // (table oid, attnum) of encrypted columns → table.column
-	views   map[string]string    // view name (and schema.name) → table.column it exposes
-	cols    map[string][]string  // other relations' columns; nil: none
+	encAttr map[[2]uint32]string  // (table oid, attnum) of encrypted columns → table.column
+	views   map[string]string     // view name (and schema.name) → table.column it exposes
+	cols    map[string][]string   // other relations' columns; nil: none
 }
 
 func newCatalog(s *Schema) *catalog { return &catalog{schema: s} }
