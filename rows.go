@@ -11,7 +11,14 @@ import (
 	"github.com/kmspostgres/kmspostgres/rewrite"
 )
 
-// rows decrypts a result set. It reads ahead a bounded window of rows,
+// rows decrypts a result set.
+//
+// It implements driver.Rows and not Go 1.27's driver.RowsColumnScanner, on
+// purpose: database/sql then reads every row through Next, which decrypts.
+// Forwarding ScanColumn to pgx for plain columns is not possible here,
+// since the rows were read ahead (pgx's current row is a later one), and a
+// ScanColumn that reached pgx for an encrypted column would hand out
+// ciphertext. It reads ahead a bounded window of rows,
 // unwraps the window's distinct data keys together (in batches or
 // concurrently), decrypts the cells, and hands the rows out one by one, so
 // memory stays bounded however large the result.
@@ -132,8 +139,8 @@ var dbTypeNames = map[envelope.Type]string{
 
 var scanTypes = map[envelope.Type]reflect.Type{
 	envelope.Text: reflect.TypeFor[string](), envelope.Bytea: reflect.TypeFor[[]byte](),
-	envelope.Smallint: reflect.TypeFor[int64](), envelope.Integer: reflect.TypeFor[int64](), envelope.Bigint: reflect.TypeFor[int64](),
-	envelope.Real: reflect.TypeFor[float64](), envelope.Double: reflect.TypeFor[float64](), envelope.Numeric: reflect.TypeFor[string](),
+	envelope.Smallint: reflect.TypeFor[int16](), envelope.Integer: reflect.TypeFor[int32](), envelope.Bigint: reflect.TypeFor[int64](),
+	envelope.Real: reflect.TypeFor[float32](), envelope.Double: reflect.TypeFor[float64](), envelope.Numeric: reflect.TypeFor[string](),
 	envelope.Boolean: reflect.TypeFor[bool](), envelope.Date: reflect.TypeFor[time.Time](), envelope.Timestamp: reflect.TypeFor[time.Time](),
 	envelope.Timestamptz: reflect.TypeFor[time.Time](), envelope.Time: reflect.TypeFor[time.Time](), envelope.UUID: reflect.TypeFor[string](),
 	envelope.JSON: reflect.TypeFor[[]byte](), envelope.JSONB: reflect.TypeFor[[]byte](),
@@ -151,7 +158,9 @@ func (r *rows) ColumnTypeDatabaseTypeName(i int) string {
 	return ""
 }
 
-// ColumnTypeScanType reports the Go type an encrypted column decodes to.
+// ColumnTypeScanType reports, for an encrypted column, the type pgx's own
+// driver reports for its plaintext type (int32 for integer, float32 for
+// real), and pgx's answer for the others.
 func (r *rows) ColumnTypeScanType(i int) reflect.Type {
 	if t, ok := r.encType(i); ok {
 		return scanTypes[t]

@@ -15,7 +15,7 @@ import (
 // execModes are the pgx query exec modes every statement test runs under:
 // the default (prepared statements, cached) and the simple protocol used
 // behind PgBouncer.
-var execModes = []string{"cache_statement", "simple_protocol", "exec"}
+var execModes = []string{"cache_statement", "cache_describe", "describe_exec", "exec", "simple_protocol"}
 
 func forEachMode(t *testing.T, f func(t *testing.T, e *env)) {
 	for _, mode := range execModes {

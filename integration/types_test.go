@@ -130,7 +130,7 @@ func TestTypes(t *testing.T) {
 				t.Fatalf("Scanner: %q %v", cs.s, err)
 			}
 			// Column types report the plaintext type.
-			rows, err := e.db.Query("SELECT id, t, b, i8, f8, n, bo, d, tz, u, jb FROM vals")
+			rows, err := e.db.Query("SELECT id, t, b, i8, f8, n, bo, d, tz, u, jb, i2, i4, f4 FROM vals")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -141,10 +141,11 @@ func TestTypes(t *testing.T) {
 				names = append(names, ct.DatabaseTypeName())
 				scans = append(scans, ct.ScanType().String())
 			}
-			if strings.Join(names, ",") != "INT8,TEXT,BYTEA,INT8,FLOAT8,NUMERIC,BOOL,DATE,TIMESTAMPTZ,UUID,JSONB" {
+			if strings.Join(names, ",") != "INT8,TEXT,BYTEA,INT8,FLOAT8,NUMERIC,BOOL,DATE,TIMESTAMPTZ,UUID,JSONB,INT2,INT4,FLOAT4" {
 				t.Fatalf("database type names: %v", names)
 			}
-			if strings.Join(scans[1:], ",") != "string,[]uint8,int64,float64,string,bool,time.Time,time.Time,string,[]uint8" {
+			// The same scan types pgx's own driver reports for the plain types.
+			if strings.Join(scans[1:], ",") != "string,[]uint8,int64,float64,string,bool,time.Time,time.Time,string,[]uint8,int16,int32,float32" {
 				t.Fatalf("scan types: %v", scans)
 			}
 			// A wrong type is refused before anything is written.

@@ -496,36 +496,29 @@ func (a *analyzer) onConflict(ins *pg.InsertStmt, t *Table, target *rel, cs *sco
 		if rt == nil {
 			continue
 		}
-		if t == nil {
-			if err := a.checkExpr(rt.Val, sc, "ON CONFLICT ... DO UPDATE SET"); err != nil {
-				return err
+		kind, ec, err := a.setTarget(t, rt, sc, "ON CONFLICT ... DO UPDATE SET")
+		if err != nil {
+			return err
+		}
+		switch kind {
+		case setKey:
+			return refuse(t, rt.Name, "the driver writes key columns itself", "leave "+rt.Name+" out of DO UPDATE SET")
+		case setEncrypted:
+			names, star := fieldNames(rt.Val.GetColumnRef())
+			if rt.Val.GetColumnRef() == nil || star || len(names) != 2 || names[0] != "excluded" || names[1] != rt.Name {
+				return refuse(t, rt.Name, "ON CONFLICT DO UPDATE can only set an encrypted column to EXCLUDED."+rt.Name,
+					"set it from EXCLUDED, or update the row with a separate UPDATE")
 			}
-			continue
+			if !onPK {
+				return refuse(t, rt.Name, "ON CONFLICT DO UPDATE of an encrypted column needs the primary key ("+strings.Join(t.PrimaryKey, ", ")+") as conflict target: on another target the existing row keeps its own id, which the new row key was not wrapped for",
+					"use ON CONFLICT ("+strings.Join(t.PrimaryKey, ", ")+"), or update the existing row with a separate UPDATE")
+			}
+			keys[ec.Key] = true
 		}
 		set[rt.Name] = true
-		if slices.Contains(t.PrimaryKey, rt.Name) {
-			return refuse(t, rt.Name, "primary-key columns are part of the encryption context and cannot change", "insert a new row instead")
-		}
-		if isKeyCol(t, rt.Name) >= 0 {
-			return refuse(t, rt.Name, "the driver writes key columns itself", "leave "+rt.Name+" out of DO UPDATE SET")
-		}
-		ec, enc := t.Encrypted[rt.Name]
-		if !enc {
-			if err := a.checkExpr(rt.Val, sc, "ON CONFLICT ... DO UPDATE SET"); err != nil {
-				return err
-			}
-			continue
-		}
-		names, star := fieldNames(rt.Val.GetColumnRef())
-		if rt.Val.GetColumnRef() == nil || star || len(names) != 2 || names[0] != "excluded" || names[1] != rt.Name || len(rt.Indirection) > 0 {
-			return refuse(t, rt.Name, "ON CONFLICT DO UPDATE can only set an encrypted column to EXCLUDED."+rt.Name,
-				"set it from EXCLUDED, or update the row with a separate UPDATE")
-		}
-		if !onPK {
-			return refuse(t, rt.Name, "ON CONFLICT DO UPDATE of an encrypted column needs the primary key ("+strings.Join(t.PrimaryKey, ", ")+") as conflict target: on another target the existing row keeps its own id, which the new row key was not wrapped for",
-				"use ON CONFLICT ("+strings.Join(t.PrimaryKey, ", ")+"), or update the existing row with a separate UPDATE")
-		}
-		keys[ec.Key] = true
+	}
+	if t == nil {
+		return nil
 	}
 	for k := range len(t.Keys) {
 		if !keys[k] {
@@ -541,6 +534,43 @@ func (a *analyzer) onConflict(ins *pg.InsertStmt, t *Table, target *rel, cs *sco
 		oc.TargetList = append(oc.TargetList, resTarget(kc, colRef("excluded", kc)))
 	}
 	return nil
+}
+
+// setKind is what one SET target of an UPDATE or ON CONFLICT DO UPDATE
+// writes.
+type setKind int
+
+const (
+	setPlain     setKind = iota // a plain column (its value checked)
+	setEncrypted                // an encrypted column
+	setKey                      // a key column
+)
+
+// setTarget checks one SET target over t (nil: a table that is not
+// encrypted) and says what it writes. Primary-key columns, multiple-column
+// assignments and partial writes of encrypted, key or primary-key columns
+// are refused; a plain column's value is checked in sc.
+func (a *analyzer) setTarget(t *Table, rt *pg.ResTarget, sc *scope, where string) (setKind, EncColumn, error) {
+	if t == nil {
+		return setPlain, EncColumn{}, a.checkExpr(rt.Val, sc, where)
+	}
+	ec, enc := t.Encrypted[rt.Name]
+	k := isKeyCol(t, rt.Name)
+	isPK := slices.Contains(t.PrimaryKey, rt.Name)
+	if _, multi := rt.Val.GetNode().(*pg.Node_MultiAssignRef); multi && (enc || k >= 0 || isPK) {
+		return 0, ec, refuse(t, rt.Name, "multiple-column assignment is not supported for encrypted, key or primary-key columns", "assign each column on its own")
+	}
+	switch {
+	case isPK:
+		return 0, ec, refuse(t, rt.Name, "primary-key columns of an encrypted table are part of each row's encryption context and cannot change", "insert a new row and delete the old one")
+	case k >= 0:
+		return setKey, ec, nil
+	case !enc:
+		return setPlain, ec, a.checkExpr(rt.Val, sc, where)
+	case len(rt.Indirection) > 0:
+		return 0, ec, refuse(t, rt.Name, "writing part of an encrypted value (a subscript or field) is not supported", "write the whole value")
+	}
+	return setEncrypted, ec, nil
 }
 
 type setCell struct {
@@ -560,47 +590,9 @@ func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	var cells []setCell
-	keyColsSet := map[int]*pg.ResTarget{}
-	for _, n := range upd.TargetList {
-		rt := n.GetResTarget()
-		if rt == nil {
-			continue
-		}
-		if t == nil {
-			if err := a.checkExpr(rt.Val, sc, "SET"); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		if _, multi := rt.Val.GetNode().(*pg.Node_MultiAssignRef); multi {
-			if _, enc := t.Encrypted[rt.Name]; enc || isKeyCol(t, rt.Name) >= 0 || slices.Contains(t.PrimaryKey, rt.Name) {
-				return nil, refuse(t, rt.Name, "multiple-column assignment is not supported for encrypted, key or primary-key columns", "assign each column on its own")
-			}
-		}
-		if slices.Contains(t.PrimaryKey, rt.Name) {
-			return nil, refuse(t, rt.Name, "primary-key columns of an encrypted table are part of each row's encryption context and cannot change", "insert a new row and delete the old one")
-		}
-		if k := isKeyCol(t, rt.Name); k >= 0 {
-			keyColsSet[k] = rt
-			continue
-		}
-		ec, enc := t.Encrypted[rt.Name]
-		if !enc {
-			if err := a.checkExpr(rt.Val, sc, "SET"); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		if len(rt.Indirection) > 0 {
-			return nil, refuse(t, rt.Name, "writing part of an encrypted value (a subscript or field) is not supported", "write the whole value")
-		}
-		val, ok := literal(rt.Val)
-		if !ok {
-			return nil, refuse(t, rt.Name, "only parameters, literals, NULL and DEFAULT can be written to an encrypted column: the database only ever sees its ciphertext",
-				"compute the value in the application and pass it as a parameter")
-		}
-		cells = append(cells, setCell{rt: rt, name: rt.Name, ec: ec, val: val})
+	cells, keyColsSet, err := a.updateTargets(upd, t, sc)
+	if err != nil {
+		return nil, err
 	}
 	retScope := &scope{parent: cs, rels: []*rel{target}}
 	if len(cells) == 0 {
@@ -613,8 +605,58 @@ func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
 		}
 		return &Plan{Out: out}, nil
 	}
+	if err := checkUpdateShape(upd, t, cells[0].name); err != nil {
+		return nil, err
+	}
+	up, err := updateKeys(upd, t, cells, keyColsSet)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.rowFinder(up, upd, rv, t); err != nil {
+		return nil, err
+	}
+	a.joinPerRowValues(up, upd, t, cells, qualOf(rv))
+	out, err := a.returning(&upd.ReturningList, retScope)
+	if err != nil {
+		return nil, err
+	}
+	return &Plan{Update: up, Out: out}, nil
+}
+
+// updateTargets sorts an UPDATE's SET list: the encrypted columns it
+// writes, with their values, and the key columns it names.
+func (a *analyzer) updateTargets(upd *pg.UpdateStmt, t *Table, sc *scope) ([]setCell, map[int]*pg.ResTarget, error) {
+	var cells []setCell
+	keyColsSet := map[int]*pg.ResTarget{}
+	for _, n := range upd.TargetList {
+		rt := n.GetResTarget()
+		if rt == nil {
+			continue
+		}
+		kind, ec, err := a.setTarget(t, rt, sc, "SET")
+		if err != nil {
+			return nil, nil, err
+		}
+		switch kind {
+		case setKey:
+			keyColsSet[isKeyCol(t, rt.Name)] = rt
+		case setEncrypted:
+			val, ok := literal(rt.Val)
+			if !ok {
+				return nil, nil, refuse(t, rt.Name, "only parameters, literals, NULL and DEFAULT can be written to an encrypted column: the database only ever sees its ciphertext",
+					"compute the value in the application and pass it as a parameter")
+			}
+			cells = append(cells, setCell{rt: rt, name: rt.Name, ec: ec, val: val})
+		}
+	}
+	return cells, keyColsSet, nil
+}
+
+// checkUpdateShape refuses the UPDATE forms whose rows the driver cannot
+// key one by one.
+func checkUpdateShape(upd *pg.UpdateStmt, t *Table, col string) error {
 	if len(upd.FromClause) > 0 || upd.WithClause != nil {
-		return nil, refuse(t, cells[0].name, "UPDATE ... FROM or WITH that writes an encrypted column is not supported", "read the values first, then update by primary key")
+		return refuse(t, col, "UPDATE ... FROM or WITH that writes an encrypted column is not supported", "read the values first, then update by primary key")
 	}
 	hasCurrentOf := false
 	walk(upd, func(n *pg.Node) bool {
@@ -624,70 +666,65 @@ func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
 		return true
 	})
 	if hasCurrentOf {
-		return nil, refuse(t, cells[0].name, "WHERE CURRENT OF is not supported", "update by primary key")
+		return refuse(t, col, "WHERE CURRENT OF is not supported", "update by primary key")
 	}
+	return nil
+}
+
+// updateKeys decides, per key the UPDATE writes under, whether each row
+// gets a fresh data key (every column under the key is set) or keeps its
+// own, checks the caller's key-column assignments (only NULL, with every
+// column under the key set) and drops them: the driver writes key columns.
+func updateKeys(upd *pg.UpdateStmt, t *Table, cells []setCell, keyColsSet map[int]*pg.ResTarget) (*Update, error) {
 	set := map[string]bool{}
-	for _, c := range cells {
-		set[c.name] = true
-	}
-	up := &Update{Table: t, CtidSlot: 0, Slots: 1}
 	var keyIdx []int
 	for _, c := range cells {
+		set[c.name] = true
 		if !slices.Contains(keyIdx, c.ec.Key) {
 			keyIdx = append(keyIdx, c.ec.Key)
 		}
 	}
 	slices.Sort(keyIdx)
-	for k, rt := range keyColsSet {
-		fresh := true
+	fresh := func(k int) bool {
 		for _, c := range t.Keys[k].Columns {
-			fresh = fresh && set[c]
+			if !set[c] {
+				return false
+			}
 		}
-		if v, ok := literal(rt.Val); !ok || v.Kind != ValNull || !fresh {
+		return true
+	}
+	for k, rt := range keyColsSet {
+		if v, ok := literal(rt.Val); !ok || v.Kind != ValNull || !fresh(k) {
 			return nil, refuse(t, rt.Name, "the driver writes key columns itself", "set every column under the key and leave "+rt.Name+" out; the driver then mints a new data key")
 		}
 	}
-	// Drop the caller's key-column assignments: the driver writes them.
 	upd.TargetList = slices.DeleteFunc(upd.TargetList, func(n *pg.Node) bool {
 		rt := n.GetResTarget()
 		return rt != nil && isKeyCol(t, rt.Name) >= 0
 	})
-	qual := qualOf(rv)
-	colNames := []string{"ctid"}
-	var types []string
-	types = append(types, "text[]::tid[]")
-	for i, c := range cells {
+	up := &Update{Table: t, CtidSlot: 0, Slots: 1}
+	for _, c := range cells {
 		up.Cells = append(up.Cells, Cell{Column: c.name, Key: c.ec.Key, Value: c.val, Slot: up.Slots})
-		name := "c" + strconv.Itoa(i)
-		colNames = append(colNames, name)
-		if c.ec.Bytea {
-			types = append(types, "bytea[]")
-		} else {
-			types = append(types, "text[]")
-		}
-		c.rt.Val = colRef("__kmspg_v", name)
 		up.Slots++
 	}
-	for i, k := range keyIdx {
-		fresh := true
-		for _, c := range t.Keys[k].Columns {
-			fresh = fresh && set[c]
-		}
-		up.Keys = append(up.Keys, UpdateKey{Key: k, Fresh: fresh, Slot: up.Slots})
-		name := "k" + strconv.Itoa(i)
-		colNames = append(colNames, name)
-		types = append(types, "text[]")
-		upd.TargetList = append(upd.TargetList, resTarget(t.Keys[k].Column, colRef("__kmspg_v", name)))
+	for _, k := range keyIdx {
+		up.Keys = append(up.Keys, UpdateKey{Key: k, Fresh: fresh(k), Slot: up.Slots})
 		up.Slots++
 	}
-	// SELECT ctid, pk, key columns FROM rel WHERE … [FOR NO KEY UPDATE]
+	return up, nil
+}
+
+// rowFinder builds the queries that read the rows an UPDATE will change:
+// SELECT ctid, primary key, key columns FROM rel WHERE …, and the same
+// with FOR NO KEY UPDATE.
+func (a *analyzer) rowFinder(up *Update, upd *pg.UpdateStmt, rv *pg.RangeVar, t *Table) error {
+	qual := qualOf(rv)
 	sel := &pg.SelectStmt{
-		TargetList:  []*pg.Node{resTarget("", castText(colRef(qual, "ctid")))},
-		FromClause:  []*pg.Node{{Node: &pg.Node_RangeVar{RangeVar: proto.Clone(rv).(*pg.RangeVar)}}},
-		WhereClause: proto.Clone(upd.WhereClause).(*pg.Node),
+		TargetList: []*pg.Node{resTarget("", castText(colRef(qual, "ctid")))},
+		FromClause: []*pg.Node{{Node: &pg.Node_RangeVar{RangeVar: proto.Clone(rv).(*pg.RangeVar)}}},
 	}
-	if upd.WhereClause == nil {
-		sel.WhereClause = nil
+	if upd.WhereClause != nil {
+		sel.WhereClause = proto.Clone(upd.WhereClause).(*pg.Node)
 	}
 	for _, p := range t.PrimaryKey {
 		sel.TargetList = append(sel.TargetList, resTarget("", castText(colRef(qual, p))))
@@ -702,14 +739,38 @@ func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
 	lockNode := &pg.Node{Node: &pg.Node_SelectStmt{SelectStmt: lock}}
 	up.SelectArgs = renumber(selNode)
 	renumber(lockNode)
-	var err2 error
-	if up.SelectSQL, err2 = deparse(a.version, selNode); err2 != nil {
-		return nil, &ParseError{Err: err2}
+	var err error
+	if up.SelectSQL, err = deparse(a.version, selNode); err != nil {
+		return &ParseError{Err: err}
 	}
-	if up.LockSQL, err2 = deparse(a.version, lockNode); err2 != nil {
-		return nil, &ParseError{Err: err2}
+	if up.LockSQL, err = deparse(a.version, lockNode); err != nil {
+		return &ParseError{Err: err}
 	}
-	// UPDATE … FROM unnest(arrays) AS __kmspg_v(ctid, c0, …, k0, …) WHERE q.ctid = __kmspg_v.ctid
+	return nil
+}
+
+// joinPerRowValues rewrites the UPDATE to take one value per row:
+// UPDATE … SET c = __kmspg_v.c0, key = __kmspg_v.k0 FROM unnest(arrays)
+// AS __kmspg_v(ctid, c0, …, k0, …) WHERE q.ctid = __kmspg_v.ctid.
+func (a *analyzer) joinPerRowValues(up *Update, upd *pg.UpdateStmt, t *Table, cells []setCell, qual string) {
+	colNames := []string{"ctid"}
+	types := []string{"text[]::tid[]"}
+	for i, c := range cells {
+		name := "c" + strconv.Itoa(i)
+		colNames = append(colNames, name)
+		if c.ec.Bytea {
+			types = append(types, "bytea[]")
+		} else {
+			types = append(types, "text[]")
+		}
+		c.rt.Val = colRef("__kmspg_v", name)
+	}
+	for i, k := range up.Keys {
+		name := "k" + strconv.Itoa(i)
+		colNames = append(colNames, name)
+		types = append(types, "text[]")
+		upd.TargetList = append(upd.TargetList, resTarget(t.Keys[k.Key].Column, colRef("__kmspg_v", name)))
+	}
 	var args []string
 	for i, ty := range types {
 		args = append(args, "$"+strconv.Itoa(slotBase+1+i)+"::"+ty)
@@ -717,11 +778,6 @@ func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
 	snippet := parseOne("SELECT FROM unnest(" + strings.Join(args, ", ") + ") AS __kmspg_v(" + strings.Join(colNames, ", ") + ")").GetSelectStmt()
 	upd.FromClause = snippet.FromClause
 	upd.WhereClause = pg.MakeAExprNode(pg.A_Expr_Kind_AEXPR_OP, []*pg.Node{str("=")}, colRef(qual, "ctid"), colRef("__kmspg_v", "ctid"), -1)
-	out, err := a.returning(&upd.ReturningList, retScope)
-	if err != nil {
-		return nil, err
-	}
-	return &Plan{Update: up, Out: out}, nil
 }
 
 func (a *analyzer) delete(stmt *pg.Node, del *pg.DeleteStmt) (*Plan, error) {
