@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -15,65 +16,210 @@ import (
 	"github.com/kmspostgres/kmspostgres/rewrite"
 )
 
-// tableInfo joins a schema-map table with what pg_catalog says of it.
+// tableInfo joins a relation that holds encrypted rows (a mapped table, or
+// one of its partitions or inheritance children) with its schema-map
+// entry.
 type tableInfo struct {
 	table *rewrite.Table // as resolved for the rewriter
 	entry *Table         // the schema-map entry
 }
 
-// catalog resolves the schema map against the database once per
-// connector, and answers the rewriter's questions about other relations.
-// DDL run through the driver resets it.
+// catalog resolves the schema map against the database and answers the
+// rewriter's questions, by relation OID as the server resolves names:
+//
+//   - every mapped table, and its partitions and inheritance children at
+//     any depth, which are encrypted and decrypted as the mapped table
+//     (same context and cell binding);
+//   - relations that reach an encrypted column through a rule: views at
+//     any depth (whole-row references included) and tables with rules that
+//     write one; statements on them are refused;
+//   - mapped tables that do not match the map, or on which the database
+//     computes on an encrypted column (generated columns, indexes,
+//     constraints, triggers, policies): statements on them are refused,
+//     other tables are served.
+//
+// The snapshot is checked against a fingerprint of the catalog rows it was
+// built from before every new plan, and at most ttl apart for cached plans;
+// when the fingerprint changed (DDL by any process), the snapshot is
+// rebuilt and every cached plan dropped.
 type catalog struct {
 	schema *Schema
+	ttl    time.Duration
 
-	mu      sync.Mutex
-	loaded  bool
-	tables  map[string]*tableInfo // by schema-map name
-	encAttr map[[2]uint32]string  // (table oid, attnum) of encrypted columns → table.column
-	views   map[string]string     // view name (and schema.name) → table.column it exposes
-	cols    map[string][]string   // other relations' columns; nil: none
+	mu          sync.Mutex
+	loaded      bool
+	generation  uint64 // bumped by every (re)load; plans remember theirs
+	fingerprint string
+	checkedAt   time.Time
+
+	tables  map[string]*tableInfo // mapped tables by schema-map name
+	byOID   map[uint32]*tableInfo // mapped tables, partitions and children
+	byPlan  map[*rewrite.Table]*tableInfo
+	broken  map[uint32]error  // mapped relations that do not match the map
+	missing map[string]error  // map entries with no relation
+	encAttr map[[2]uint32]string // (relation oid, attnum) of encrypted columns → table.column
+	reach   map[uint32]string    // relations that reach an encrypted column → table.column
+	watch   []uint32             // every oid above, for the fingerprint
+	cols    map[uint32][]string  // other relations' columns
 }
 
-func newCatalog(s *Schema) *catalog { return &catalog{schema: s} }
+func newCatalog(s *Schema, ttl time.Duration) *catalog { return &catalog{schema: s, ttl: ttl} }
 
+// reset forgets the snapshot: the next question reloads it.
 func (c *catalog) reset() {
 	c.mu.Lock()
 	c.loaded = false
-	c.tables, c.encAttr, c.views, c.cols = nil, nil, nil, nil
 	c.mu.Unlock()
 }
 
-// boundCatalog answers the rewriter through one connection.
-type boundCatalog struct {
-	c    *catalog
-	ctx  context.Context
-	conn *pgx.Conn
+// fresh makes sure the snapshot matches the database: loaded, and checked
+// against the fingerprint within ttl (always when force is set). It
+// returns the snapshot's generation.
+func (c *catalog) fresh(ctx context.Context, conn *pgx.Conn, force bool) (uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.loaded && !force && time.Since(c.checkedAt) < c.ttl {
+		return c.generation, nil
+	}
+	if c.loaded {
+		fp, err := c.probe(ctx, conn)
+		if err != nil {
+			return 0, fmt.Errorf("kmspostgres: checking the catalog for changes: %w", err)
+		}
+		if fp == c.fingerprint {
+			c.checkedAt = time.Now()
+			return c.generation, nil
+		}
+		c.loaded = false
+	}
+	if err := c.ensure(ctx, conn); err != nil {
+		return 0, err
+	}
+	return c.generation, nil
 }
 
-func (b boundCatalog) ensure() error {
-	c := b.c
+// ensure loads the snapshot if it is not loaded. Called with c.mu held.
+// Errors are not kept: a migration in another process may fix them.
+func (c *catalog) ensure(ctx context.Context, conn *pgx.Conn) error {
 	if c.loaded {
 		return nil
 	}
-	// Errors are not cached: the schema may be fixed (by a migration in
-	// another process) at any time.
-	err := c.load(b.ctx, b.conn)
-	c.loaded = err == nil
-	return err
+	if err := c.load(ctx, conn); err != nil {
+		return err
+	}
+	fp, err := c.probe(ctx, conn)
+	if err != nil {
+		return fmt.Errorf("kmspostgres: fingerprinting the catalog: %w", err)
+	}
+	c.fingerprint, c.checkedAt, c.loaded = fp, time.Now(), true
+	c.generation++
+	return nil
+}
+
+// probe fingerprints the catalog rows the snapshot depends on: what each
+// map entry resolves to, and every row of pg_class, pg_attribute,
+// pg_inherits, pg_depend, pg_rewrite and pg_trigger about a watched
+// relation. A new view, rule, partition, child, column, trigger or
+// dependent of any of them changes it.
+func (c *catalog) probe(ctx context.Context, conn *pgx.Conn) (string, error) {
+	var fp string
+	err := conn.QueryRow(ctx, `SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM (
+		SELECT 'r' || n || '=' || coalesce(to_regclass(n)::oid::text, '-') AS x FROM unnest($1::text[]) n
+		UNION ALL SELECT 'c' || oid || ':' || xmin FROM pg_class WHERE oid = ANY($2)
+		UNION ALL SELECT 'a' || attrelid || ':' || attnum || ':' || xmin FROM pg_attribute WHERE attrelid = ANY($2) AND attnum > 0
+		UNION ALL SELECT 'i' || inhrelid || ':' || inhparent FROM pg_inherits WHERE inhparent = ANY($2) OR inhrelid = ANY($2)
+		UNION ALL SELECT 'd' || classid || ':' || objid || ':' || objsubid || ':' || refobjid || ':' || refobjsubid FROM pg_depend
+			WHERE refclassid = 'pg_class'::regclass AND refobjid = ANY($2)
+		UNION ALL SELECT 'w' || oid || ':' || xmin FROM pg_rewrite WHERE ev_class = ANY($2)
+		UNION ALL SELECT 't' || oid || ':' || xmin FROM pg_trigger WHERE tgrelid = ANY($2)) s`,
+		slices.Sorted(maps.Keys(c.schema.Tables)), c.watch).Scan(&fp)
+	return fp, err
+}
+
+// boundCatalog answers the rewriter through one connection. names holds
+// the relation names of the statement being planned, resolved on the
+// server under the session's search_path.
+type boundCatalog struct {
+	c     *catalog
+	ctx   context.Context
+	conn  *pgx.Conn
+	names map[rewrite.RelName]uint32
+}
+
+// Prefetch resolves every relation name of a statement in one round trip,
+// as the server would resolve them now.
+func (b boundCatalog) Prefetch(names []rewrite.RelName) error {
+	if len(names) == 0 {
+		return nil
+	}
+	idents := make([]string, len(names))
+	for i, n := range names {
+		idents[i] = relIdent(n.Schema, n.Name)
+	}
+	rows, err := b.conn.Query(b.ctx, `SELECT coalesce(to_regclass(n)::oid, 0) FROM unnest($1::text[]) WITH ORDINALITY AS u(n, i) ORDER BY i`, idents)
+	if err != nil {
+		return fmt.Errorf("kmspostgres: resolving relation names: %w", err)
+	}
+	oids, err := pgx.CollectRows(rows, pgx.RowTo[uint32])
+	if err != nil {
+		return fmt.Errorf("kmspostgres: resolving relation names: %w", err)
+	}
+	for i, n := range names {
+		b.names[n] = oids[i]
+	}
+	return nil
+}
+
+func relIdent(schema, name string) string {
+	if schema != "" {
+		return pgx.Identifier{schema, name}.Sanitize()
+	}
+	return pgx.Identifier{name}.Sanitize()
+}
+
+// resolve returns the oid a name resolves to now, 0 if none.
+func (b boundCatalog) resolve(schema, name string) (uint32, error) {
+	n := rewrite.RelName{Schema: schema, Name: name}
+	if oid, ok := b.names[n]; ok {
+		return oid, nil
+	}
+	var oid uint32
+	if err := b.conn.QueryRow(b.ctx, `SELECT coalesce(to_regclass($1)::oid, 0)`, relIdent(schema, name)).Scan(&oid); err != nil {
+		return 0, fmt.Errorf("kmspostgres: resolving %s: %w", relIdent(schema, name), err)
+	}
+	if b.names != nil {
+		b.names[n] = oid
+	}
+	return oid, nil
 }
 
 func (b boundCatalog) Encrypted(schema, name string) (*rewrite.Table, error) {
-	st := b.c.schema.Table(schema, name)
-	if st == nil {
-		return nil, nil
-	}
-	b.c.mu.Lock()
-	defer b.c.mu.Unlock()
-	if err := b.ensure(); err != nil {
+	oid, err := b.resolve(schema, name)
+	if err != nil {
 		return nil, err
 	}
-	return b.c.tables[st.Name].table, nil
+	c := b.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.ensure(b.ctx, b.conn); err != nil {
+		return nil, err
+	}
+	if oid == 0 {
+		// A mapped table that does not exist yet: say so rather than
+		// let the server say "does not exist" about a name it may later
+		// resolve differently.
+		if st := c.schema.Table(schema, name); st != nil {
+			return nil, c.missing[st.Name]
+		}
+		return nil, nil
+	}
+	if err := c.broken[oid]; err != nil {
+		return nil, err
+	}
+	if ti := c.byOID[oid]; ti != nil {
+		return ti.table, nil
+	}
+	return nil, nil
 }
 
 func (b boundCatalog) Columns(schema, name string) ([]string, error) {
@@ -83,41 +229,40 @@ func (b boundCatalog) Columns(schema, name string) ([]string, error) {
 		}
 		return t.Columns, nil
 	}
-	key := strings.ToLower(schema) + "." + name
-	b.c.mu.Lock()
-	defer b.c.mu.Unlock()
-	if cols, ok := b.c.cols[key]; ok {
+	oid, err := b.resolve(schema, name)
+	if err != nil || oid == 0 {
+		return nil, err
+	}
+	c := b.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cols, ok := c.cols[oid]; ok {
 		return cols, nil
 	}
-	ident := pgx.Identifier{name}
-	if schema != "" {
-		ident = pgx.Identifier{schema, name}
-	}
-	rows, err := b.conn.Query(b.ctx, `SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum`, ident.Sanitize())
+	rows, err := b.conn.Query(b.ctx, `SELECT attname FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum`, oid)
 	if err != nil {
-		return nil, fmt.Errorf("kmspostgres: reading the columns of %s: %w", ident.Sanitize(), err)
+		return nil, fmt.Errorf("kmspostgres: reading the columns of %s: %w", relIdent(schema, name), err)
 	}
 	cols, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return nil, fmt.Errorf("kmspostgres: reading the columns of %s: %w", ident.Sanitize(), err)
+		return nil, fmt.Errorf("kmspostgres: reading the columns of %s: %w", relIdent(schema, name), err)
 	}
-	if b.c.cols == nil {
-		b.c.cols = map[string][]string{}
-	}
-	b.c.cols[key] = cols
+	c.cols[oid] = cols
 	return cols, nil
 }
 
 func (b boundCatalog) ProtectedView(schema, name string) (string, error) {
-	b.c.mu.Lock()
-	defer b.c.mu.Unlock()
-	if err := b.ensure(); err != nil {
+	oid, err := b.resolve(schema, name)
+	if err != nil || oid == 0 {
 		return "", err
 	}
-	if schema != "" {
-		return b.c.views[strings.ToLower(schema)+"."+name], nil
+	c := b.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.ensure(b.ctx, b.conn); err != nil {
+		return "", err
 	}
-	return b.c.views[name], nil
+	return c.reach[oid], nil
 }
 
 var nextvalRe = regexp.MustCompile(`^nextval\('([^']+)'::regclass\)$`)
@@ -130,19 +275,130 @@ func (c *catalog) mismatch(t string, format string, args ...any) error {
 	return fmt.Errorf("%w: %s: table %s: the database does not match: %s", ErrSchema, where, t, fmt.Sprintf(format, args...))
 }
 
-// load resolves every schema-map table. Called with c.mu held.
+// load resolves every schema-map table. A table that is missing or does
+// not match is recorded, not fatal: statements on it are refused, the
+// others served. Called with c.mu held.
 func (c *catalog) load(ctx context.Context, conn *pgx.Conn) error {
 	c.tables = map[string]*tableInfo{}
+	c.byOID = map[uint32]*tableInfo{}
+	c.byPlan = map[*rewrite.Table]*tableInfo{}
+	c.broken = map[uint32]error{}
+	c.missing = map[string]error{}
 	c.encAttr = map[[2]uint32]string{}
-	c.views = map[string]string{}
+	c.reach = map[uint32]string{}
+	c.cols = map[uint32][]string{}
+	c.watch = nil
 	for _, name := range slices.Sorted(maps.Keys(c.schema.Tables)) {
-		ti, err := c.loadTable(ctx, conn, c.schema.Tables[name])
+		if err := c.loadTable(ctx, conn, c.schema.Tables[name]); err != nil {
+			return err
+		}
+	}
+	return c.loadReach(ctx, conn)
+}
+
+// relation is a resolved relation: oid, schema and name.
+type relation struct {
+	oid          uint32
+	nsp, relname string
+}
+
+// loadTable resolves one schema-map table, its partitions and inheritance
+// children. Only connection trouble is returned; mismatches are recorded.
+func (c *catalog) loadTable(ctx context.Context, conn *pgx.Conn, entry *Table) error {
+	name := entry.Name
+	var top relation
+	err := conn.QueryRow(ctx, `SELECT c.oid, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.oid = to_regclass($1) AND c.relkind IN ('r', 'p', 'f')`, name).Scan(&top.oid, &top.nsp, &top.relname)
+	if err == pgx.ErrNoRows {
+		c.missing[name] = c.mismatch(name, "no such table")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("kmspostgres: resolving table %s: %w", name, err)
+	}
+	rels := []relation{top}
+	rows, err := conn.Query(ctx, `WITH RECURSIVE ch(oid) AS (
+			SELECT inhrelid FROM pg_inherits WHERE inhparent = $1
+			UNION SELECT i.inhrelid FROM pg_inherits i JOIN ch ON i.inhparent = ch.oid)
+		SELECT c.oid, n.nspname, c.relname FROM ch JOIN pg_class c ON c.oid = ch.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+		ORDER BY c.oid`, top.oid)
+	if err != nil {
+		return fmt.Errorf("kmspostgres: reading partitions and children of %s: %w", name, err)
+	}
+	children, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (relation, error) {
+		var rel relation
+		err := r.Scan(&rel.oid, &rel.nsp, &rel.relname)
+		return rel, err
+	})
+	if err != nil {
+		return fmt.Errorf("kmspostgres: reading partitions and children of %s: %w", name, err)
+	}
+	rels = append(rels, children...)
+	var infos []*tableInfo
+	var bad error
+	for _, rel := range rels {
+		c.watch = append(c.watch, rel.oid)
+		ti, err := c.loadRelation(ctx, conn, entry, rel)
 		if err != nil {
 			return err
 		}
-		c.tables[name] = ti
+		if ti == nil {
+			if bad == nil {
+				bad = c.broken[rel.oid]
+			}
+			continue
+		}
+		infos = append(infos, ti)
 	}
+	if bad != nil {
+		// One relation of the family does not match: refuse them all,
+		// since rows move between them.
+		for _, rel := range rels {
+			c.broken[rel.oid] = bad
+		}
+		return nil
+	}
+	for _, ti := range infos {
+		c.byPlan[ti.table] = ti
+	}
+	c.tables[name] = infos[0]
 	return nil
+}
+
+// loadRelation checks one relation of a mapped table's family against the
+// entry and records it. A mismatch goes to c.broken.
+func (c *catalog) loadRelation(ctx context.Context, conn *pgx.Conn, entry *Table, rel relation) (*tableInfo, error) {
+	name := entry.Name
+	attrs, order, err := readAttrs(ctx, conn, rel.oid, pgx.Identifier{rel.nsp, rel.relname}.Sanitize())
+	if err != nil {
+		return nil, fmt.Errorf("kmspostgres: reading columns of %s: %w", name, err)
+	}
+	t := &rewrite.Table{Name: name, Schema: rel.nsp, Relname: rel.relname, PrimaryKey: entry.PrimaryKey, Columns: order, Encrypted: map[string]rewrite.EncColumn{}}
+	fail := func(err error) (*tableInfo, error) {
+		c.broken[rel.oid] = err
+		return nil, nil
+	}
+	if err := c.checkPrimaryKey(t, attrs); err != nil {
+		return fail(err)
+	}
+	if err := c.checkKeys(t, entry, attrs); err != nil {
+		return fail(err)
+	}
+	if err := c.checkColumns(t, entry, attrs, rel.oid); err != nil {
+		return fail(err)
+	}
+	if err := c.checkComputed(ctx, conn, t, rel, attrs); err != nil {
+		if _, ok := err.(computedError); ok {
+			return fail(err.(computedError).error)
+		}
+		return nil, err
+	}
+	if len(entry.PrimaryKey) == 1 {
+		t.PKGen, t.Sequence = pkGenerator(attrs[entry.PrimaryKey[0]])
+	}
+	ti := &tableInfo{table: t, entry: entry}
+	c.byOID[rel.oid] = ti
+	return ti, nil
 }
 
 // attr is one column of a mapped table as pg_catalog describes it.
@@ -150,51 +406,15 @@ type attr struct {
 	num               int16
 	name, typ         string
 	identity          string
+	generated         string
 	hasDef            bool
 	serialSeq, defExp string
-}
-
-// loadTable resolves one schema-map table: the relation, its columns, and
-// the views that read its encrypted columns.
-func (c *catalog) loadTable(ctx context.Context, conn *pgx.Conn, entry *Table) (*tableInfo, error) {
-	name := entry.Name
-	var oid uint32
-	var nsp, relname string
-	err := conn.QueryRow(ctx, `SELECT c.oid, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.oid = to_regclass($1) AND c.relkind IN ('r', 'p')`, name).Scan(&oid, &nsp, &relname)
-	if err == pgx.ErrNoRows {
-		return nil, c.mismatch(name, "no such table")
-	}
-	if err != nil {
-		return nil, fmt.Errorf("kmspostgres: resolving table %s: %w", name, err)
-	}
-	attrs, order, err := readAttrs(ctx, conn, oid, pgx.Identifier{nsp, relname}.Sanitize())
-	if err != nil {
-		return nil, fmt.Errorf("kmspostgres: reading columns of %s: %w", name, err)
-	}
-	t := &rewrite.Table{Name: name, Schema: nsp, Relname: relname, PrimaryKey: entry.PrimaryKey, Columns: order, Encrypted: map[string]rewrite.EncColumn{}}
-	if err := c.checkPrimaryKey(t, attrs); err != nil {
-		return nil, err
-	}
-	if err := c.checkKeys(t, entry, attrs); err != nil {
-		return nil, err
-	}
-	if err := c.checkColumns(t, entry, attrs, oid); err != nil {
-		return nil, err
-	}
-	if len(entry.PrimaryKey) == 1 {
-		t.PKGen, t.Sequence = pkGenerator(attrs[entry.PrimaryKey[0]])
-	}
-	if err := c.loadViews(ctx, conn, t, oid); err != nil {
-		return nil, err
-	}
-	return &tableInfo{table: t, entry: entry}, nil
 }
 
 // readAttrs returns a relation's columns by name, and their names in
 // table order.
 func readAttrs(ctx context.Context, conn *pgx.Conn, oid uint32, ident string) (map[string]attr, []string, error) {
-	rows, err := conn.Query(ctx, `SELECT a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), a.attidentity::text, a.atthasdef,
+	rows, err := conn.Query(ctx, `SELECT a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), a.attidentity::text, a.attgenerated::text, a.atthasdef,
 			COALESCE(pg_get_serial_sequence($2, a.attname), ''), COALESCE(pg_get_expr(d.adbin, d.adrelid), '')
 		FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`, oid, ident)
@@ -203,7 +423,7 @@ func readAttrs(ctx context.Context, conn *pgx.Conn, oid uint32, ident string) (m
 	}
 	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (attr, error) {
 		var a attr
-		err := r.Scan(&a.num, &a.name, &a.typ, &a.identity, &a.hasDef, &a.serialSeq, &a.defExp)
+		err := r.Scan(&a.num, &a.name, &a.typ, &a.identity, &a.generated, &a.hasDef, &a.serialSeq, &a.defExp)
 		return a, err
 	})
 	if err != nil {
@@ -226,12 +446,11 @@ func (c *catalog) checkPrimaryKey(t *rewrite.Table, attrs map[string]attr) error
 		if !ok {
 			return c.mismatch(t.Name, "primary-key column %s does not exist", p)
 		}
-		switch a.typ {
-		case "smallint", "integer", "bigint", "uuid", "text", "character varying":
+		switch {
+		case a.typ == "smallint", a.typ == "integer", a.typ == "bigint", a.typ == "uuid", a.typ == "text", a.typ == "character varying":
+		case strings.HasPrefix(a.typ, "character varying("):
 		default:
-			if !strings.HasPrefix(a.typ, "character varying(") {
-				return c.mismatch(t.Name, "primary-key column %s is %s; supported: smallint, integer, bigint, uuid, text, varchar", p, a.typ)
-			}
+			return c.mismatch(t.Name, "primary-key column %s is %s; supported: smallint, integer, bigint, uuid, text, varchar", p, a.typ)
 		}
 		t.PKTypes = append(t.PKTypes, a.typ)
 	}
@@ -249,6 +468,9 @@ func (c *catalog) checkKeys(t *rewrite.Table, entry *Table, attrs map[string]att
 		}
 		if a.typ != "text" && a.typ != "character varying" {
 			return c.mismatch(t.Name, "key column %s is %s; it must be text", k.Column, a.typ)
+		}
+		if a.hasDef {
+			return c.mismatch(t.Name, "key column %s has a default or is generated; drop it, the driver writes key columns", k.Column)
 		}
 		t.Keys = append(t.Keys, rewrite.Key{Name: kn, Column: k.Column})
 	}
@@ -276,7 +498,7 @@ func (c *catalog) checkColumns(t *rewrite.Table, entry *Table, attrs map[string]
 			return c.mismatch(t.Name, "encrypted column %s is stored as %s; store it as text (base64 cells) or bytea (raw cells) and declare its plaintext type in the schema map (type: %s)", cn, a.typ, a.typ)
 		}
 		if a.hasDef {
-			return c.mismatch(t.Name, "encrypted column %s has a default, which would be stored as plaintext; drop it", cn)
+			return c.mismatch(t.Name, "encrypted column %s has a default or is generated, which would be stored as plaintext; drop it", cn)
 		}
 		k := keyIndex[entry.Columns[cn].Key]
 		t.Encrypted[cn] = rewrite.EncColumn{Key: k, Bytea: bytea}
@@ -284,6 +506,52 @@ func (c *catalog) checkColumns(t *rewrite.Table, entry *Table, attrs map[string]
 		c.encAttr[[2]uint32{oid, uint32(a.num)}] = t.Name + "." + cn
 	}
 	return nil
+}
+
+// computedError marks a relation on which the database computes on an
+// encrypted column.
+type computedError struct{ error }
+
+// checkComputed refuses a relation on which the database itself computes
+// on an encrypted column: a generated column, an index, a constraint, a
+// trigger (its WHEN clause, its column list, or a function whose source
+// names the column) or a row-level security policy. Each would see only
+// ciphertext: wrong answers at best.
+func (c *catalog) checkComputed(ctx context.Context, conn *pgx.Conn, t *rewrite.Table, rel relation, attrs map[string]attr) error {
+	var nums []int16
+	var names []string
+	for cn := range t.Encrypted {
+		nums = append(nums, attrs[cn].num)
+		names = append(names, cn)
+	}
+	slices.Sort(nums)
+	slices.Sort(names)
+	var what, col string
+	err := conn.QueryRow(ctx, `SELECT what, col FROM (
+		SELECT CASE d.classid
+				WHEN 'pg_attrdef'::regclass THEN 'a generated column or default'
+				WHEN 'pg_class'::regclass THEN CASE WHEN d.objid = d.refobjid THEN 'a generated column' ELSE 'an index (' || d.objid::regclass::text || ')' END
+				WHEN 'pg_constraint'::regclass THEN 'a constraint (' || (SELECT conname FROM pg_constraint WHERE oid = d.objid) || ')'
+				WHEN 'pg_trigger'::regclass THEN 'a trigger (' || (SELECT tgname FROM pg_trigger WHERE oid = d.objid) || ')'
+				WHEN 'pg_policy'::regclass THEN 'a row-level security policy (' || (SELECT polname FROM pg_policy WHERE oid = d.objid) || ')'
+				ELSE 'another object (' || d.classid::regclass::text || ')' END AS what,
+			a.attname::text AS col
+		FROM pg_depend d JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+		WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = $1 AND d.refobjsubid = ANY($2)
+		  AND d.classid NOT IN ('pg_rewrite'::regclass, 'pg_statistic_ext'::regclass)
+		  AND NOT (d.classid = 'pg_class'::regclass AND d.objid = d.refobjid AND d.objsubid = d.refobjsubid)
+		UNION ALL
+		SELECT 'a trigger (' || tg.tgname || ', its function ' || p.proname || ')', n.name
+		FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid, unnest($3::text[]) n(name)
+		WHERE tg.tgrelid = $1 AND NOT tg.tgisinternal AND p.prosrc ~* ('\m' || n.name || '\M')
+	) s ORDER BY 1, 2 LIMIT 1`, rel.oid, nums, names).Scan(&what, &col)
+	if err == pgx.ErrNoRows {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("kmspostgres: reading what depends on %s: %w", t.Name, err)
+	}
+	return computedError{c.mismatch(t.Name, "%s computes on the encrypted column %s, which holds only ciphertext; drop it (for lookups by value, use a blind-index column)", what, col)}
 }
 
 // pkGenerator says how the driver makes a single-column primary key an
@@ -304,25 +572,55 @@ func pkGenerator(a attr) (rewrite.PKGen, string) {
 	return rewrite.PKNone, ""
 }
 
-// loadViews records the views that read an encrypted column of t.
-func (c *catalog) loadViews(ctx context.Context, conn *pgx.Conn, t *rewrite.Table, oid uint32) error {
-	rows, err := conn.Query(ctx, `SELECT DISTINCT vn.nspname, v.relname, a.attname
-		FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
-		JOIN pg_class v ON v.oid = r.ev_class JOIN pg_namespace vn ON vn.oid = v.relnamespace
-		JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-		WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-		  AND d.refobjid = $1 AND a.attname = ANY($2) AND v.oid <> $1`, oid, slices.Sorted(maps.Keys(t.Encrypted)))
-	if err != nil {
-		return fmt.Errorf("kmspostgres: reading views over %s: %w", t.Name, err)
+// loadReach finds every relation whose rules (a view's query, or a rule
+// on a table) read or write an encrypted column, at any depth: a rule that
+// depends on an encrypted column, on a whole row of an encrypted
+// relation, or on anything of a relation already found.
+func (c *catalog) loadReach(ctx context.Context, conn *pgx.Conn) error {
+	// What each relation exposes: encrypted attnums, or everything (0).
+	type exposure struct {
+		name  string         // table.column, for messages
+		attrs map[int16]bool // nil: every column
 	}
-	var vn, vr, col string
-	_, err = pgx.ForEachRow(rows, []any{&vn, &vr, &col}, func() error {
-		c.views[vr] = t.Name + "." + col
-		c.views[vn+"."+vr] = t.Name + "." + col
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("kmspostgres: reading views over %s: %w", t.Name, err)
+	exposed := map[uint32]exposure{}
+	for k, name := range c.encAttr {
+		e := exposed[k[0]]
+		if e.attrs == nil {
+			e = exposure{name: name, attrs: map[int16]bool{}}
+		}
+		e.attrs[int16(k[1])] = true
+		exposed[k[0]] = e
+	}
+	frontier := slices.Collect(maps.Keys(exposed))
+	for len(frontier) > 0 {
+		rows, err := conn.Query(ctx, `SELECT DISTINCT r.ev_class, d.refobjid, d.refobjsubid
+			FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+			WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+			  AND d.refobjid = ANY($1) AND r.ev_class <> d.refobjid`, frontier)
+		if err != nil {
+			return fmt.Errorf("kmspostgres: reading views and rules over encrypted tables: %w", err)
+		}
+		var next []uint32
+		var owner, ref uint32
+		var sub int16
+		_, err = pgx.ForEachRow(rows, []any{&owner, &ref, &sub}, func() error {
+			e := exposed[ref]
+			if e.attrs != nil && sub != 0 && !e.attrs[sub] {
+				return nil // a plain column of an encrypted table
+			}
+			if _, seen := exposed[owner]; seen {
+				return nil
+			}
+			exposed[owner] = exposure{name: e.name}
+			c.reach[owner] = e.name
+			c.watch = append(c.watch, owner)
+			next = append(next, owner)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("kmspostgres: reading views and rules over encrypted tables: %w", err)
+		}
+		frontier = next
 	}
 	return nil
 }
@@ -331,19 +629,38 @@ func (c *catalog) loadViews(ctx context.Context, conn *pgx.Conn, t *rewrite.Tabl
 func (c *catalog) info(rt *rewrite.Table) *tableInfo {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if ti := c.tables[rt.Name]; ti != nil && ti.table == rt {
+	if ti := c.byPlan[rt]; ti != nil {
 		return ti
 	}
-	// The plan predates a reset: rebuild what decryption needs from the
+	// The plan predates a reload: rebuild what decryption needs from the
 	// plan itself.
 	return &tableInfo{table: rt, entry: c.schema.Tables[rt.Name]}
 }
 
-// encAt names the encrypted column at (table oid, attnum), or "".
+// encAt names the encrypted column at (relation oid, attnum), or "".
 func (c *catalog) encAt(oid uint32, attnum uint16) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.encAttr[[2]uint32{oid, uint32(attnum)}]
+}
+
+// problems lists the mapped tables that are missing or do not match, for
+// Check.
+func (c *catalog) problems() []error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []error
+	for _, name := range slices.Sorted(maps.Keys(c.missing)) {
+		out = append(out, c.missing[name])
+	}
+	seen := map[string]bool{}
+	for _, oid := range slices.Sorted(maps.Keys(c.broken)) {
+		if msg := c.broken[oid].Error(); !seen[msg] {
+			seen[msg] = true
+			out = append(out, c.broken[oid])
+		}
+	}
+	return out
 }
 
 // colType is the declared plaintext type of an encrypted column.

@@ -19,6 +19,11 @@ import (
 type Conn struct {
 	inner     *stdlib.Conn
 	connector *Connector
+
+	// path is the session's search_path as last read ("" = read it
+	// again); localSet: a SET LOCAL ran in this transaction.
+	path     string
+	localSet bool
 }
 
 var (
@@ -89,6 +94,7 @@ func (c *Conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	if finish != nil {
 		err = finish(err)
 	}
+	c.afterStatement(p)
 	if err != nil {
 		return nil, c.staleCheck(err)
 	}
@@ -124,6 +130,7 @@ func (c *Conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 		return nil, c.staleCheck(err)
 	}
 	rows, err := c.query(ctx, p.Out, q, a, finish)
+	c.afterStatement(p)
 	return rows, c.staleCheck(err)
 }
 
@@ -132,6 +139,38 @@ func (c *Conn) afterPassthrough(p *rewrite.Plan) {
 	if p.Invalidates {
 		c.connector.invalidate()
 	}
+	c.afterStatement(p)
+}
+
+// afterStatement notes that the session's search_path may have changed,
+// so that plans are looked up under the path names now resolve through.
+func (c *Conn) afterStatement(p *rewrite.Plan) {
+	if p.SetsConfig || (p.EndsTx && c.localSet) {
+		c.path = ""
+	}
+	if p.LocalConfig {
+		c.localSet = true
+	}
+	if p.EndsTx {
+		c.localSet = false
+	}
+}
+
+// searchPath returns the session's search_path, reading it after a
+// statement that may have changed it. Plans are cached under it.
+func (c *Conn) searchPath(ctx context.Context) string {
+	if c.path != "" {
+		return c.path
+	}
+	if c.inner.Conn().PgConn().TxStatus() == 'E' {
+		return "?" // nothing but ROLLBACK runs; do not cache under it
+	}
+	var p string
+	if err := c.inner.Conn().QueryRow(ctx, "SELECT current_setting('search_path')").Scan(&p); err != nil {
+		return "?"
+	}
+	c.path = "path:" + p
+	return c.path
 }
 
 // query runs q and wraps its rows to decrypt them. finish, if not nil,

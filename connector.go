@@ -37,7 +37,7 @@ var (
 // and returns a connector. Options: WithSchema, WithProvider, WithObserver,
 // WithConnConfig.
 func NewConnector(dsn string, opts ...Option) (*Connector, error) {
-	var cfg connectorConfig
+	cfg := connectorConfig{catalogTTL: DefaultCatalogCheckInterval}
 	for _, o := range opts {
 		o.applyConnector(&cfg)
 	}
@@ -74,7 +74,7 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 		schema:         schema,
 		keyring:        newKeyring(cfg.kms),
 		plans:          lru.New[string, planEntry](2048),
-		catalog:        newCatalog(schema),
+		catalog:        newCatalog(schema, cfg.catalogTTL),
 		ids:            newIDCache(32),
 		kmsConcurrency: 16,
 		window:         256,
@@ -109,16 +109,18 @@ func (c *Connector) invalidate() {
 }
 
 // Check connects and resolves the whole schema map against the database:
-// every table, column, key column and primary key must exist with a
-// supported type. It reports the first mismatch (ErrSchema).
+// every table, its partitions and children, columns, key columns and
+// primary keys must exist with a supported type, and nothing in the
+// database may compute on an encrypted column. It reports the problems
+// found (ErrSchema), joined.
 func (c *Connector) Check(ctx context.Context) error {
 	dc, err := c.Connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer dc.Close()
-	b := boundCatalog{c: c.catalog, ctx: ctx, conn: dc.(*Conn).inner.Conn()}
-	c.catalog.mu.Lock()
-	defer c.catalog.mu.Unlock()
-	return b.ensure()
+	if _, err := c.catalog.fresh(ctx, dc.(*Conn).inner.Conn(), true); err != nil {
+		return err
+	}
+	return errors.Join(c.catalog.problems()...)
 }

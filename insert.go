@@ -114,6 +114,9 @@ func insertKeyJobs(ip *rewrite.Insert, args []driver.NamedValue, slots, gen []an
 			if pk[pi], err = pkText(v, ip.Table.PKTypes[pi]); err != nil {
 				return nil, &CellError{Table: ip.Table.Name, Column: col, Err: err}
 			}
+			if err := pkFits(pk[pi], ip.Table.PKTypes[pi]); err != nil {
+				return nil, &CellError{Table: ip.Table.Name, Column: col, Err: err}
+			}
 		}
 		for k, ks := range row.KeySlot {
 			if ks < 0 {

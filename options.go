@@ -2,6 +2,7 @@ package kmspostgres
 
 import (
 	"context"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -33,6 +34,7 @@ type connectorConfig struct {
 	kms        kmsConfig
 	schema     *Schema
 	connConfig func(context.Context, *pgx.ConnConfig) error
+	catalogTTL time.Duration
 }
 
 type boxConfig struct {
@@ -65,6 +67,20 @@ func WithSchema(s *Schema) Option {
 // (TLS, tracers, runtime parameters).
 func WithConnConfig(f func(context.Context, *pgx.ConnConfig) error) Option {
 	return connectorOption(func(c *connectorConfig) { c.connConfig = f })
+}
+
+// DefaultCatalogCheckInterval is how long a connector trusts its view of
+// the catalog for statements it has planned before; see
+// WithCatalogCheckInterval.
+const DefaultCatalogCheckInterval = time.Second
+
+// WithCatalogCheckInterval sets how long cached plans are trusted before
+// the catalog is checked again for DDL run by other processes (one cheap
+// query, at most once per interval per connector). A statement the
+// connector has not planned before always checks first. Zero checks before
+// every statement, at the cost of one round trip each.
+func WithCatalogCheckInterval(d time.Duration) Option {
+	return connectorOption(func(c *connectorConfig) { c.catalogTTL = max(d, 0) })
 }
 
 // WithProvider sends every key id to p instead of routing by key id: for

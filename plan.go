@@ -5,27 +5,55 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"regexp"
 
 	"github.com/kmspostgres/kmspostgres/rewrite"
 )
 
-// planEntry is a cached plan, or the refusal of a SQL text.
+// planEntry is a cached plan, or the refusal of a SQL text, and the
+// catalog generation it was made against.
 type planEntry struct {
 	plan *rewrite.Plan
 	err  error
+	gen  uint64
 }
 
-// plan returns the cached plan of a SQL text, making it on first use.
+// plan returns the plan of a SQL text. Plans are cached by search_path and
+// SQL text, and used only while the catalog they were made against is
+// current: a statement not planned before checks the catalog for changes
+// first, a cached plan at most the connector's check interval apart.
 func (c *Conn) plan(ctx context.Context, query string) (*rewrite.Plan, error) {
-	if e, ok := c.connector.plans.Get(query); ok {
+	if err := c.sessionCheck(query); err != nil {
+		return nil, err
+	}
+	conn := c.inner.Conn()
+	cat := c.connector.catalog
+	// In a failed transaction nothing runs but ROLLBACK; do not query.
+	usable := conn.PgConn().TxStatus() != 'E'
+	var gen uint64
+	if usable {
+		var err error
+		if gen, err = cat.fresh(ctx, conn, false); err != nil {
+			return nil, err
+		}
+	}
+	key := c.searchPath(ctx) + "\x00" + query
+	if e, ok := c.connector.plans.Get(key); ok && (e.gen == gen || !usable) {
 		return e.plan, e.err
 	}
-	p, err := safeRewrite(query, boundCatalog{c: c.connector.catalog, ctx: ctx, conn: c.inner.Conn()})
+	if usable {
+		var err error
+		if gen, err = cat.fresh(ctx, conn, true); err != nil {
+			return nil, err
+		}
+	}
+	p, err := safeRewrite(query, boundCatalog{c: cat, ctx: ctx, conn: conn, names: map[rewrite.RelName]uint32{}})
 	var pe *rewrite.ParseError
 	switch {
 	case errors.As(err, &pe):
-		// The server has the same parser: let it report the error itself.
-		p, err = &rewrite.Plan{Passthrough: true, SQL: query}, nil
+		if p, err = nil, c.unparsable(ctx, query, pe); !errors.Is(err, rewrite.ErrUnsupported) {
+			return nil, err
+		}
 	case err != nil && !errors.Is(err, rewrite.ErrUnsupported):
 		return nil, err // catalog or connection trouble: do not cache
 	case err == nil && p.Out != nil:
@@ -37,8 +65,43 @@ func (c *Conn) plan(ctx context.Context, query string) (*rewrite.Plan, error) {
 		// Never cached: it runs rarely and resets the caches when it does.
 		return p, nil
 	}
-	c.connector.plans.Put(query, planEntry{plan: p, err: err})
+	c.connector.plans.Put(key, planEntry{plan: p, err: err, gen: gen})
 	return p, err
+}
+
+// unparsable decides about SQL the driver's parser rejects. The server
+// parses it without running it: if the server rejects it too, its error
+// is returned (nothing ran); if it accepts it, the two parsers disagree,
+// and the statement is refused, since the driver cannot show what it
+// reaches.
+func (c *Conn) unparsable(ctx context.Context, query string, pe *rewrite.ParseError) error {
+	if _, err := c.inner.Conn().PgConn().Prepare(ctx, "", query, nil); err != nil {
+		return err
+	}
+	return &rewrite.RefusalError{Reason: "the server accepts this statement but the driver's SQL parser cannot read it (" + causeText(pe.Err) + "), so the driver cannot show that it leaves encrypted columns alone",
+		Fix: "write it in a form the PostgreSQL 17 grammar accepts (quote identifiers that later versions reserve, such as \"system_user\"), or run it with sql.Conn.Raw as an administrator"}
+}
+
+// sessionFix matches the statements that set a session's parsing
+// settings back, which run even when sessionCheck refuses the others.
+var sessionFix = regexp.MustCompile(`(?is)^\s*(SET\s+(SESSION\s+)?(standard_conforming_strings\s*(=|TO)\s*'?on'?|client_encoding\s*(=|TO)\s*'?utf-?8'?)|RESET\s+(standard_conforming_strings|client_encoding|ALL)|ROLLBACK|COMMIT|END|ABORT)\s*;?\s*$`)
+
+// sessionCheck refuses statements on a session whose settings make the
+// server read SQL differently from the driver's parser.
+func (c *Conn) sessionCheck(query string) error {
+	if sessionFix.MatchString(query) {
+		return nil // the way back
+	}
+	pc := c.inner.Conn().PgConn()
+	if v := pc.ParameterStatus("standard_conforming_strings"); v != "" && v != "on" {
+		return &rewrite.RefusalError{Reason: "standard_conforming_strings is off on this connection: the server would read backslashes in string literals differently from the driver",
+			Fix: "SET standard_conforming_strings = on (the default since PostgreSQL 9.1); the connection is unusable through the driver until then"}
+	}
+	if v := pc.ParameterStatus("client_encoding"); v != "" && v != "UTF8" {
+		return &rewrite.RefusalError{Reason: "client_encoding is " + v + " on this connection: the driver reads SQL as UTF-8",
+			Fix: "SET client_encoding = 'UTF8'"}
+	}
+	return nil
 }
 
 // safeRewrite contains a panic in the rewriter: the statement is refused

@@ -61,17 +61,36 @@ func (s *stmt) Query(args []driver.Value) (driver.Rows, error) {
 }
 
 func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
-	if s.inner != nil {
+	if ok, err := s.stillPassthrough(ctx); err != nil {
+		return nil, err
+	} else if ok {
 		return s.inner.(driver.StmtExecContext).ExecContext(ctx, args)
 	}
 	return s.c.ExecContext(ctx, s.query, args)
 }
 
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
-	if s.inner != nil {
+	if ok, err := s.stillPassthrough(ctx); err != nil {
+		return nil, err
+	} else if ok {
 		return s.inner.(driver.StmtQueryContext).QueryContext(ctx, args)
 	}
 	return s.c.QueryContext(ctx, s.query, args)
+}
+
+// stillPassthrough reports whether the statement prepared on the server
+// may run as it is: the catalog may have changed since it was prepared (a
+// view over an encrypted table in its place, say), and then it runs
+// through the connection, planned again.
+func (s *stmt) stillPassthrough(ctx context.Context) (bool, error) {
+	if s.inner == nil {
+		return false, nil
+	}
+	p, err := s.c.plan(ctx, s.query)
+	if err != nil {
+		return false, err
+	}
+	return p.Passthrough && !p.Invalidates, nil
 }
 
 func named(args []driver.Value) []driver.NamedValue {

@@ -61,6 +61,7 @@ func (c *Conn) ensureTx(ctx context.Context) (finish func(error) error, err erro
 // current text of each key column the UPDATE writes under.
 type updRow struct {
 	ctid string
+	toid string // tableoid: with the ctid, it names the row exactly
 	pk   []string
 	id   string // pk joined, to match a row across the two reads
 	keys []*string
@@ -153,8 +154,8 @@ func (u *updateKeyer) selectRows(sql string) ([]updRow, error) {
 	npk, nk := len(u.up.Table.PrimaryKey), len(u.up.Keys)
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (updRow, error) {
 		r := updRow{pk: make([]string, npk), keys: make([]*string, nk)}
-		dest := make([]any, 0, 1+npk+nk)
-		dest = append(dest, &r.ctid)
+		dest := make([]any, 0, 2+npk+nk)
+		dest = append(dest, &r.ctid, &r.toid)
 		for i := range r.pk {
 			dest = append(dest, &r.pk[i])
 		}
@@ -215,15 +216,17 @@ func (u *updateKeyer) keyRow(r *updRow, i int) (rowKey, error) {
 	return rk, err
 }
 
-// slots fills the per-row arrays: ctids, sealed cells, wrapped keys.
+// slots fills the per-row arrays: ctids and tableoids, sealed cells,
+// wrapped keys.
 func (u *updateKeyer) slots(locked []updRow, keys map[string][]rowKey) ([]any, error) {
 	up, ti := u.up, u.ti
 	slots := make([]any, up.Slots)
 	ctids := make([]string, len(locked))
+	toids := make([]string, len(locked))
 	for i, r := range locked {
-		ctids[i] = r.ctid
+		ctids[i], toids[i] = r.ctid, r.toid
 	}
-	slots[up.CtidSlot] = ctids
+	slots[up.CtidSlot], slots[up.TableoidSlot] = ctids, toids
 	keyIndex := map[int]int{}
 	for i, k := range up.Keys {
 		keyIndex[k.Key] = i

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/kmspostgres/kmspostgres/envelope"
 	"github.com/kmspostgres/kmspostgres/rewrite"
@@ -84,6 +85,21 @@ func pkText(v any, typ string) (string, error) {
 		b, err := envelope.Text.Encode(v)
 		return string(b), err
 	}
+}
+
+// pkFits refuses a primary-key text that PostgreSQL would not store as
+// given: longer than a varchar(n) (the server cuts trailing spaces
+// silently), so that the context written is the context read.
+func pkFits(text, typ string) error {
+	n, ok := strings.CutPrefix(typ, "character varying(")
+	if !ok {
+		return nil
+	}
+	limit, err := strconv.Atoi(strings.TrimSuffix(n, ")"))
+	if err != nil || utf8.RuneCountInString(text) <= limit {
+		return nil
+	}
+	return fmt.Errorf("%w: the primary key is longer than %s; PostgreSQL would store it cut, and the row's context would not match", ErrFormat, typ)
 }
 
 // pkLabel renders a row's primary key for messages: "id=42, org=7".

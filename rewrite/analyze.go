@@ -327,6 +327,30 @@ func (a *analyzer) checkSortish(n *pg.Node, sc *scope, outs []*out, where string
 	if n == nil {
 		return nil
 	}
+	switch x := n.Node.(type) {
+	case *pg.Node_GroupingSet:
+		// ROLLUP, CUBE, GROUPING SETS: each item, positions included.
+		for _, c := range x.GroupingSet.Content {
+			if err := a.checkSortish(c, sc, outs, where); err != nil {
+				return err
+			}
+		}
+		return nil
+	case *pg.Node_List:
+		for _, c := range x.List.Items {
+			if err := a.checkSortish(c, sc, outs, where); err != nil {
+				return err
+			}
+		}
+		return nil
+	case *pg.Node_RowExpr:
+		for _, c := range x.RowExpr.Args {
+			if err := a.checkSortish(c, sc, outs, where); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	if c, ok := n.Node.(*pg.Node_AConst); ok {
 		if iv, ok := c.AConst.Val.(*pg.A_Const_Ival); ok {
 			if i := int(iv.Ival.Ival); i >= 1 && i <= len(outs) && outs[i-1].enc != nil {

@@ -9,6 +9,12 @@ type Plan struct {
 	// Invalidates: the statement may change table definitions, so cached
 	// plans and catalog answers must be dropped after it runs.
 	Invalidates bool
+	// SetsConfig: the statement may change a setting (SET, RESET,
+	// DISCARD, set_config), search_path among them; LocalConfig when it
+	// may do so for the transaction only (SET LOCAL, set_config(…, true)).
+	SetsConfig, LocalConfig bool
+	// EndsTx: COMMIT, ROLLBACK and the like, which undo SET LOCAL.
+	EndsTx bool
 
 	SQL string // the SQL to run
 	// Args lists, for each parameter of SQL, where its value comes from.
@@ -106,7 +112,7 @@ type Cell struct {
 // values joined on ctid.
 type Update struct {
 	Table *Table
-	// SelectSQL returns ctid::text, the primary key as text, then the key
+	// SelectSQL returns ctid::text, tableoid::text, the primary key as text, then the key
 	// columns of Keys, for the rows the UPDATE would change; LockSQL is the
 	// same with FOR NO KEY UPDATE. Both take SelectArgs.
 	SelectSQL  string
@@ -115,6 +121,9 @@ type Update struct {
 	Keys       []UpdateKey
 	Cells      []Cell // Slot: the array of ciphertexts, one per row
 	CtidSlot   int    // the array of ctids
+	// TableoidSlot is the array of tableoids: with the ctid, it names a
+	// row exactly on partitioned and inherited tables alike.
+	TableoidSlot int
 	Slots      int
 }
 

@@ -1,6 +1,7 @@
 package rewrite
 
 import (
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,9 +19,26 @@ func Rewrite(sql string, cat Catalog) (*Plan, error) {
 	if err != nil {
 		return nil, &ParseError{Err: err}
 	}
+	p, err := rewriteTree(sql, tree, cat)
+	if p != nil {
+		configEffects(p, tree)
+	}
+	return p, err
+}
+
+func rewriteTree(sql string, tree *pg.ParseResult, cat Catalog) (*Plan, error) {
+	var err error
 	a := &analyzer{cat: cat, infos: map[*pg.SelectStmt]*selInfo{}, version: tree.Version}
+	if pf, ok := cat.(Prefetcher); ok {
+		if err := pf.Prefetch(relNames(tree)); err != nil {
+			return nil, err
+		}
+	}
 	inval, touched := false, false
 	for _, rs := range tree.Stmts {
+		if err := opaque(rs.Stmt); err != nil {
+			return nil, err
+		}
 		ddl := invalidates(rs.Stmt)
 		inval = inval || ddl
 		t, err := a.touches(rs.Stmt)
@@ -76,8 +94,17 @@ func Rewrite(sql string, cat Catalog) (*Plan, error) {
 		return nil, &RefusalError{Table: a.touched, Reason: "cursors over encrypted tables would return ciphertext", Fix: "page with LIMIT and a plain key instead"}
 	case *pg.Node_PrepareStmt, *pg.Node_ExecuteStmt:
 		return nil, &RefusalError{Table: a.touched, Reason: "SQL-level PREPARE and EXECUTE bypass the driver's rewriting", Fix: "use database/sql's Prepare"}
+	case *pg.Node_MergeStmt:
+		return nil, &RefusalError{Table: a.touched, Reason: "MERGE on an encrypted table is not supported: the driver would not see the rows it inserts or updates",
+			Fix: "use INSERT ... ON CONFLICT on the primary key, or UPDATE by primary key"}
 	default:
-		return pass, nil
+		if schemaChange(stmt) || utility(stmt) {
+			return pass, nil
+		}
+		// Default deny: a statement kind the driver does not plan, over an
+		// encrypted table (or a relation that reaches one).
+		return nil, &RefusalError{Table: a.touched, Reason: "this kind of statement (" + stmtKind(stmt) + ") is not planned by the driver and reaches an encrypted table",
+			Fix: "use SELECT, INSERT, UPDATE or DELETE through the driver, or sql.Conn.Raw for administration"}
 	}
 	if err != nil {
 		return nil, err
@@ -92,6 +119,87 @@ func Rewrite(sql string, cat Catalog) (*Plan, error) {
 	return p, nil
 }
 
+// configEffects says whether statements may change settings (and so the
+// search_path names resolve through), and whether they end a transaction.
+func configEffects(p *Plan, tree *pg.ParseResult) {
+	for _, rs := range tree.Stmts {
+		switch x := rs.Stmt.Node.(type) {
+		case *pg.Node_VariableSetStmt:
+			p.SetsConfig = true
+			p.LocalConfig = p.LocalConfig || x.VariableSetStmt.IsLocal
+		case *pg.Node_DiscardStmt:
+			p.SetsConfig = true
+		case *pg.Node_TransactionStmt:
+			switch x.TransactionStmt.Kind {
+			case pg.TransactionStmtKind_TRANS_STMT_COMMIT, pg.TransactionStmtKind_TRANS_STMT_ROLLBACK,
+				pg.TransactionStmtKind_TRANS_STMT_ROLLBACK_TO, pg.TransactionStmtKind_TRANS_STMT_COMMIT_PREPARED,
+				pg.TransactionStmtKind_TRANS_STMT_ROLLBACK_PREPARED, pg.TransactionStmtKind_TRANS_STMT_PREPARE:
+				p.EndsTx = true
+			}
+		}
+	}
+	walk(tree, func(n *pg.Node) bool {
+		if fc, ok := n.Node.(*pg.Node_FuncCall); ok {
+			if names := fc.FuncCall.Funcname; len(names) > 0 && strings.EqualFold(names[len(names)-1].GetString_().GetSval(), "set_config") {
+				p.SetsConfig, p.LocalConfig = true, true
+			}
+		}
+		return true
+	})
+}
+
+// relNames lists the distinct relation names a parse tree mentions.
+func relNames(tree *pg.ParseResult) []RelName {
+	seen := map[RelName]bool{}
+	var out []RelName
+	walkMessages(tree, func(m proto.Message) bool {
+		if rv, ok := m.(*pg.RangeVar); ok {
+			n := RelName{Schema: rv.Schemaname, Name: rv.Relname}
+			if !seen[n] {
+				seen[n] = true
+				out = append(out, n)
+			}
+		}
+		return true
+	})
+	return out
+}
+
+// opaque refuses statements that run code the driver cannot see (DO
+// blocks, procedures): they may read or write encrypted tables whatever
+// they name.
+func opaque(n *pg.Node) error {
+	switch n.Node.(type) {
+	case *pg.Node_DoStmt:
+		return &RefusalError{Reason: "a DO block runs code the driver cannot see, which could read or write encrypted tables past it",
+			Fix: "send the block's statements through the driver one by one, or run it with sql.Conn.Raw as an administrator"}
+	case *pg.Node_CallStmt:
+		return &RefusalError{Reason: "CALL runs a procedure the driver cannot see, which could read or write encrypted tables past it",
+			Fix: "send the procedure's statements through the driver, or run it with sql.Conn.Raw as an administrator"}
+	}
+	return nil
+}
+
+// utility reports statements that read and write no rows: transaction
+// control, settings, locks, notifications, maintenance, EXPLAIN without
+// ANALYZE.
+func utility(n *pg.Node) bool {
+	switch n.Node.(type) {
+	case *pg.Node_TransactionStmt, *pg.Node_VariableSetStmt, *pg.Node_VariableShowStmt,
+		*pg.Node_ExplainStmt, *pg.Node_LockStmt, *pg.Node_DiscardStmt,
+		*pg.Node_ListenStmt, *pg.Node_NotifyStmt, *pg.Node_UnlistenStmt, *pg.Node_CheckPointStmt,
+		*pg.Node_VacuumStmt:
+		return true
+	}
+	return false
+}
+
+// stmtKind names a statement's kind for messages: "MergeStmt" → "MERGE".
+func stmtKind(n *pg.Node) string {
+	name := strings.TrimPrefix(fmt.Sprintf("%T", n.Node), "*pg_query.Node_")
+	return strings.ToUpper(strings.TrimSuffix(name, "Stmt"))
+}
+
 // invalidates reports statements that may change what the catalog said.
 func invalidates(n *pg.Node) bool {
 	switch n.Node.(type) {
@@ -99,7 +207,9 @@ func invalidates(n *pg.Node) bool {
 		*pg.Node_TransactionStmt, *pg.Node_VariableSetStmt, *pg.Node_VariableShowStmt,
 		*pg.Node_ExplainStmt, *pg.Node_LockStmt, *pg.Node_CopyStmt, *pg.Node_DiscardStmt,
 		*pg.Node_ListenStmt, *pg.Node_NotifyStmt, *pg.Node_UnlistenStmt, *pg.Node_CheckPointStmt,
-		*pg.Node_VacuumStmt, *pg.Node_CallStmt, *pg.Node_DoStmt:
+		*pg.Node_VacuumStmt, *pg.Node_CallStmt, *pg.Node_DoStmt, *pg.Node_MergeStmt,
+		*pg.Node_ExecuteStmt, *pg.Node_FetchStmt, *pg.Node_ClosePortalStmt, *pg.Node_PrepareStmt,
+		*pg.Node_DeallocateStmt, *pg.Node_DeclareCursorStmt:
 		return false
 	}
 	return true
@@ -109,7 +219,8 @@ func invalidates(n *pg.Node) bool {
 // driver's view (CREATE TABLE AS and the like do, and are refused).
 func schemaChange(n *pg.Node) bool {
 	switch n.Node.(type) {
-	case *pg.Node_CreateTableAsStmt, *pg.Node_DeclareCursorStmt, *pg.Node_PrepareStmt, *pg.Node_ExecuteStmt:
+	case *pg.Node_CreateTableAsStmt, *pg.Node_DeclareCursorStmt, *pg.Node_PrepareStmt, *pg.Node_ExecuteStmt,
+		*pg.Node_FetchStmt, *pg.Node_ClosePortalStmt:
 		return false
 	}
 	return invalidates(n)
@@ -183,6 +294,36 @@ func literal(n *pg.Node) (Value, bool) {
 		}
 	}
 	return Value{}, false
+}
+
+func pkType(t *Table, i int) string {
+	if i < len(t.PKTypes) {
+		return t.PKTypes[i]
+	}
+	return ""
+}
+
+// pkCastOK accepts a primary-key value without a cast, or cast to a type
+// that stores the same text as the column's own type.
+func pkCastOK(n *pg.Node, colType string) bool {
+	tc := n.GetTypeCast()
+	if tc == nil {
+		return true
+	}
+	if tc.TypeName == nil || len(tc.TypeName.Typmods) > 0 || len(tc.TypeName.ArrayBounds) > 0 || !pkCastOK(tc.Arg, colType) {
+		return false
+	}
+	names := tc.TypeName.Names
+	name := strings.ToLower(names[len(names)-1].GetString_().GetSval())
+	switch colType {
+	case "smallint", "integer", "bigint":
+		return name == "int2" || name == "int4" || name == "int8" || name == "smallint" || name == "integer" || name == "int" || name == "bigint"
+	case "uuid":
+		return name == "uuid"
+	case "text":
+		return name == "text" || name == "varchar"
+	}
+	return false
 }
 
 func isKeyCol(t *Table, col string) int {
@@ -395,6 +536,10 @@ func (a *analyzer) insertValues(ins *pg.InsertStmt, t *Table, cols []string, imp
 			}
 			if pi, ok := pkPos[col]; ok {
 				val, ok := literal(v)
+				if ok && !pkCastOK(v, pkType(t, pi)) {
+					return nil, refuse(t, col, "a cast on the primary key can change the value PostgreSQL stores, and the context must be the stored value",
+						"pass the primary key as a parameter or a plain literal")
+				}
 				if !ok {
 					return nil, refuse(t, col, "the primary key must be a parameter or a literal: it is part of each row's encryption context",
 						"pass it as a parameter, or leave it out and let the driver take it from the sequence")
@@ -594,7 +739,8 @@ func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	retScope := &scope{parent: cs, rels: []*rel{target}}
+	// RETURNING sees the FROM items too.
+	retScope := sc
 	if len(cells) == 0 {
 		for k := range keyColsSet {
 			return nil, refuse(t, t.Keys[k].Column, "setting a key column on its own would leave the row's encrypted columns unreadable", "set every column under the key too, or leave the key column alone")
@@ -702,7 +848,7 @@ func updateKeys(upd *pg.UpdateStmt, t *Table, cells []setCell, keyColsSet map[in
 		rt := n.GetResTarget()
 		return rt != nil && isKeyCol(t, rt.Name) >= 0
 	})
-	up := &Update{Table: t, CtidSlot: 0, Slots: 1}
+	up := &Update{Table: t, CtidSlot: 0, TableoidSlot: 1, Slots: 2}
 	for _, c := range cells {
 		up.Cells = append(up.Cells, Cell{Column: c.name, Key: c.ec.Key, Value: c.val, Slot: up.Slots})
 		up.Slots++
@@ -720,7 +866,7 @@ func updateKeys(upd *pg.UpdateStmt, t *Table, cells []setCell, keyColsSet map[in
 func (a *analyzer) rowFinder(up *Update, upd *pg.UpdateStmt, rv *pg.RangeVar, t *Table) error {
 	qual := qualOf(rv)
 	sel := &pg.SelectStmt{
-		TargetList: []*pg.Node{resTarget("", castText(colRef(qual, "ctid")))},
+		TargetList: []*pg.Node{resTarget("", castText(colRef(qual, "ctid"))), resTarget("", castText(colRef(qual, "tableoid")))},
 		FromClause: []*pg.Node{{Node: &pg.Node_RangeVar{RangeVar: proto.Clone(rv).(*pg.RangeVar)}}},
 	}
 	if upd.WhereClause != nil {
@@ -751,10 +897,11 @@ func (a *analyzer) rowFinder(up *Update, upd *pg.UpdateStmt, rv *pg.RangeVar, t 
 
 // joinPerRowValues rewrites the UPDATE to take one value per row:
 // UPDATE … SET c = __kmspg_v.c0, key = __kmspg_v.k0 FROM unnest(arrays)
-// AS __kmspg_v(ctid, c0, …, k0, …) WHERE q.ctid = __kmspg_v.ctid.
+// AS __kmspg_v(ctid, toid, c0, …, k0, …) WHERE q.ctid = __kmspg_v.ctid
+// AND q.tableoid = __kmspg_v.toid.
 func (a *analyzer) joinPerRowValues(up *Update, upd *pg.UpdateStmt, t *Table, cells []setCell, qual string) {
-	colNames := []string{"ctid"}
-	types := []string{"text[]::tid[]"}
+	colNames := []string{"ctid", "toid"}
+	types := []string{"text[]::tid[]", "text[]::oid[]"}
 	for i, c := range cells {
 		name := "c" + strconv.Itoa(i)
 		colNames = append(colNames, name)
@@ -777,7 +924,11 @@ func (a *analyzer) joinPerRowValues(up *Update, upd *pg.UpdateStmt, t *Table, ce
 	}
 	snippet := parseOne("SELECT FROM unnest(" + strings.Join(args, ", ") + ") AS __kmspg_v(" + strings.Join(colNames, ", ") + ")").GetSelectStmt()
 	upd.FromClause = snippet.FromClause
-	upd.WhereClause = pg.MakeAExprNode(pg.A_Expr_Kind_AEXPR_OP, []*pg.Node{str("=")}, colRef(qual, "ctid"), colRef("__kmspg_v", "ctid"), -1)
+	// ctid alone is not unique on a partitioned or inherited table.
+	upd.WhereClause = pg.MakeBoolExprNode(pg.BoolExprType_AND_EXPR, []*pg.Node{
+		pg.MakeAExprNode(pg.A_Expr_Kind_AEXPR_OP, []*pg.Node{str("=")}, colRef(qual, "ctid"), colRef("__kmspg_v", "ctid"), -1),
+		pg.MakeAExprNode(pg.A_Expr_Kind_AEXPR_OP, []*pg.Node{str("=")}, colRef(qual, "tableoid"), colRef("__kmspg_v", "toid"), -1),
+	}, -1)
 }
 
 func (a *analyzer) delete(stmt *pg.Node, del *pg.DeleteStmt) (*Plan, error) {
@@ -785,10 +936,12 @@ func (a *analyzer) delete(stmt *pg.Node, del *pg.DeleteStmt) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := a.writeScope(cs, target, del.UsingClause, del.WhereClause); err != nil {
+	// RETURNING sees the USING items too.
+	sc, err := a.writeScope(cs, target, del.UsingClause, del.WhereClause)
+	if err != nil {
 		return nil, err
 	}
-	out, err := a.returning(&del.ReturningList, &scope{parent: cs, rels: []*rel{target}})
+	out, err := a.returning(&del.ReturningList, sc)
 	if err != nil || out == nil {
 		return &Plan{Passthrough: true}, err
 	}

@@ -175,6 +175,23 @@ var cases = []string{
 	"DELETE FROM users WHERE id = $1 RETURNING email, name",
 	"DELETE FROM users WHERE id = $1",
 	"DELETE FROM users WHERE email = $1",
+	// Default deny: statement kinds the driver does not plan.
+	"MERGE INTO users u USING orgs o ON u.id = o.id WHEN NOT MATCHED THEN INSERT (id, email) VALUES (o.id, $1)",
+	"MERGE INTO orgs o USING orgs p ON o.id = p.id WHEN MATCHED THEN UPDATE SET name = p.name",
+	"DO $$ BEGIN INSERT INTO users (id, email) VALUES (1, 'x'); END $$",
+	"SELECT 1; DO $$ BEGIN NULL; END $$",
+	"CALL refresh_users()",
+	"EXECUTE p(1)",
+	"FETCH 10 FROM c",
+	// Grouping constructs by position.
+	"SELECT email FROM users GROUP BY GROUPING SETS ((1))",
+	"SELECT email FROM users GROUP BY ROLLUP (1)",
+	"SELECT email, count(*) FROM users GROUP BY CUBE (email)",
+	"SELECT id FROM orgs WHERE EXISTS (SELECT email FROM users GROUP BY GROUPING SETS ((1)))",
+	// RETURNING over FROM and USING items.
+	"UPDATE orgs SET name = 'x' FROM users u WHERE u.org_id = orgs.id RETURNING u.email",
+	"DELETE FROM orgs USING users u WHERE u.org_id = orgs.id RETURNING u.email",
+	"DELETE FROM orgs USING users u WHERE u.org_id = orgs.id RETURNING *",
 }
 
 func TestRewriteGolden(t *testing.T) {

@@ -64,6 +64,17 @@ type Catalog interface {
 	ProtectedView(schema, name string) (string, error)
 }
 
+// RelName is a relation as a statement names it: schema (may be empty) and
+// name, as the parser folded them.
+type RelName struct{ Schema, Name string }
+
+// Prefetcher is implemented by catalogs that resolve names on the server:
+// Rewrite hands it every relation name of a statement once, before asking
+// about them one by one, so that they resolve in one round trip.
+type Prefetcher interface {
+	Prefetch(names []RelName) error
+}
+
 // ErrUnsupported is wrapped by every refusal: a statement that would
 // compare, sort, group or compute on ciphertext, or that the driver cannot
 // rewrite safely. Use errors.Is.
