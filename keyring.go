@@ -70,7 +70,7 @@ func (k *keyring) unwrap(ctx context.Context, keyID string, version int, c envel
 
 // wrapProviderErr makes sure every provider error says which operation and
 // key failed, without wrapping twice.
-func wrapProviderErr(op, keyID string, err error) error {
+func wrapProviderErr(op providers.Op, keyID string, err error) error {
 	var pe *providers.Error
 	if errors.As(err, &pe) {
 		return err

@@ -134,7 +134,7 @@ func (p *Provider) Wrap(ctx context.Context, keyID string, dataKey []byte, c env
 		EncryptionContext: c,
 	})
 	if err != nil {
-		return nil, &providers.Error{Op: "wrap", KeyID: keyID, Err: classify(err)}
+		return nil, &providers.Error{Op: providers.OpWrap, KeyID: keyID, Err: classify(err)}
 	}
 	return out.CiphertextBlob, nil
 }
@@ -150,7 +150,7 @@ func (p *Provider) Unwrap(ctx context.Context, keyID string, wrapped []byte, c e
 		EncryptionContext: c,
 	})
 	if err != nil {
-		return nil, &providers.Error{Op: "unwrap", KeyID: keyID, Err: classify(err)}
+		return nil, &providers.Error{Op: providers.OpUnwrap, KeyID: keyID, Err: classify(err)}
 	}
 	return out.Plaintext, nil
 }

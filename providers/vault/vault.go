@@ -17,7 +17,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 
@@ -124,7 +123,9 @@ func (p *Provider) checkDerived(ctx context.Context, name string) error {
 // Wrap encrypts a data key with transit/encrypt, the context as the key
 // derivation context.
 func (p *Provider) Wrap(ctx context.Context, keyID string, dataKey []byte, c envelope.Context) ([]byte, error) {
-	fail := func(err error) ([]byte, error) { return nil, &providers.Error{Op: "wrap", KeyID: keyID, Err: err} }
+	fail := func(err error) ([]byte, error) {
+		return nil, &providers.Error{Op: providers.OpWrap, KeyID: keyID, Err: err}
+	}
 	name, err := KeyName(keyID)
 	if err != nil {
 		return fail(err)
@@ -162,7 +163,7 @@ func (p *Provider) Unwrap(ctx context.Context, keyID string, wrapped []byte, c e
 // UnwrapBatch decrypts many data keys in one transit/decrypt request.
 func (p *Provider) UnwrapBatch(ctx context.Context, keyID string, reqs []providers.UnwrapRequest) ([]providers.Result, error) {
 	fail := func(err error) ([]providers.Result, error) {
-		return nil, &providers.Error{Op: "unwrap", KeyID: keyID, Err: err}
+		return nil, &providers.Error{Op: providers.OpUnwrap, KeyID: keyID, Err: err}
 	}
 	name, err := KeyName(keyID)
 	if err != nil {
@@ -212,13 +213,13 @@ func (p *Provider) UnwrapBatch(ctx context.Context, keyID string, reqs []provide
 	for i, it := range items {
 		m, _ := it.(map[string]any)
 		if msg, _ := m["error"].(string); msg != "" {
-			out[i].Err = &providers.Error{Op: "unwrap", KeyID: keyID, Err: classifyMessage(msg)}
+			out[i].Err = &providers.Error{Op: providers.OpUnwrap, KeyID: keyID, Err: classifyMessage(msg)}
 			continue
 		}
 		pt, _ := m["plaintext"].(string)
 		key, err := base64.StdEncoding.DecodeString(pt)
 		if err != nil || len(key) == 0 {
-			out[i].Err = &providers.Error{Op: "unwrap", KeyID: keyID, Err: fmt.Errorf("%w: Vault returned no plaintext", providers.ErrDecrypt)}
+			out[i].Err = &providers.Error{Op: providers.OpUnwrap, KeyID: keyID, Err: fmt.Errorf("%w: Vault returned no plaintext", providers.ErrDecrypt)}
 			continue
 		}
 		out[i].Key = key
@@ -255,10 +256,8 @@ func classify(err error) error {
 		}
 		return err
 	}
-	var netErr net.Error
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.As(err, &netErr) {
-		return fmt.Errorf("%w: %w", providers.ErrUnavailable, err)
-	}
+	// Anything else did not get an answer: a deadline, a cancellation, a
+	// refused or reset connection.
 	return fmt.Errorf("%w: %w", providers.ErrUnavailable, err)
 }
 
