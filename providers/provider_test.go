@@ -15,7 +15,7 @@ import (
 // TestErrorPrefixOnce: a provider error says "kmspostgres:" once, however
 // its cause was built, and still matches its sentinel.
 func TestErrorPrefixOnce(t *testing.T) {
-	for _, sentinel := range []error{providers.ErrDecrypt, providers.ErrUnavailable, providers.ErrPermission, providers.ErrNoProvider} {
+	for _, sentinel := range []error{providers.ErrDecrypt, providers.ErrUnavailable, providers.ErrPermission, providers.ErrNoProvider, providers.ErrKeyID} {
 		for _, cause := range []error{sentinel, fmt.Errorf("%w: %w", sentinel, context.DeadlineExceeded)} {
 			err := error(&providers.Error{Op: providers.OpUnwrap, KeyID: "vault/app", Err: cause})
 			checkRendered(t, err, sentinel)
