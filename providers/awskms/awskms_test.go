@@ -2,8 +2,6 @@ package awskms_test
 
 import (
 	"context"
-	"errors"
-	"strings"
 	"testing"
 	"time"
 
@@ -13,7 +11,6 @@ import (
 
 	"github.com/kmspostgres/kmspostgres/envelope"
 	"github.com/kmspostgres/kmspostgres/internal/testenv"
-	"github.com/kmspostgres/kmspostgres/providers"
 	"github.com/kmspostgres/kmspostgres/providers/awskms"
 )
 
@@ -45,42 +42,16 @@ func hangingProviders(t *testing.T, opts ...awskms.Option) map[string]*awskms.Pr
 	return map[string]*awskms.Provider{"default chain": fromConfig, "WithClient": withClient}
 }
 
-// failsWithin runs call and checks that it fails with ErrUnavailable after
-// about d.
-func failsWithin(t *testing.T, d time.Duration, call func() error) {
-	t.Helper()
-	start := time.Now()
-	err := call()
-	took := time.Since(start)
-	if !errors.Is(err, providers.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("err = %v, want ErrUnavailable after a deadline", err)
-	}
-	if took < d-d/10 || took > d+3*time.Second {
-		t.Fatalf("failed after %v, want about %v", took, d)
-	}
-	if n := strings.Count(err.Error(), "kmspostgres:"); n != 1 {
-		t.Errorf("%q: kmspostgres: %d times", err, n)
-	}
-}
-
 // TestDeadlineOnHangingServer: an AWS KMS endpoint that accepts connections
 // and never answers fails Wrap and Unwrap with ErrUnavailable at the
 // provider's deadline.
 func TestDeadlineOnHangingServer(t *testing.T) {
 	t.Parallel()
 	const d = 200 * time.Millisecond
-	c := envelope.Context{"table": "users", "id": "1"}
 	for name, p := range hangingProviders(t, awskms.WithTimeout(d)) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			failsWithin(t, d, func() error {
-				_, err := p.Wrap(context.Background(), keyID, make([]byte, 32), c)
-				return err
-			})
-			failsWithin(t, d, func() error {
-				_, err := p.Unwrap(context.Background(), keyID, []byte("wrapped"), c)
-				return err
-			})
+			testenv.WrapAndUnwrapUnavailable(t, p, keyID, d)
 		})
 	}
 }
@@ -93,7 +64,7 @@ func TestDefaultDeadline(t *testing.T) {
 		t.Fatalf("DefaultTimeout = %v", awskms.DefaultTimeout)
 	}
 	p := hangingProviders(t)["default chain"]
-	failsWithin(t, awskms.DefaultTimeout, func() error {
+	testenv.Unavailable(t, awskms.DefaultTimeout, func() error {
 		_, err := p.Unwrap(context.Background(), keyID, []byte("wrapped"), envelope.Context{"id": "1"})
 		return err
 	})

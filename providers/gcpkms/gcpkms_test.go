@@ -2,9 +2,7 @@ package gcpkms_test
 
 import (
 	"context"
-	"errors"
 	"net"
-	"strings"
 	"testing"
 	"time"
 
@@ -14,7 +12,6 @@ import (
 
 	"github.com/kmspostgres/kmspostgres/envelope"
 	"github.com/kmspostgres/kmspostgres/internal/testenv"
-	"github.com/kmspostgres/kmspostgres/providers"
 	"github.com/kmspostgres/kmspostgres/providers/gcpkms"
 )
 
@@ -50,37 +47,6 @@ func silentGRPC(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// failsWithin runs call and checks that it fails with ErrUnavailable after
-// about d.
-func failsWithin(t *testing.T, d time.Duration, call func() error) {
-	t.Helper()
-	start := time.Now()
-	err := call()
-	took := time.Since(start)
-	if !errors.Is(err, providers.ErrUnavailable) {
-		t.Fatalf("err = %v, want ErrUnavailable", err)
-	}
-	if took < d-d/10 || took > d+3*time.Second {
-		t.Fatalf("failed after %v, want about %v", took, d)
-	}
-	if n := strings.Count(err.Error(), "kmspostgres:"); n != 1 {
-		t.Errorf("%q: kmspostgres: %d times", err, n)
-	}
-}
-
-func wrapAndUnwrap(t *testing.T, p *gcpkms.Provider, d time.Duration) {
-	t.Helper()
-	c := envelope.Context{"table": "users", "id": "1"}
-	failsWithin(t, d, func() error {
-		_, err := p.Wrap(context.Background(), keyID, make([]byte, 32), c)
-		return err
-	})
-	failsWithin(t, d, func() error {
-		_, err := p.Unwrap(context.Background(), keyID, []byte("wrapped"), c)
-		return err
-	})
-}
-
 // TestDeadlineOnHangingServer: a Cloud KMS endpoint that accepts TCP
 // connections and never answers, or takes gRPC calls and never answers
 // them, fails Wrap and Unwrap with ErrUnavailable at the provider's
@@ -91,7 +57,7 @@ func TestDeadlineOnHangingServer(t *testing.T) {
 	for name, addr := range map[string]string{"tcp": testenv.HangingServer(t), "grpc": silentGRPC(t)} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			wrapAndUnwrap(t, provider(t, addr).WithTimeout(d), d)
+			testenv.WrapAndUnwrapUnavailable(t, provider(t, addr).WithTimeout(d), keyID, d)
 		})
 	}
 }
@@ -104,7 +70,7 @@ func TestDefaultDeadline(t *testing.T) {
 		t.Fatalf("DefaultTimeout = %v", gcpkms.DefaultTimeout)
 	}
 	p := provider(t, silentGRPC(t))
-	failsWithin(t, gcpkms.DefaultTimeout, func() error {
+	testenv.Unavailable(t, gcpkms.DefaultTimeout, func() error {
 		_, err := p.Unwrap(context.Background(), keyID, []byte("wrapped"), envelope.Context{"id": "1"})
 		return err
 	})

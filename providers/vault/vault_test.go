@@ -2,10 +2,8 @@ package vault_test
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
@@ -58,24 +56,6 @@ var calls = map[string]func(ctx context.Context, p *vault.Provider) error{
 	},
 }
 
-// failsWithin runs call and checks that it fails with ErrUnavailable after
-// about d: not before, and well before the client's own one-minute timeout.
-func failsWithin(t *testing.T, d time.Duration, call func() error) {
-	t.Helper()
-	start := time.Now()
-	err := call()
-	took := time.Since(start)
-	if !errors.Is(err, providers.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("err = %v, want ErrUnavailable after a deadline", err)
-	}
-	if took < d-d/10 || took > d+3*time.Second {
-		t.Fatalf("failed after %v, want about %v", took, d)
-	}
-	if n := strings.Count(err.Error(), "kmspostgres:"); n != 1 {
-		t.Errorf("%q: kmspostgres: %d times", err, n)
-	}
-}
-
 // TestDeadlineOnHangingServer: a Vault that accepts connections and never
 // answers fails every call with ErrUnavailable at the provider's deadline,
 // the derived-key check included.
@@ -87,7 +67,7 @@ func TestDeadlineOnHangingServer(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			p := vault.NewFromClient(client(t, addr), vault.WithTimeout(d))
-			failsWithin(t, d, func() error { return call(context.Background(), p) })
+			testenv.Unavailable(t, d, func() error { return call(context.Background(), p) })
 		})
 	}
 }
@@ -100,7 +80,7 @@ func TestDefaultDeadline(t *testing.T) {
 		t.Fatalf("DefaultTimeout = %v", vault.DefaultTimeout)
 	}
 	p := vault.NewFromClient(client(t, "http://"+testenv.HangingServer(t)))
-	failsWithin(t, vault.DefaultTimeout, func() error { return calls["unwrap"](context.Background(), p) })
+	testenv.Unavailable(t, vault.DefaultTimeout, func() error { return calls["unwrap"](context.Background(), p) })
 }
 
 // TestNoTimeoutKeepsCallerDeadline: WithTimeout(0) leaves the bound to the
@@ -111,7 +91,7 @@ func TestNoTimeoutKeepsCallerDeadline(t *testing.T) {
 	const d = 200 * time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
-	failsWithin(t, d, func() error { return calls["wrap"](ctx, p) })
+	testenv.Unavailable(t, d, func() error { return calls["wrap"](ctx, p) })
 }
 
 // TestDeadlineAfterKeyCheck: a Vault that answers the key check and then
@@ -136,7 +116,7 @@ func TestDeadlineAfterKeyCheck(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			p := vault.NewFromClient(client(t, srv.URL), vault.WithTimeout(d))
-			failsWithin(t, d, func() error { return calls[name](context.Background(), p) })
+			testenv.Unavailable(t, d, func() error { return calls[name](context.Background(), p) })
 		})
 	}
 }
