@@ -1,8 +1,9 @@
-// Package awskms is the AWS KMS provider. Importing it routes key ids of the
-// form arn:aws:kms:…, alias/… and bare key ids to AWS KMS, with credentials,
-// region and endpoint from the SDK's default chain (AWS_ACCESS_KEY_ID,
-// profiles, roles; AWS_REGION; AWS_ENDPOINT_URL_KMS). A key ARN's own region
-// wins over the default.
+// Package awskms is the AWS KMS provider. Importing it routes AWS key ids
+// (a key id, mrk- multi-Region key id, key ARN, alias/<name> or alias ARN;
+// see providers.KindOf) to AWS KMS, with credentials, region and endpoint
+// from the SDK's default chain (AWS_ACCESS_KEY_ID, profiles, roles;
+// AWS_REGION; AWS_ENDPOINT_URL_KMS). A key ARN's own region wins over the
+// default.
 //
 // Data keys are wrapped with Encrypt and unwrapped with Decrypt (not
 // GenerateDataKey, as kms_encrypted 1.0 moved to), the encryption context
