@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/kmspostgres/kmspostgres/envelope"
 )
@@ -69,8 +70,16 @@ type Error struct {
 	Err   error
 }
 
+// prefix starts every message of this module; an error chain prints it once.
+const prefix = "kmspostgres: "
+
+// Error renders "kmspostgres: <op> with key <key id>: <cause>", the cause
+// without its own "kmspostgres: " prefix, so the chain carries it once.
 func (e *Error) Error() string {
-	return fmt.Sprintf("kmspostgres: %s with key %s: %v", e.Op, e.KeyID, e.Err)
+	if e.Err == nil {
+		return fmt.Sprintf("%s%s with key %s failed", prefix, e.Op, e.KeyID)
+	}
+	return fmt.Sprintf("%s%s with key %s: %s", prefix, e.Op, e.KeyID, strings.TrimPrefix(e.Err.Error(), prefix))
 }
 
 func (e *Error) Unwrap() error { return e.Err }

@@ -1,8 +1,9 @@
-// Package awskms is the AWS KMS provider. Importing it routes key ids of the
-// form arn:aws:kms:…, alias/… and bare key ids to AWS KMS, with credentials,
-// region and endpoint from the SDK's default chain (AWS_ACCESS_KEY_ID,
-// profiles, roles; AWS_REGION; AWS_ENDPOINT_URL_KMS). A key ARN's own region
-// wins over the default.
+// Package awskms is the AWS KMS provider. Importing it routes AWS key ids
+// (a key id, mrk- multi-Region key id, key ARN, alias/<name> or alias ARN;
+// see providers.KindOf) to AWS KMS, with credentials, region and endpoint
+// from the SDK's default chain (AWS_ACCESS_KEY_ID, profiles, roles;
+// AWS_REGION; AWS_ENDPOINT_URL_KMS). A key ARN's own region wins over the
+// default.
 //
 // Data keys are wrapped with Encrypt and unwrapped with Decrypt (not
 // GenerateDataKey, as kms_encrypted 1.0 moved to), the encryption context
@@ -134,7 +135,7 @@ func (p *Provider) Wrap(ctx context.Context, keyID string, dataKey []byte, c env
 		EncryptionContext: c,
 	})
 	if err != nil {
-		return nil, &providers.Error{Op: "wrap", KeyID: keyID, Err: classify(err)}
+		return nil, &providers.Error{Op: providers.OpWrap, KeyID: keyID, Err: classify(err)}
 	}
 	return out.CiphertextBlob, nil
 }
@@ -150,7 +151,7 @@ func (p *Provider) Unwrap(ctx context.Context, keyID string, wrapped []byte, c e
 		EncryptionContext: c,
 	})
 	if err != nil {
-		return nil, &providers.Error{Op: "unwrap", KeyID: keyID, Err: classify(err)}
+		return nil, &providers.Error{Op: providers.OpUnwrap, KeyID: keyID, Err: classify(err)}
 	}
 	return out.Plaintext, nil
 }

@@ -90,7 +90,9 @@ var errIntegrity = fmt.Errorf("%w: a Cloud KMS request or response was corrupted
 
 // Wrap encrypts a data key with the crypto key's primary version.
 func (p *Provider) Wrap(ctx context.Context, keyID string, dataKey []byte, c envelope.Context) ([]byte, error) {
-	fail := func(err error) ([]byte, error) { return nil, &providers.Error{Op: "wrap", KeyID: keyID, Err: err} }
+	fail := func(err error) ([]byte, error) {
+		return nil, &providers.Error{Op: providers.OpWrap, KeyID: keyID, Err: err}
+	}
 	aad, err := c.Canonical()
 	if err != nil {
 		return fail(err)
@@ -117,7 +119,9 @@ func (p *Provider) Wrap(ctx context.Context, keyID string, dataKey []byte, c env
 // Unwrap decrypts a data key; Cloud KMS finds the key version from the
 // ciphertext.
 func (p *Provider) Unwrap(ctx context.Context, keyID string, wrapped []byte, c envelope.Context) ([]byte, error) {
-	fail := func(err error) ([]byte, error) { return nil, &providers.Error{Op: "unwrap", KeyID: keyID, Err: err} }
+	fail := func(err error) ([]byte, error) {
+		return nil, &providers.Error{Op: providers.OpUnwrap, KeyID: keyID, Err: err}
+	}
 	aad, err := c.Canonical()
 	if err != nil {
 		return fail(err)

@@ -116,12 +116,12 @@ func (p *Provider) call(ctx context.Context, op providers.Op, keyID string) erro
 // same bytes (a synthetic nonce from an HMAC of both).
 func (p *Provider) Wrap(ctx context.Context, keyID string, dataKey []byte, encCtx envelope.Context) ([]byte, error) {
 	p.wraps.Add(1)
-	if err := p.call(ctx, "wrap", keyID); err != nil {
+	if err := p.call(ctx, providers.OpWrap, keyID); err != nil {
 		return nil, err
 	}
 	aad, err := encCtx.Canonical()
 	if err != nil {
-		return nil, &providers.Error{Op: "wrap", KeyID: keyID, Err: err}
+		return nil, &providers.Error{Op: providers.OpWrap, KeyID: keyID, Err: err}
 	}
 	mac := hmac.New(sha256.New, sivKey[:])
 	mac.Write(aad)
@@ -134,23 +134,23 @@ func (p *Provider) Wrap(ctx context.Context, keyID string, dataKey []byte, encCt
 // Unwrap decrypts a key wrapped by Wrap, checking the context.
 func (p *Provider) Unwrap(ctx context.Context, keyID string, wrapped []byte, encCtx envelope.Context) ([]byte, error) {
 	p.unwraps.Add(1)
-	if err := p.call(ctx, "unwrap", keyID); err != nil {
+	if err := p.call(ctx, providers.OpUnwrap, keyID); err != nil {
 		return nil, err
 	}
 	if keyID == EncryptOnlyKeyID {
-		return nil, &providers.Error{Op: "unwrap", KeyID: keyID, Err: fmt.Errorf("%w: %s may only encrypt", providers.ErrPermission, keyID)}
+		return nil, &providers.Error{Op: providers.OpUnwrap, KeyID: keyID, Err: fmt.Errorf("%w: %s may only encrypt", providers.ErrPermission, keyID)}
 	}
 	aad, err := encCtx.Canonical()
 	if err != nil {
-		return nil, &providers.Error{Op: "unwrap", KeyID: keyID, Err: err}
+		return nil, &providers.Error{Op: providers.OpUnwrap, KeyID: keyID, Err: err}
 	}
 	n := aead.NonceSize()
 	if len(wrapped) < n+aead.Overhead() {
-		return nil, &providers.Error{Op: "unwrap", KeyID: keyID, Err: providers.ErrDecrypt}
+		return nil, &providers.Error{Op: providers.OpUnwrap, KeyID: keyID, Err: providers.ErrDecrypt}
 	}
 	key, err := aead.Open(nil, wrapped[:n], wrapped[n:], aad)
 	if err != nil {
-		return nil, &providers.Error{Op: "unwrap", KeyID: keyID, Err: providers.ErrDecrypt}
+		return nil, &providers.Error{Op: providers.OpUnwrap, KeyID: keyID, Err: providers.ErrDecrypt}
 	}
 	return key, nil
 }

@@ -8,7 +8,7 @@
 // first use and refuses a key that is not derived.
 //
 // A result set's data keys are unwrapped in batches (batch_input), not one
-// request per row.
+// request per row. Each call is bounded to DefaultTimeout (WithTimeout).
 package vault
 
 import (
@@ -17,9 +17,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/vault/api"
 
@@ -35,11 +35,18 @@ func init() {
 // would ignore the context, so it could not be trusted. Use errors.Is.
 var ErrNotDerived = errors.New("kmspostgres: Vault transit key is not derived")
 
+// DefaultTimeout bounds each call, as the AWS and Google providers do: a
+// Vault server that accepts connections and does not answer fails the
+// statement with providers.ErrUnavailable after 2 s instead of holding it
+// for the client's one-minute timeout.
+const DefaultTimeout = 2 * time.Second
+
 // Provider wraps data keys with Vault transit. It is safe for concurrent
 // use.
 type Provider struct {
-	c     *api.Client
-	mount string
+	c       *api.Client
+	mount   string
+	timeout time.Duration
 
 	mu      sync.Mutex
 	checked map[string]bool // key name → derived setting verified
@@ -56,6 +63,12 @@ type Option func(*Provider)
 // WithMount sets the transit mount path (default "transit").
 func WithMount(path string) Option { return func(p *Provider) { p.mount = strings.Trim(path, "/") } }
 
+// WithTimeout bounds each call (Wrap, Unwrap, UnwrapBatch, ContextHash),
+// every request it makes included: the key check on first use, the retries
+// of the Vault client (default 2 s; 0: only the caller's context). A call
+// that runs out of time fails with providers.ErrUnavailable.
+func WithTimeout(d time.Duration) Option { return func(p *Provider) { p.timeout = d } }
+
 // New builds a client from Vault's standard environment variables.
 func New(opts ...Option) (*Provider, error) {
 	c, err := api.NewClient(api.DefaultConfig())
@@ -67,7 +80,7 @@ func New(opts ...Option) (*Provider, error) {
 
 // NewFromClient uses a client you built (address, token, TLS, HTTP client).
 func NewFromClient(c *api.Client, opts ...Option) *Provider {
-	p := &Provider{c: c, mount: "transit", checked: map[string]bool{}}
+	p := &Provider{c: c, mount: "transit", timeout: DefaultTimeout, checked: map[string]bool{}}
 	for _, o := range opts {
 		o(p)
 	}
@@ -81,6 +94,13 @@ func KeyName(keyID string) (string, error) {
 		return "", fmt.Errorf("kmspostgres: %q is not a vault/<key name> key id", keyID)
 	}
 	return name, nil
+}
+
+func (p *Provider) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if p.timeout <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, p.timeout)
 }
 
 func encodeContext(c envelope.Context) (string, error) {
@@ -124,11 +144,15 @@ func (p *Provider) checkDerived(ctx context.Context, name string) error {
 // Wrap encrypts a data key with transit/encrypt, the context as the key
 // derivation context.
 func (p *Provider) Wrap(ctx context.Context, keyID string, dataKey []byte, c envelope.Context) ([]byte, error) {
-	fail := func(err error) ([]byte, error) { return nil, &providers.Error{Op: "wrap", KeyID: keyID, Err: err} }
+	fail := func(err error) ([]byte, error) {
+		return nil, &providers.Error{Op: providers.OpWrap, KeyID: keyID, Err: err}
+	}
 	name, err := KeyName(keyID)
 	if err != nil {
 		return fail(err)
 	}
+	ctx, cancel := p.withTimeout(ctx)
+	defer cancel()
 	if err := p.checkDerived(ctx, name); err != nil {
 		return fail(err)
 	}
@@ -162,12 +186,14 @@ func (p *Provider) Unwrap(ctx context.Context, keyID string, wrapped []byte, c e
 // UnwrapBatch decrypts many data keys in one transit/decrypt request.
 func (p *Provider) UnwrapBatch(ctx context.Context, keyID string, reqs []providers.UnwrapRequest) ([]providers.Result, error) {
 	fail := func(err error) ([]providers.Result, error) {
-		return nil, &providers.Error{Op: "unwrap", KeyID: keyID, Err: err}
+		return nil, &providers.Error{Op: providers.OpUnwrap, KeyID: keyID, Err: err}
 	}
 	name, err := KeyName(keyID)
 	if err != nil {
 		return fail(err)
 	}
+	ctx, cancel := p.withTimeout(ctx)
+	defer cancel()
 	if err := p.checkDerived(ctx, name); err != nil {
 		return fail(err)
 	}
@@ -212,13 +238,13 @@ func (p *Provider) UnwrapBatch(ctx context.Context, keyID string, reqs []provide
 	for i, it := range items {
 		m, _ := it.(map[string]any)
 		if msg, _ := m["error"].(string); msg != "" {
-			out[i].Err = &providers.Error{Op: "unwrap", KeyID: keyID, Err: classifyMessage(msg)}
+			out[i].Err = &providers.Error{Op: providers.OpUnwrap, KeyID: keyID, Err: classifyMessage(msg)}
 			continue
 		}
 		pt, _ := m["plaintext"].(string)
 		key, err := base64.StdEncoding.DecodeString(pt)
 		if err != nil || len(key) == 0 {
-			out[i].Err = &providers.Error{Op: "unwrap", KeyID: keyID, Err: fmt.Errorf("%w: Vault returned no plaintext", providers.ErrDecrypt)}
+			out[i].Err = &providers.Error{Op: providers.OpUnwrap, KeyID: keyID, Err: fmt.Errorf("%w: Vault returned no plaintext", providers.ErrDecrypt)}
 			continue
 		}
 		out[i].Key = key
@@ -234,6 +260,8 @@ func (p *Provider) ContextHash(ctx context.Context, c map[string]string, auditPa
 	if err != nil {
 		return "", err
 	}
+	ctx, cancel := p.withTimeout(ctx)
+	defer cancel()
 	h, err := p.c.Sys().AuditHashWithContext(ctx, auditPath, ec)
 	if err != nil {
 		return "", classify(err)
@@ -255,10 +283,8 @@ func classify(err error) error {
 		}
 		return err
 	}
-	var netErr net.Error
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.As(err, &netErr) {
-		return fmt.Errorf("%w: %w", providers.ErrUnavailable, err)
-	}
+	// Anything else did not get an answer: a deadline, a cancellation, a
+	// refused or reset connection.
 	return fmt.Errorf("%w: %w", providers.ErrUnavailable, err)
 }
 
