@@ -55,8 +55,8 @@ type catalog struct {
 	tables  map[string]*tableInfo // mapped tables by schema-map name
 	byOID   map[uint32]*tableInfo // mapped tables, partitions and children
 	byPlan  map[*rewrite.Table]*tableInfo
-	broken  map[uint32]error  // mapped relations that do not match the map
-	missing map[string]error  // map entries with no relation
+	broken  map[uint32]error     // mapped relations that do not match the map
+	missing map[string]error     // map entries with no relation
 	encAttr map[[2]uint32]string // (relation oid, attnum) of encrypted columns → table.column
 	reach   map[uint32]string    // relations that reach an encrypted column → table.column
 	watch   []uint32             // every oid above, for the fingerprint

@@ -5,11 +5,14 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/kmspostgres/kmspostgres/internal/lru"
+	"github.com/kmspostgres/kmspostgres/providers"
 )
 
 // Connector opens connections that share one schema map, one plan cache
@@ -61,6 +64,11 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 			return nil, err
 		}
 	}
+	if cfg.kms.provider == nil {
+		if err := validateKeyIDs(schema); err != nil {
+			return nil, err
+		}
+	}
 	pgcfg, err := pgx.ParseConfig(rest)
 	if err != nil {
 		return nil, fmt.Errorf("kmspostgres: %w", err)
@@ -93,6 +101,28 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 		return nil, fmt.Errorf("kmspostgres: unexpected inner connection %T", ic)
 	}
 	return &Conn{inner: sc, connector: c}, nil
+}
+
+// validateKeyIDs refuses, at open, a schema map whose key ids (current or
+// previous versions) have no known shape: such an id would otherwise fail
+// only on the first row that needs it.
+func validateKeyIDs(s *Schema) error {
+	for _, tn := range slices.Sorted(maps.Keys(s.Tables)) {
+		t := s.Tables[tn]
+		for _, kn := range slices.Sorted(maps.Keys(t.Keys)) {
+			k := t.Keys[kn]
+			ids := []string{k.KeyID}
+			for _, v := range slices.Sorted(maps.Keys(k.PreviousVersions)) {
+				ids = append(ids, k.PreviousVersions[v].KeyID)
+			}
+			for _, id := range ids {
+				if err := providers.ValidateKeyID(id); err != nil {
+					return fmt.Errorf("%w: %s: table %s, key %s: %w", ErrSchema, s.source, tn, kn, err)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // Driver returns the kmspostgres driver.

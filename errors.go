@@ -28,6 +28,8 @@ var (
 	ErrUnsupported = rewrite.ErrUnsupported
 	// ErrNoProvider: no KMS provider is linked in for a key id.
 	ErrNoProvider = providers.ErrNoProvider
+	// ErrKeyID: a key id has none of the shapes a provider serves.
+	ErrKeyID = providers.ErrKeyID
 	// ErrSchema: the schema map is invalid, or does not match the
 	// database.
 	ErrSchema = errors.New("kmspostgres: invalid schema map")

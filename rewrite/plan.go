@@ -124,7 +124,7 @@ type Update struct {
 	// TableoidSlot is the array of tableoids: with the ctid, it names a
 	// row exactly on partitioned and inherited tables alike.
 	TableoidSlot int
-	Slots      int
+	Slots        int
 }
 
 // UpdateKey is a key of the table that the UPDATE writes under.
