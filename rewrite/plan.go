@@ -112,8 +112,10 @@ type Cell struct {
 // values joined on ctid.
 type Update struct {
 	Table *Table
-	// SelectSQL returns ctid::text, tableoid::text, the primary key as text, then the key
-	// columns of Keys, for the rows the UPDATE would change; LockSQL is the
+	// SelectSQL returns ctid::text, tableoid::text, the primary key as
+	// text, the key columns of Keys, then per key of Keys whether the
+	// columns under it that the UPDATE leaves alone hold values, for the
+	// rows the UPDATE would change; LockSQL is the
 	// same with FOR NO KEY UPDATE. Both take SelectArgs.
 	SelectSQL  string
 	LockSQL    string

@@ -861,8 +861,9 @@ func updateKeys(upd *pg.UpdateStmt, t *Table, cells []setCell, keyColsSet map[in
 }
 
 // rowFinder builds the queries that read the rows an UPDATE will change:
-// SELECT ctid, primary key, key columns FROM rel WHERE …, and the same
-// with FOR NO KEY UPDATE.
+// SELECT ctid, tableoid, primary key, key columns, and per key whether
+// the columns under it that the UPDATE leaves alone hold values, FROM rel
+// WHERE …; and the same with FOR NO KEY UPDATE.
 func (a *analyzer) rowFinder(up *Update, upd *pg.UpdateStmt, rv *pg.RangeVar, t *Table) error {
 	qual := qualOf(rv)
 	sel := &pg.SelectStmt{
@@ -877,6 +878,31 @@ func (a *analyzer) rowFinder(up *Update, upd *pg.UpdateStmt, rv *pg.RangeVar, t 
 	}
 	for _, k := range up.Keys {
 		sel.TargetList = append(sel.TargetList, resTarget("", colRef(qual, t.Keys[k.Key].Column)))
+	}
+	// Per key: do the columns under it that the UPDATE leaves alone hold
+	// values? A row without a data key whose other columns do must not get
+	// a key for some of them only.
+	set := map[string]bool{}
+	for _, c := range up.Cells {
+		set[c.Column] = true
+	}
+	for _, k := range up.Keys {
+		var any *pg.Node
+		for _, c := range t.Keys[k.Key].Columns {
+			if set[c] {
+				continue
+			}
+			nn := &pg.Node{Node: &pg.Node_NullTest{NullTest: &pg.NullTest{Arg: colRef(qual, c), Nulltesttype: pg.NullTestType_IS_NOT_NULL, Location: -1}}}
+			if any == nil {
+				any = nn
+			} else {
+				any = pg.MakeBoolExprNode(pg.BoolExprType_OR_EXPR, []*pg.Node{any, nn}, -1)
+			}
+		}
+		if any == nil {
+			any = &pg.Node{Node: &pg.Node_AConst{AConst: &pg.A_Const{Val: &pg.A_Const_Boolval{Boolval: &pg.Boolean{Boolval: false}}, Location: -1}}}
+		}
+		sel.TargetList = append(sel.TargetList, resTarget("", any))
 	}
 	lock := proto.Clone(sel).(*pg.SelectStmt)
 	lock.LockingClause = []*pg.Node{{Node: &pg.Node_LockingClause{LockingClause: &pg.LockingClause{
