@@ -68,7 +68,7 @@ func rewrapFlags(fs *flag.FlagSet) func(context.Context, *cmdEnv) int {
 			st, err := c.Rewrap(ctx, table, kmspostgres.RewrapOptions{All: *all, BatchSize: *batch})
 			fmt.Fprintln(e.stdout, rewrapLine(table, st))
 			for _, f := range st.Failures {
-				fmt.Fprintf(e.stderr, "  skipped %s (%s), key %s: %v\n", table, f.PK, f.Key, f.Err)
+				fmt.Fprintf(e.stderr, "  skipped: %v\n", f.Err) // it names the table, row and key
 			}
 			if more := st.Failed - len(st.Failures); more > 0 {
 				fmt.Fprintf(e.stderr, "  … and %d more skipped rows\n", more)
