@@ -155,7 +155,7 @@ func ParseSchema(name string, data []byte) (*Schema, error) {
 	var doc yaml.Node
 	if err := yaml.NewDecoder(bytes.NewReader(data)).Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%w: %s: the file is empty; list the encrypted tables under tables: (see the README, The schema map)", ErrSchema, name)
+			return nil, fmt.Errorf("%w: %s: the file is empty; list the encrypted tables in a tables: section", ErrSchema, name)
 		}
 		return nil, fmt.Errorf("%w: %s: %v", ErrSchema, name, err)
 	}
@@ -169,7 +169,7 @@ func ParseSchema(name string, data []byte) (*Schema, error) {
 		return nil, fmt.Errorf("%w: %s: %s", ErrSchema, name, yamlTypeNames.Replace(err.Error()))
 	}
 	if len(y.Tables) == 0 {
-		return nil, fmt.Errorf("%w: %s: no tables; list the encrypted tables under tables:", ErrSchema, name)
+		return nil, fmt.Errorf("%w: %s: no tables; list the encrypted tables in a tables: section", ErrSchema, name)
 	}
 	s := &Schema{KeyID: expandEnv(y.KeyID), Tables: map[string]*Table{}, source: name}
 	for tn, yt := range y.Tables {
@@ -252,7 +252,7 @@ func checkFields(doc *yaml.Node) error {
 		root = root.Content[0]
 	}
 	if isNull(root) {
-		return errors.New("the file is empty; list the encrypted tables under tables:")
+		return errors.New("the file is empty; list the encrypted tables in a tables: section")
 	}
 	if err := fields(root, "the schema map", "at the top level", schemaFields); err != nil {
 		return err

@@ -152,7 +152,7 @@ func TestSchemaMessages(t *testing.T) {
 		{"empty", "", "svc.yaml: the file is empty"},
 		{"only comments", "# nothing yet\n", "svc.yaml: the file is empty"},
 		{"null document", "---\n", "svc.yaml: the file is empty"},
-		{"no tables", "key_id: k\n", "svc.yaml: no tables; list the encrypted tables under tables:"},
+		{"no tables", "key_id: k\n", "svc.yaml: no tables; list the encrypted tables in a tables: section"},
 		{"empty tables", "key_id: k\ntables: {}\n", "no tables"},
 		{"table not a mapping", "key_id: k\ntables:\n  users: [email]\n", "line 3: table users must be a mapping of fields (primary_key, keys, columns)"},
 		{"tables not a mapping", "key_id: k\ntables: [users]\n", "line 2: tables must be a mapping of names"},
