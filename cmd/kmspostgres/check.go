@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -29,7 +28,9 @@ It reads every row of every mapped table once per key (counting in SQL).
 
 Exit codes: 0 no problem found, 1 problems found (or the check could not
 run), 2 usage error. With -json the report goes to stdout as one JSON object
-({"ok": …, "problems": […], "tables": […], "key_ids": […], …}).
+({"ok": …, "problems": […], "tables": […], "key_ids": […], …}); an error that
+stops the check before a report (the database or the schema map) is printed
+as {"ok": false, "error": "…"}.
 
 Examples:
   kmspostgres check -dsn "postgres://app@db/app?kms_schema=schema.yaml"
@@ -47,19 +48,17 @@ func checkFlags(fs *flag.FlagSet) func(context.Context, *cmdEnv) int {
 		if *timeout <= 0 {
 			return e.usageErr("-kms-timeout must be positive")
 		}
+		e.json = *asJSON
 		c, code := e.connector()
 		if c == nil {
 			return code
 		}
 		r, err := c.Inspect(ctx, kmspostgres.InspectOptions{WrapOnly: *wrapOnly, KMSTimeout: *timeout})
 		if err != nil {
-			fmt.Fprintln(e.stderr, err)
-			return exitProblem
+			return e.fail(err)
 		}
 		if *asJSON {
-			enc := json.NewEncoder(e.stdout)
-			enc.SetIndent("", "  ")
-			if err := enc.Encode(struct {
+			if err := writeJSON(e.stdout, struct {
 				OK bool `json:"ok"`
 				*kmspostgres.Report
 			}{r.OK(), r}); err != nil {

@@ -24,6 +24,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -81,6 +82,7 @@ type cmdEnv struct {
 	name           string
 	dsn            string
 	args           []string // positional arguments
+	json           bool     // -json: errors too go to stdout as JSON
 	stdout, stderr io.Writer
 }
 
@@ -100,10 +102,29 @@ func (e *cmdEnv) connector() (*kmspostgres.Connector, int) {
 	}
 	c, err := kmspostgres.NewConnector(e.dsn)
 	if err != nil {
-		fmt.Fprintln(e.stderr, err)
-		return nil, exitProblem
+		return nil, e.fail(err)
 	}
 	return c, exitOK
+}
+
+// fail reports an error that stopped the command on stderr, and with
+// -json also as {"ok": false, "error": …} on stdout, so that a pipeline
+// reading stdout always gets an object.
+func (e *cmdEnv) fail(err error) int {
+	fmt.Fprintln(e.stderr, err)
+	if e.json {
+		writeJSON(e.stdout, struct {
+			OK    bool   `json:"ok"`
+			Error string `json:"error"`
+		}{false, err.Error()})
+	}
+	return exitProblem
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 var commands = map[string]command{

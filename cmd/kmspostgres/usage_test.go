@@ -3,11 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"io"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/kmspostgres/kmspostgres"
 )
 
 func TestParseInterleaved(t *testing.T) {
@@ -96,5 +101,72 @@ func TestHelpHidesDatabaseURL(t *testing.T) {
 	var out bytes.Buffer
 	if code := run(context.Background(), []string{"check", "-h"}, &out, io.Discard); code != 0 || strings.Contains(out.String(), "s3cret") {
 		t.Fatalf("exit %d, help shows the DSN:\n%s", code, out.String())
+	}
+}
+
+// An error before a report still gives -json readers an object.
+func TestCheckJSONError(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "schema.yaml")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	code := run(context.Background(), []string{"check", "-json", "-dsn", "postgres://nowhere.invalid/db?kms_schema=" + path}, &out, &errb)
+	var got struct {
+		OK    bool   `json:"ok"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &got); err != nil || code != 1 || got.OK || !strings.Contains(got.Error, "the file is empty") || !strings.Contains(errb.String(), "the file is empty") {
+		t.Fatalf("exit %d, %v\nstdout: %s\nstderr: %s", code, err, out.String(), errb.String())
+	}
+}
+
+func TestPrintReport(t *testing.T) {
+	r := &kmspostgres.Report{
+		Schema: `users(email) key_id="alias/app"`,
+		Layout: "kmspostgres: invalid schema map: s.yaml: table cards: the database does not match: no such table",
+		Tables: []*kmspostgres.TableReport{
+			{Table: "cards", Error: "no such table"},
+			{Table: "users", Keys: []*kmspostgres.KeyReport{{
+				Key: "kms_key", Column: "encrypted_kms_key", Columns: []string{"email", "phone"}, CurrentVersion: 2,
+				Rows: 1234567, NullKey: 3, Unkeyed: 2, Malformed: 1, Rewrap: 10, Inactive: 1,
+				Versions: []kmspostgres.VersionCount{
+					{Version: 1, Rows: 10, Status: "previous"}, {Version: 2, Rows: 1234552, Status: "current"}, {Version: 3, Rows: 1, Status: "inactive"},
+				},
+			}}},
+		},
+		KeyIDs: []*kmspostgres.KeyIDReport{
+			{KeyID: "alias/app", Kind: "aws", UsedBy: []string{"users.kms_key v2", "users.kms_key v1"}, Linked: true, Wrap: "ok", Unwrap: "kmspostgres: unwrap with key alias/app: kmspostgres: KMS permission denied"},
+			{KeyID: "vault/app", Kind: "vault", UsedBy: []string{"cards.kms_key v1"}, Wrap: "kmspostgres: no KMS provider for key id", Unwrap: "skipped"},
+		},
+		Problems: []string{"one", "two"},
+	}
+	var out bytes.Buffer
+	printReport(&out, r)
+	want := `schema map: users(email) key_id="alias/app"
+layout: does not match (see problems)
+
+table cards
+  not scanned: no such table
+
+table users
+  key kms_key: column encrypted_kms_key, current version 2, encrypts email, phone
+    rows                1234567
+    v1 (previous)            10  rewrap moves these
+    v2 (current)        1234552
+    v3 (inactive)             1  cannot be read: not in previous_versions
+    NULL key                  3  2 with values in encrypted columns (plaintext)
+    malformed key             1
+
+key ids
+  alias/app (aws; users.kms_key v2, users.kms_key v1): wrap ok, unwrap FAILED
+  vault/app (vault; cards.kms_key v1): no provider
+
+2 problems:
+  - one
+  - two
+`
+	if out.String() != want {
+		t.Fatalf("got:\n%s\nwant:\n%s", out.String(), want)
 	}
 }
