@@ -133,7 +133,9 @@ func (c *Connector) Inspect(ctx context.Context, opts InspectOptions) (*Report, 
 				return nil, err
 			}
 			tr.Error = err.Error()
-			if r.Layout == "" {
+			// The layout check stops at its first mismatch: list the
+			// others, but not that one twice.
+			if !strings.Contains(r.Layout, "table "+tn+":") {
 				r.Problems = append(r.Problems, fmt.Sprintf("table %s could not be scanned: %v", tn, err))
 			}
 		}

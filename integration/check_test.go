@@ -109,13 +109,17 @@ func TestInspect(t *testing.T) {
 
 	// A mapped column missing from the database: the layout and the scan
 	// both say so, and the report still comes back.
-	e.setMap(accountsV2 + "      bic: {}\n")
+	// The layout check stops at the first; the scan names the others.
+	e.setMap(accountsV2 + "      bic: {}\n  ghosts:\n    columns: {name: {}}\n")
 	r, err = e.connector(kmspostgres.WithProvider(e.kms)).Inspect(ctx, kmspostgres.InspectOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(r.Layout, "encrypted column bic does not exist") || r.Tables[0].Error == "" || r.OK() {
+	if !strings.Contains(r.Layout, "table accounts: the database does not match: encrypted column bic does not exist") || r.Tables[0].Error == "" || r.OK() {
 		t.Fatalf("layout: %q, table: %q", r.Layout, r.Tables[0].Error)
+	}
+	if len(r.Problems) != 2 || r.Problems[0] != r.Layout || r.Problems[1] != "table ghosts could not be scanned: no such table" {
+		t.Fatalf("problems: %q", r.Problems)
 	}
 }
 
