@@ -93,7 +93,8 @@ func (r *rows) collectKeys() (*windowKeys, error) {
 			}
 			it, err := unwrapItemFor(w.infos[si], s, text, pk)
 			if err != nil {
-				return nil, r.sourceError(w, si, pk, err)
+				ti := w.infos[si]
+				return nil, r.sourceError(w, si, pk, keyColumnHint(err, ti.table.Name, ti.table.Keys[s.Key].Column))
 			}
 			w.pending[id] = it
 			w.items = append(w.items, it)
@@ -152,7 +153,7 @@ func (r *rows) openCells(w *windowKeys) error {
 			}
 			ck := r.keys[id]
 			if ck == nil {
-				return cellError(ti, oc.Column, pk, w.pending[id].err)
+				return cellError(ti, oc.Column, pk, keyColumnHint(w.pending[id].err, ti.table.Name, ti.table.Keys[r.out.Sources[si].Key].Column))
 			}
 			v, err := openCell(ti, oc.Column, ck, row[i])
 			if err != nil {
