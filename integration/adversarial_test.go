@@ -651,6 +651,24 @@ func TestAdversarialStatementKinds(t *testing.T) {
 			a.write(users, []string{s}, a.reads(s, "SELECT email FROM users WHERE id = 2"),
 				"INSERT INTO users (id, name, email) SELECT * FROM (VALUES (2::bigint, 'n', $1::text)) v", s)
 		}},
+		{name: "on_conflict_update_from_parameter", ddl: advUsers, run: func(a *adv) {
+			one(a)
+			s := sec("upsert-param")
+			a.write(users, []string{s, "ignored@example.com"}, a.reads(s, "SELECT email FROM users WHERE id = 1"),
+				"INSERT INTO users (id, name, email) VALUES (1, 'x', 'ignored@example.com') ON CONFLICT (id) DO UPDATE SET email = $1", s)
+		}},
+		{name: "on_conflict_on_constraint", ddl: advUsers, run: func(a *adv) {
+			one(a)
+			s := sec("upsert-constraint")
+			a.write(users, []string{s}, a.reads(s, "SELECT email FROM users WHERE id = 1"),
+				"INSERT INTO users (id, name, email) VALUES (1, 'x', $1) ON CONFLICT ON CONSTRAINT users_pkey DO UPDATE SET email = EXCLUDED.email", s)
+		}},
+		{name: "on_conflict_target_alias", ddl: advUsers, run: func(a *adv) {
+			one(a)
+			s := sec("upsert-alias")
+			a.write(users, []string{s}, a.reads(s, "SELECT email FROM users WHERE id = 1"),
+				"INSERT INTO users AS u (id, name, email) VALUES (1, 'x', $1) ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email WHERE u.id = 1", s)
+		}},
 		{name: "cursor_with_hold_fetch", ddl: advUsers, run: func(a *adv) {
 			one(a)
 			a.try("DECLARE adv_cur CURSOR WITH HOLD FOR SELECT id, email FROM users")
@@ -1062,6 +1080,24 @@ func TestAdversarialNames(t *testing.T) {
 				`INSERT INTO U&"us\0065rs" (id, name, U&"em\0061il") VALUES (2, 'u', $1)`, s)
 			a.readSafe([]int{0}, []string{sec("uesc-seed"), s}, `SELECT U&"em\0061il" FROM U&"us\0065rs"`)
 		}},
+		{name: "set_local_search_path_in_transaction", ddl: advBilling, yaml: advBillingMap, run: func(a *adv) {
+			s := sec("sp-local")
+			a.writeFn(inv, []string{s}, a.reads(s, "SELECT email FROM {ns}_billing.invoices WHERE id = 1"), "SET LOCAL search_path; INSERT INTO invoices", func() error {
+				tx, err := a.c.BeginTx(a.ctx, nil)
+				if err != nil {
+					return err
+				}
+				if _, err := tx.Exec(a.x("SET LOCAL search_path = {ns}_billing")); err != nil {
+					tx.Rollback()
+					return err
+				}
+				if _, err := tx.Exec("INSERT INTO invoices (id, email) VALUES (1, $1)", s); err != nil {
+					tx.Rollback()
+					return err
+				}
+				return tx.Commit()
+			})
+		}},
 		{name: "temp_table_shadows_mapped", ddl: advUsers, run: func(a *adv) {
 			a.seedUsers(1, 10, "a", sec("temp-seed"))
 			a.try("CREATE TEMP TABLE users (id bigint PRIMARY KEY, org_id bigint, name text, email text, encrypted_kms_key text)")
@@ -1192,6 +1228,14 @@ func TestAdversarialStaleCatalog(t *testing.T) {
 			s := sec("srule")
 			a.write([]string{"users", plain("inbox")}, []string{s}, a.reads(s, "SELECT email FROM users WHERE id = 2"),
 				"INSERT INTO inbox (id, email) VALUES ($1, $2)", 2, s)
+		}},
+		{name: "table_swapped_by_rename", ddl: advUsers, run: func(a *adv) {
+			a.seedUsers(1, 10, "a", sec("swap-seed"))
+			a.migrate("CREATE TABLE users_new (LIKE users INCLUDING ALL)", "INSERT INTO users_new SELECT * FROM users",
+				"ALTER TABLE users RENAME TO users_old", "ALTER TABLE users_new RENAME TO users")
+			s := sec("swap")
+			a.write(users, []string{s}, a.reads("1,"+sec("swap-seed")+"|2,"+s, "SELECT id, email FROM users ORDER BY id"),
+				"INSERT INTO users (id, name, email) VALUES (2, 'n', $1)", s)
 		}},
 		{name: "generated_column_added_after_load", ddl: advUsers, run: func(a *adv) {
 			s := "Secret-Stale-Gen@Example.COM"
@@ -1700,6 +1744,13 @@ func TestAdversarialGrouping(t *testing.T) {
 		{"exists_group_by_position", []q{{"true", "SELECT EXISTS (SELECT email FROM users GROUP BY 1 HAVING count(*) > 1)", nil}}},
 		{"exists_grouping_sets_position", []q{{"true", "SELECT EXISTS (SELECT email FROM users GROUP BY GROUPING SETS ((1)) HAVING count(*) > 1)", nil}}},
 		{"exists_correlated_self_comparison", []q{{"2", "SELECT count(*) FROM users u WHERE EXISTS (SELECT 1 FROM users v WHERE v.email = u.email AND v.id <> u.id)", nil}}},
+		{"subquery_distinct", []q{{"4", "SELECT count(*) FROM (SELECT DISTINCT email FROM users) s", nil}}},
+		{"count_distinct", []q{{"4", "SELECT count(DISTINCT email) FROM users", nil}}},
+		{"subquery_union", []q{{"4", "SELECT count(*) FROM (SELECT email FROM users UNION SELECT email FROM users) s", nil}}},
+		{"subquery_intersect", []q{{"1", "SELECT count(*) FROM (SELECT email FROM users WHERE id = 1 INTERSECT SELECT email FROM users WHERE id = 2) s", nil}}},
+		{"subquery_except", []q{{"0", "SELECT count(*) FROM (SELECT email FROM users WHERE id = 1 EXCEPT SELECT email FROM users WHERE id = 2) s", nil}}},
+		{"subquery_window_partition", []q{{"4", "SELECT count(*) FROM (SELECT row_number() OVER (PARTITION BY email) AS r FROM users) s WHERE r = 1", nil}}},
+		{"subquery_order_by_position_limit", []q{{"4", "SELECT id FROM (SELECT id, email FROM users ORDER BY 2 LIMIT 1) s", nil}}},
 		{"count_filter", []q{{"2", "SELECT count(*) FILTER (WHERE email = $1) FROM users", []any{dup}}}},
 	}
 	var cases []advCase
