@@ -120,7 +120,14 @@ func (c *Connector) Inspect(ctx context.Context, opts InspectOptions) (*Report, 
 			return nil, err
 		}
 		r.Layout = err.Error()
-		r.Problems = append(r.Problems, err.Error())
+		// Check reports every mismatched table: one problem each.
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			for _, e := range j.Unwrap() {
+				r.Problems = append(r.Problems, e.Error())
+			}
+		} else {
+			r.Problems = append(r.Problems, err.Error())
+		}
 	}
 	dc, err := c.Connect(ctx)
 	if err != nil {
@@ -135,8 +142,8 @@ func (c *Connector) Inspect(ctx context.Context, opts InspectOptions) (*Report, 
 				return nil, err
 			}
 			tr.Error = err.Error()
-			// The layout check stops at its first mismatch: list the
-			// others, but not that one twice.
+			// The layout check names every mismatched table: do not
+			// name one twice.
 			if !strings.Contains(r.Layout, "table "+tn+":") {
 				r.Problems = append(r.Problems, fmt.Sprintf("table %s could not be scanned: %v", tn, err))
 			}

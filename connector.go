@@ -100,7 +100,16 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 		ic.Close()
 		return nil, fmt.Errorf("kmspostgres: unexpected inner connection %T", ic)
 	}
-	return &Conn{inner: sc, connector: c}, nil
+	conn := &Conn{inner: sc, connector: c}
+	if err := conn.sessionCheck(""); err != nil {
+		sc.Close()
+		return nil, fmt.Errorf("kmspostgres: refusing the connection: %w", err)
+	}
+	if err := c.catalog.setBasePath(ctx, sc.Conn()); err != nil {
+		sc.Close()
+		return nil, err
+	}
+	return conn, nil
 }
 
 // validateKeyIDs refuses, at open, a schema map whose key ids (current or

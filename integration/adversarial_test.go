@@ -44,6 +44,11 @@ type advCase struct {
 	yaml  string   // default advMap
 	extra []string // DSN parameters
 	run   func(a *adv)
+	// sameText: the case runs a SQL text the driver planned before a
+	// migration. It runs twice: with the catalog checked before every
+	// statement (kmspostgres.WithCatalogCheckInterval(0)), and with the
+	// default interval, the migration then given that long to be seen.
+	sameText bool
 }
 
 // adv is a case's world: the env, and one driver connection pinned for the
@@ -54,6 +59,9 @@ type adv struct {
 	t   *testing.T
 	ctx context.Context
 	c   *sql.Conn
+	// settle is how long a migration waits before the case goes on: the
+	// catalog check interval of the connector under test.
+	settle time.Duration
 }
 
 const advPlaceholderDDL = `CREATE TABLE adv_placeholder (id bigint PRIMARY KEY, v text, encrypted_kms_key text);`
@@ -111,19 +119,31 @@ func runAdversarial(t *testing.T, cases []advCase) {
 			t.Fatalf("duplicate case %s", c.name)
 		}
 		seen[c.name] = true
-		t.Run(c.name, func(t *testing.T) {
+		yaml := c.yaml
+		if yaml == "" {
+			yaml = advMap
+		}
+		if !c.sameText {
+			t.Run(c.name, func(t *testing.T) {
+				t.Parallel()
+				c.run(newAdv(t, c.ddl, yaml, nil, c.extra...))
+			})
+			continue
+		}
+		t.Run(c.name+"/check_every_statement", func(t *testing.T) {
 			t.Parallel()
-			yaml := c.yaml
-			if yaml == "" {
-				yaml = advMap
-			}
-			a := newAdv(t, c.ddl, yaml, c.extra...)
+			c.run(newAdv(t, c.ddl, yaml, []kmspostgres.Option{kmspostgres.WithCatalogCheckInterval(0)}, c.extra...))
+		})
+		t.Run(c.name+"/default_interval", func(t *testing.T) {
+			t.Parallel()
+			a := newAdv(t, c.ddl, yaml, nil, c.extra...)
+			a.settle = kmspostgres.DefaultCatalogCheckInterval + 100*time.Millisecond
 			c.run(a)
 		})
 	}
 }
 
-func newAdv(t *testing.T, ddl, yaml string, extra ...string) *adv {
+func newAdv(t *testing.T, ddl, yaml string, opts []kmspostgres.Option, extra ...string) *adv {
 	t.Helper()
 	e := newEnv(t, advPlaceholderDDL, advPlaceholderMap, extra...)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -144,7 +164,7 @@ func newAdv(t *testing.T, ddl, yaml string, extra ...string) *adv {
 		t.Fatal(err)
 	}
 	e.db.Close()
-	e.db = e.open()
+	e.db = e.open(opts...)
 	a := &adv{env: e, t: t, ctx: ctx}
 	a.use(e.db)
 	return a
@@ -236,6 +256,7 @@ func (a *adv) migrate(stmts ...string) {
 			a.t.Fatalf("migration %s: %v", s, err)
 		}
 	}
+	time.Sleep(a.settle)
 }
 
 // plain marks a table of write's list that may legitimately hold the
@@ -1126,7 +1147,7 @@ func TestAdversarialStaleCatalog(t *testing.T) {
 			a.readSafe([]int{1}, []string{sec("sv")}, "SELECT id, email FROM v")
 			a.readSafe([]int{1}, []string{sec("sv")}, "SELECT * FROM v")
 		}},
-		{name: "view_replaced_same_sql_text", ddl: advUsers + `CREATE VIEW v AS SELECT 1::bigint AS id, 'not-secret'::text AS email;`, run: func(a *adv) {
+		{name: "view_replaced_same_sql_text", sameText: true, ddl: advUsers + `CREATE VIEW v AS SELECT 1::bigint AS id, 'not-secret'::text AS email;`, run: func(a *adv) {
 			a.seedUsers(1, 10, "a", sec("svr"))
 			a.readExact("1,not-secret", "SELECT id, email FROM v")
 			a.migrate("CREATE OR REPLACE VIEW v AS SELECT id, email FROM users")
@@ -1149,7 +1170,7 @@ func TestAdversarialStaleCatalog(t *testing.T) {
 			a.write(users, []string{s}, a.reads(s, "SELECT email FROM users WHERE id = 2"),
 				"INSERT INTO users VALUES ($1, $2)", 2, s)
 		}},
-		{name: "drop_column_then_same_positional_insert_text", ddl: advUsersNoOrg, run: func(a *adv) {
+		{name: "drop_column_then_same_positional_insert_text", sameText: true, ddl: advUsersNoOrg, run: func(a *adv) {
 			a.readSafe(nil, nil, "SELECT email FROM users")
 			a.try("INSERT INTO users VALUES ($1, $2)", 1, "name-one")
 			a.migrate("ALTER TABLE users DROP COLUMN name")
@@ -1157,7 +1178,7 @@ func TestAdversarialStaleCatalog(t *testing.T) {
 			a.write(users, []string{s}, a.reads(s, "SELECT email FROM users WHERE id = 2"),
 				"INSERT INTO users VALUES ($1, $2)", 2, s)
 		}},
-		{name: "reorder_columns_then_same_positional_insert_text", ddl: advUsersNoOrg, run: func(a *adv) {
+		{name: "reorder_columns_then_same_positional_insert_text", sameText: true, ddl: advUsersNoOrg, run: func(a *adv) {
 			a.readSafe(nil, nil, "SELECT email FROM users")
 			a.try("INSERT INTO users VALUES ($1, $2)", 1, "name-one")
 			a.migrate("ALTER TABLE users DROP COLUMN name", "ALTER TABLE users ADD COLUMN name text")
@@ -1165,7 +1186,7 @@ func TestAdversarialStaleCatalog(t *testing.T) {
 			a.write(users, []string{s}, a.reads(s, "SELECT email FROM users WHERE id = 2"),
 				"INSERT INTO users VALUES ($1, $2)", 2, s)
 		}},
-		{name: "table_recreated_reordered", ddl: advUsersNoOrg, run: func(a *adv) {
+		{name: "table_recreated_reordered", sameText: true, ddl: advUsersNoOrg, run: func(a *adv) {
 			a.exec("INSERT INTO users (id, name, email) VALUES (1, 'a', $1)", sec("srec-seed"))
 			a.try("INSERT INTO users VALUES ($1, $2, $3)", 3, "name-three", sec("srec-seed"))
 			a.migrate("DROP TABLE users", "CREATE TABLE users (id bigint PRIMARY KEY, email text, name text, encrypted_kms_key text)")
@@ -1186,7 +1207,7 @@ func TestAdversarialStaleCatalog(t *testing.T) {
 			a.migrate("ALTER TABLE users ADD COLUMN note text")
 			a.readSafe([]int{2}, []string{sec("sas")}, "SELECT * FROM users")
 		}},
-		{name: "prepared_statement_across_migration", ddl: advUsersNoOrg, run: func(a *adv) {
+		{name: "prepared_statement_across_migration", sameText: true, ddl: advUsersNoOrg, run: func(a *adv) {
 			st, err := a.c.PrepareContext(a.ctx, "INSERT INTO users VALUES ($1, $2)")
 			if err != nil {
 				a.t.Logf("refused: prepare: %v", err)
@@ -1221,7 +1242,7 @@ func TestAdversarialStaleCatalog(t *testing.T) {
 			a.write(users, []string{s}, a.reads(s, "SELECT email FROM users WHERE id = 101"),
 				"INSERT INTO users_child (id, name, email) VALUES (101, 'c', $1)", s)
 		}},
-		{name: "rule_created_after_same_sql_text", ddl: advUsers + `CREATE TABLE inbox (id bigint, email text);`, run: func(a *adv) {
+		{name: "rule_created_after_same_sql_text", sameText: true, ddl: advUsers + `CREATE TABLE inbox (id bigint, email text);`, run: func(a *adv) {
 			a.seedUsers(1, 10, "a", sec("srule-seed"))
 			a.exec("INSERT INTO inbox (id, email) VALUES ($1, $2)", 1, "plain-inbox")
 			a.migrate("CREATE RULE inbox_to_users AS ON INSERT TO inbox DO INSTEAD INSERT INTO users (id, name, email) VALUES (NEW.id, 'r', NEW.email)")

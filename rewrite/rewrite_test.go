@@ -183,6 +183,14 @@ var cases = []string{
 	"CALL refresh_users()",
 	"EXECUTE p(1)",
 	"FETCH 10 FROM c",
+	// Settings that change how the server reads SQL.
+	"SET standard_conforming_strings = off",
+	"SET standard_conforming_strings TO on",
+	"SELECT set_config('standard_conforming_strings', 'off', false)",
+	"SELECT set_config($1, 'off', false)",
+	"SET client_encoding = 'SJIS'",
+	"SET search_path = app, public",
+	"SELECT set_config('search_path', 'billing', true)",
 	// Grouping constructs by position.
 	"SELECT email FROM users GROUP BY GROUPING SETS ((1))",
 	"SELECT email FROM users GROUP BY ROLLUP (1)",
