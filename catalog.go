@@ -683,7 +683,11 @@ func (c *catalog) loadReach(ctx context.Context, conn *pgx.Conn) error {
 				plainOnly[owner] = e.name // a plain column of an encrypted table
 				return nil
 			}
-			mark(owner, e.name)
+			name := e.name
+			if n := c.encAttr[[2]uint32{ref, uint32(sub)}]; sub != 0 && n != "" {
+				name = n // the column the rule reads
+			}
+			mark(owner, name)
 			return nil
 		})
 		if err != nil {
@@ -701,7 +705,8 @@ func (c *catalog) loadReach(ctx context.Context, conn *pgx.Conn) error {
 				return err
 			}
 			if whole {
-				mark(owner, plainOnly[owner])
+				table, _, _ := strings.Cut(plainOnly[owner], ".")
+				mark(owner, table+".* (a whole row)")
 			}
 		}
 		frontier = next
