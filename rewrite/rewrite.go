@@ -445,6 +445,9 @@ func (a *analyzer) writeScope(cs *scope, target *rel, from []*pg.Node, where *pg
 			return nil, err
 		}
 	}
+	if err := duplicateNames(sc); err != nil {
+		return nil, err
+	}
 	return sc, a.checkExpr(where, sc, "WHERE")
 }
 
