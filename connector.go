@@ -77,10 +77,19 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 	if cfg.connConfig != nil {
 		stdOpts = append(stdOpts, stdlib.OptionBeforeConnect(cfg.connConfig))
 	}
+	cacheCfg := schema.Cache
+	if cfg.cacheSet {
+		cacheCfg = cfg.cache
+	}
+	if err := cacheCfg.validate(); err != nil {
+		return nil, fmt.Errorf("kmspostgres: WithKeyCache: %w", err)
+	}
+	kr := newKeyring(cfg.kms)
+	kr.cache = newKeyCache(cacheCfg)
 	return &Connector{
 		inner:          stdlib.GetConnector(*pgcfg, stdOpts...),
 		schema:         schema,
-		keyring:        newKeyring(cfg.kms),
+		keyring:        kr,
 		plans:          lru.New[string, planEntry](2048),
 		catalog:        newCatalog(schema, cfg.catalogTTL),
 		ids:            newIDCache(32),

@@ -116,23 +116,18 @@ func unwrapItemFor(ti *tableInfo, s rewrite.Source, text string, pk []string) (*
 	return &unwrapItem{keyID: keyID, version: wk.Version, ctx: ectx, wrapped: wk.Ciphertext}, nil
 }
 
-// unwrapKeys unwraps the pending keys together and keeps the cell keys of
-// those that succeeded; failures stay in their item for openCells.
+// unwrapKeys unwraps the pending keys together (through the data-key
+// cache when there is one) and keeps the cell keys of those that
+// succeeded; failures stay in their item for openCells.
 func (r *rows) unwrapKeys(w *windowKeys) {
 	if len(w.items) == 0 {
 		return
 	}
-	r.c.connector.keyring.unwrapAll(r.ctx, w.items, r.c.connector.kmsConcurrency)
+	r.c.connector.keyring.openItems(r.ctx, w.items, r.c.connector.kmsConcurrency)
 	for id, it := range w.pending {
-		if it.err != nil {
-			continue
+		if it.err == nil {
+			r.keys[id] = it.ck
 		}
-		ck, err := envelope.NewCellKey(it.key)
-		if err != nil {
-			it.err = err
-			continue
-		}
-		r.keys[id] = ck
 	}
 }
 

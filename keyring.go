@@ -7,6 +7,8 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/kmspostgres/kmspostgres/internal/keycache"
+
 	"github.com/kmspostgres/kmspostgres/envelope"
 	"github.com/kmspostgres/kmspostgres/providers"
 
@@ -18,6 +20,7 @@ import (
 type keyring struct {
 	provider  providers.Provider // nil: route by key id
 	observers []providers.Observer
+	cache     *keycache.Cache // nil: every unwrap is a KMS call
 }
 
 func newKeyring(c kmsConfig) *keyring {
@@ -72,6 +75,12 @@ func (k *keyring) unwrap(ctx context.Context, keyID string, version int, c envel
 	return key, nil
 }
 
+// emitCacheHit reports a data key served from the cache: no KMS call, so
+// no KMS audit log entry; observers see it.
+func (k *keyring) emitCacheHit(it *unwrapItem) {
+	k.emit(providers.OpUnwrap, it.keyID, it.version, it.ctx, time.Now(), nil)
+}
+
 // wrapProviderErr makes sure every provider error says which operation and
 // key failed, without wrapping twice.
 func wrapProviderErr(op providers.Op, keyID string, err error) error {
@@ -88,8 +97,87 @@ type unwrapItem struct {
 	version int
 	ctx     envelope.Context
 	wrapped []byte
-	key     []byte // result
-	err     error  // result
+	key     []byte            // result; shared with the cache, read-only
+	ck      *envelope.CellKey // result, ready to open cells
+	err     error             // result
+	cached  bool              // the result came from the cache
+	cacheID string            // set when this item's unwrap fills the cache
+}
+
+// cacheID identifies a data key in the cache: key id, wrapped key and
+// context, so that a cached key serves only the row it was unwrapped for.
+func cacheID(keyID string, wrapped []byte, c envelope.Context) (string, error) {
+	canon, err := c.Canonical()
+	if err != nil {
+		return "", err
+	}
+	return keyID + "\x00" + string(wrapped) + "\x00" + string(canon), nil
+}
+
+// openItems unwraps items and builds their cell keys: through the cache
+// when there is one (hits need no KMS call; concurrent misses for one key
+// make one), else all from the KMS.
+func (k *keyring) openItems(ctx context.Context, items []*unwrapItem, limit int) {
+	if k.cache == nil {
+		k.unwrapAll(ctx, items, limit)
+		readyItems(items)
+		return
+	}
+	type waiter struct {
+		it   *unwrapItem
+		wait func() (keycache.Value, bool)
+	}
+	var owned []*unwrapItem
+	var waiters []waiter
+	for _, it := range items {
+		id, err := cacheID(it.keyID, it.wrapped, it.ctx)
+		if err != nil {
+			it.err = err
+			continue
+		}
+		v, ok, owner, wait := k.cache.Claim(id)
+		switch {
+		case ok:
+			it.key, it.ck, it.cached = v.Key, v.Ready.(*envelope.CellKey), true
+			k.emitCacheHit(it)
+		case owner:
+			it.cacheID = id
+			owned = append(owned, it)
+		default:
+			waiters = append(waiters, waiter{it, wait})
+		}
+	}
+	// Publish every key this caller owns before waiting on others'.
+	k.unwrapAll(ctx, owned, limit)
+	readyItems(owned)
+	for _, it := range owned {
+		if it.err != nil {
+			k.cache.Abandon(it.cacheID)
+			continue
+		}
+		k.cache.Put(it.cacheID, keycache.Value{Key: it.key, Ready: it.ck})
+	}
+	var again []*unwrapItem
+	for _, w := range waiters {
+		if v, ok := w.wait(); ok {
+			w.it.key, w.it.ck, w.it.cached = v.Key, v.Ready.(*envelope.CellKey), true
+			k.emitCacheHit(w.it)
+			continue
+		}
+		again = append(again, w.it) // the owner's unwrap failed: try ours
+	}
+	k.unwrapAll(ctx, again, limit)
+	readyItems(again)
+}
+
+// readyItems builds the cell key of every item that unwrapped.
+func readyItems(items []*unwrapItem) {
+	for _, it := range items {
+		if it.err != nil || it.ck != nil {
+			continue
+		}
+		it.ck, it.err = envelope.NewCellKey(it.key)
+	}
 }
 
 // batchSize bounds one batch request.

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -26,6 +27,8 @@ type Schema struct {
 	KeyID string
 	// Tables by name as written in the map: "users", "billing.invoices".
 	Tables map[string]*Table
+	// Cache, when set, turns on the data-key cache (see CacheConfig).
+	Cache *CacheConfig
 
 	source string // the file name, for error messages
 	byName map[string]*Table
@@ -91,7 +94,14 @@ func LoadSchema(path string) (*Schema, error) {
 
 type yamlSchema struct {
 	KeyID  string                `yaml:"key_id"`
+	Cache  *yamlCache            `yaml:"cache"`
 	Tables map[string]*yamlTable `yaml:"tables"`
+}
+
+type yamlCache struct {
+	MaxAge  string `yaml:"max_age"`
+	MaxUses int64  `yaml:"max_uses"`
+	MaxKeys int    `yaml:"max_keys"`
 }
 
 type yamlTable struct {
@@ -169,6 +179,13 @@ func ParseSchema(name string, data []byte) (*Schema, error) {
 		return nil, fmt.Errorf("%w: %s: no tables; list the encrypted tables in a tables: section", ErrSchema, name)
 	}
 	s := &Schema{KeyID: expandEnv(y.KeyID), Tables: map[string]*Table{}, source: name}
+	if y.Cache != nil {
+		age, err := time.ParseDuration(y.Cache.MaxAge)
+		if err != nil || age <= 0 {
+			return nil, fmt.Errorf("%w: %s: cache: max_age %q must be a positive duration such as 5m (it bounds how long an unwrapped data key is reused after KMS access is cut)", ErrSchema, name, y.Cache.MaxAge)
+		}
+		s.Cache = &CacheConfig{MaxAge: age, MaxUses: y.Cache.MaxUses, MaxKeys: y.Cache.MaxKeys}
+	}
 	for tn, yt := range y.Tables {
 		if yt == nil {
 			yt = &yamlTable{}
@@ -215,7 +232,8 @@ func ParseSchema(name string, data []byte) (*Schema, error) {
 // The fields of each level of the schema map, in the order the README
 // lists them.
 var (
-	schemaFields  = []string{"key_id", "tables"}
+	schemaFields  = []string{"key_id", "cache", "tables"}
+	cacheFields   = []string{"max_age", "max_uses", "max_keys"}
 	tableFields   = []string{"primary_key", "keys", "columns"}
 	keyFields     = []string{"column", "key_id", "version", "context", "previous_versions"}
 	versionFields = []string{"key_id", "context"}
@@ -253,6 +271,11 @@ func checkFields(doc *yaml.Node) error {
 	}
 	if err := fields(root, "the schema map", "at the top level", schemaFields); err != nil {
 		return err
+	}
+	if cache := mapValue(root, "cache"); cache != nil {
+		if err := fields(cache, "cache", "in cache", cacheFields); err != nil {
+			return err
+		}
 	}
 	tables := mapValue(root, "tables")
 	if tables == nil || isNull(tables) {
@@ -366,6 +389,9 @@ func (s *Schema) Validate() error {
 	}
 	if len(s.Tables) == 0 {
 		return s.invalid("no tables")
+	}
+	if err := s.Cache.validate(); err != nil {
+		return s.invalid("cache: %v", err)
 	}
 	s.byName = map[string]*Table{}
 	for _, tn := range slices.Sorted(maps.Keys(s.Tables)) {

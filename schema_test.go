@@ -179,3 +179,18 @@ func TestSchemaMessages(t *testing.T) {
 		t.Fatalf("merge key: %v", err)
 	}
 }
+
+func TestSchemaCache(t *testing.T) {
+	s, err := ParseSchema("m.yaml", []byte("key_id: insecure-test-key\ncache:\n  max_age: 5m\n  max_uses: 100000\n  max_keys: 50000\ntables:\n  users:\n    columns:\n      email: {}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Cache == nil || s.Cache.MaxAge.Minutes() != 5 || s.Cache.MaxUses != 100000 || s.Cache.MaxKeys != 50000 {
+		t.Fatalf("cache %+v", s.Cache)
+	}
+	for _, bad := range []string{"cache:\n  max_uses: 5\n", "cache:\n  max_age: soon\n", "cache:\n  max_age: 5m\n  max_size: 1\n"} {
+		if _, err := ParseSchema("m.yaml", []byte("key_id: insecure-test-key\n"+bad+"tables:\n  users:\n    columns:\n      email: {}\n")); !errors.Is(err, ErrSchema) {
+			t.Errorf("%q: err = %v, want ErrSchema", bad, err)
+		}
+	}
+}
