@@ -34,7 +34,7 @@ const DefaultMaxKeys = 10000
 // Value is what the cache holds for one key: the raw data key (zeroed on
 // eviction) and whatever the caller built from it (a cipher).
 type Value struct {
-	Key  []byte
+	Key   []byte
 	Ready any
 }
 
