@@ -3,6 +3,7 @@ package kmspostgres
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -240,10 +241,13 @@ func (k *keyring) unwrapAll(ctx context.Context, items []*unwrapItem, limit int)
 }
 
 // forEach runs f(0..n-1) with at most limit running at once and returns
-// the first error; every f runs even after one fails. One item runs on the
-// caller's goroutine.
+// the first error; every f runs even after one fails. Workers pull
+// indexes, so n items cost at most limit goroutines, not n (a goroutine
+// per item costs more in stack growth than an unwrap from a fast KMS).
+// One item runs on the caller's goroutine.
 func forEach(n, limit int, f func(i int) error) error {
-	if n == 1 || limit <= 1 {
+	workers := min(n, limit)
+	if workers <= 1 {
 		var first error
 		for i := range n {
 			if err := f(i); err != nil && first == nil {
@@ -253,9 +257,20 @@ func forEach(n, limit int, f func(i int) error) error {
 		return first
 	}
 	var g errgroup.Group
-	g.SetLimit(limit)
-	for i := range n {
-		g.Go(func() error { return f(i) })
+	var next atomic.Int64
+	for range workers {
+		g.Go(func() error {
+			var first error
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return first
+				}
+				if err := f(i); err != nil && first == nil {
+					first = err
+				}
+			}
+		})
 	}
 	return g.Wait()
 }
