@@ -21,7 +21,7 @@ type Connector struct {
 	inner   driver.Connector
 	schema  *Schema
 	keyring *keyring
-	plans   *lru.Cache[string, planEntry] // by SQL text
+	plans   *lru.Cache[planKey, planEntry]
 	catalog *catalog
 	ids     *idCache
 
@@ -90,7 +90,7 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 		inner:          stdlib.GetConnector(*pgcfg, stdOpts...),
 		schema:         schema,
 		keyring:        kr,
-		plans:          lru.New[string, planEntry](2048),
+		plans:          lru.New[planKey, planEntry](2048),
 		catalog:        newCatalog(schema, cfg.catalogTTL),
 		ids:            newIDCache(32),
 		kmsConcurrency: 16,
