@@ -40,22 +40,42 @@ var (
 // and returns a connector. Options: WithSchema, WithProvider, WithObserver,
 // WithConnConfig.
 func NewConnector(dsn string, opts ...Option) (*Connector, error) {
-	cfg := connectorConfig{catalogTTL: DefaultCatalogCheckInterval}
-	for _, o := range opts {
-		o.applyConnector(&cfg)
+	if cfg, ok := registeredConfig(dsn); ok {
+		return NewConnectorFromConfig(cfg.conn, append(append([]Option(nil), cfg.opts...), opts...)...)
 	}
 	rest, path, err := splitDSN(dsn)
 	if err != nil {
 		return nil, err
 	}
+	pgcfg, err := pgx.ParseConfig(rest)
+	if err != nil {
+		return nil, fmt.Errorf("kmspostgres: %w", err)
+	}
+	return newConnector(pgcfg, path, opts)
+}
+
+// NewConnectorFromConfig is NewConnector for a pgx connection config you
+// built (pgx's stdlib.OpenDB takes one): the schema map comes from
+// WithSchema, else the file KMSPOSTGRES_SCHEMA names.
+func NewConnectorFromConfig(cfg *pgx.ConnConfig, opts ...Option) (*Connector, error) {
+	return newConnector(cfg.Copy(), "", opts)
+}
+
+func newConnector(pgcfg *pgx.ConnConfig, schemaPath string, opts []Option) (*Connector, error) {
+	cfg := connectorConfig{catalogTTL: DefaultCatalogCheckInterval}
+	for _, o := range opts {
+		o.applyConnector(&cfg)
+	}
 	schema := cfg.schema
 	if schema == nil {
+		path := schemaPath
 		if path == "" {
 			path = schemaPathFromEnv()
 		}
 		if path == "" {
 			return nil, errors.New("kmspostgres: no schema map: add kms_schema=<path> to the DSN, set KMSPOSTGRES_SCHEMA, or pass WithSchema")
 		}
+		var err error
 		if schema, err = LoadSchema(path); err != nil {
 			return nil, err
 		}
@@ -68,10 +88,6 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 		if err := validateKeyIDs(schema); err != nil {
 			return nil, err
 		}
-	}
-	pgcfg, err := pgx.ParseConfig(rest)
-	if err != nil {
-		return nil, fmt.Errorf("kmspostgres: %w", err)
 	}
 	var stdOpts []stdlib.OptionOpenDB
 	if cfg.connConfig != nil {
