@@ -614,6 +614,26 @@ func TestAttackMigrations(t *testing.T) {
 				return err
 			})
 		}},
+		{name: "drop_shadowing_plain_table_same_insert_text", sameText: true, ddl: advBilling + `CREATE TABLE invoices (id bigint PRIMARY KEY, email text, encrypted_kms_key text);`, yaml: advBillingMap, run: func(a *adv) {
+			// search_path {ns}, {ns}_billing: invoices is the plain table
+			// until a migration drops it; then the same text names the
+			// mapped one. No relation the driver watches changes.
+			a.use(a.openWith("search_path", a.ns+","+a.ns+"_billing"))
+			const q = "INSERT INTO invoices (id, email) VALUES ($1, $2)"
+			a.exec(q, 1, "plain-legacy@example.com")
+			a.migrate("DROP TABLE {ns}.invoices")
+			s := sec("shadow-dropped")
+			a.write([]string{"{ns}_billing.invoices"}, []string{s}, a.reads(s, "SELECT email FROM {ns}_billing.invoices WHERE id = 2"), q, 2, s)
+		}},
+		{name: "drop_shadowing_plain_table_same_select_text", sameText: true, ddl: advBilling + `CREATE TABLE invoices (id bigint PRIMARY KEY, email text, encrypted_kms_key text);`, yaml: advBillingMap, run: func(a *adv) {
+			a.exec("INSERT INTO {ns}_billing.invoices (id, email) VALUES (1, $1)", sec("shadow-sel"))
+			a.rawExec("INSERT INTO invoices (id, email) VALUES (1, 'plain-legacy@example.com')")
+			a.use(a.openWith("search_path", a.ns+","+a.ns+"_billing"))
+			const q = "SELECT email FROM invoices WHERE id = 1"
+			a.readExact("plain-legacy@example.com", q)
+			a.migrate("ALTER TABLE {ns}.invoices RENAME TO invoices_legacy")
+			a.readSafe([]int{0}, []string{sec("shadow-sel")}, q)
+		}},
 	}
 	runAdversarial(t, cases)
 }
