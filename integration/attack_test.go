@@ -559,6 +559,25 @@ func TestAttackWrites(t *testing.T) {
 				a.write(users, []string{s}, nil, q)
 			}
 		}},
+		{name: "cte_named_like_the_target", ddl: advUsers, run: func(a *adv) {
+			// A CTE never names the target of INSERT, UPDATE or DELETE.
+			s := sec("cte-target")
+			a.write(users, []string{s}, a.reads(s, "SELECT email FROM users WHERE id = 1"),
+				"WITH users AS (SELECT 1 AS id) INSERT INTO users (id, email) VALUES (1, $1)", s)
+			a.exec("INSERT INTO users (id, email) VALUES (2, $1)", sec("cte-seed"))
+			s2 := sec("cte-upd")
+			a.write(users, []string{s2}, a.reads(s2, "SELECT email FROM users WHERE id = 2"),
+				"WITH users AS (SELECT 2 AS id) UPDATE users SET email = $1 WHERE id = 2", s2)
+			a.readSafe([]int{0}, []string{s, s2, sec("cte-seed")}, "WITH users AS (SELECT 1 AS id) DELETE FROM {ns}.users WHERE id = 1 RETURNING email")
+			a.readSafe([]int{0}, []string{s, s2, sec("cte-seed")}, "WITH users AS (SELECT 1 AS id) SELECT email FROM {ns}.users")
+			a.readSafe([]int{0}, []string{s, s2, sec("cte-seed")}, "WITH users AS (SELECT 1 AS id) DELETE FROM users RETURNING email")
+			s3 := sec("cte-upsert")
+			a.write(users, []string{s3}, a.reads(s3, "SELECT email FROM users WHERE id = 3"),
+				"WITH users AS (SELECT 1 AS id) INSERT INTO users (id, email) VALUES (3, $1) ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email", s3)
+			s4 := sec("cte-nested")
+			a.write(users, []string{s4}, a.reads(s4, "SELECT email FROM users WHERE id = 4"),
+				"WITH x AS (SELECT 1), users AS (SELECT * FROM x) INSERT INTO users (id, email) VALUES (4, $1)", s4)
+		}},
 		{name: "savepoint_around_refusal", ddl: advUsers, run: func(a *adv) {
 			a.seedUsers(1, 10, "a", sec("sp-seed"))
 			tx, err := a.c.BeginTx(a.ctx, nil)
