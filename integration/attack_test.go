@@ -653,6 +653,23 @@ func TestAttackMigrations(t *testing.T) {
 			a.migrate("ALTER TABLE {ns}.invoices RENAME TO invoices_legacy")
 			a.readSafe([]int{0}, []string{sec("shadow-sel")}, q)
 		}},
+		{name: "create_shadowing_plain_table_same_insert_text", sameText: true, ddl: advBilling, yaml: advBillingMap, run: func(a *adv) {
+			// The reverse: invoices is the mapped table until a migration
+			// creates a plain invoices earlier in the search_path. A write
+			// must not leave a cell in the plain table, where it reads back
+			// as if it were the value.
+			a.use(a.openWith("search_path", a.ns+","+a.ns+"_billing"))
+			const q = "INSERT INTO invoices (id, email) VALUES ($1, $2)"
+			a.exec(q, 1, sec("shadow-created-1"))
+			a.migrate("CREATE TABLE {ns}.invoices (id bigint PRIMARY KEY, email text, encrypted_kms_key text)")
+			s := sec("shadow-created-2")
+			err := a.write([]string{"{ns}_billing.invoices", "plain:{ns}.invoices"}, nil, nil, q, 2, s)
+			a.t.Logf("after the write (err %v):\n%s", err, a.snap("{ns}_billing.invoices", "{ns}.invoices"))
+			if err == nil {
+				a.readSafe([]int{0}, []string{s}, "SELECT email FROM {ns}.invoices WHERE id = 2")
+				a.readSafe([]int{0}, []string{s}, "SELECT email FROM invoices WHERE id = 2")
+			}
+		}},
 	}
 	runAdversarial(t, cases)
 }
