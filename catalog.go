@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 
@@ -64,7 +65,10 @@ type catalog struct {
 	encAttr map[[2]uint32]string // (relation oid, attnum) of encrypted columns → table.column
 	reach   map[uint32]string    // relations that reach an encrypted column → table.column
 	watch   []uint32             // every oid above, for the fingerprint
-	cols    map[uint32][]string  // other relations' columns
+	names   []string             // their relation names, and the map entries'
+	builtin map[string]bool      // functions in pg_catalog, by name
+
+	cols map[uint32][]string // other relations' columns
 }
 
 func newCatalog(s *Schema, ttl time.Duration) *catalog { return &catalog{schema: s, ttl: ttl} }
@@ -140,10 +144,12 @@ func (c *catalog) ensure(ctx context.Context, conn *pgx.Conn) error {
 }
 
 // probe fingerprints the catalog rows the snapshot depends on: what each
-// map entry resolves to, and every row of pg_class, pg_attribute,
-// pg_inherits, pg_depend, pg_rewrite and pg_trigger about a watched
-// relation. A new view, rule, partition, child, column, trigger or
-// dependent of any of them changes it.
+// map entry resolves to, every row of pg_class, pg_attribute, pg_inherits,
+// pg_depend, pg_rewrite and pg_trigger about a watched relation, and every
+// relation that has a watched relation's name in any schema. A new view,
+// rule, partition, child, column, trigger or dependent of any of them
+// changes it, and so does a relation that shadows one through a
+// search_path, or stops shadowing one, created, dropped or renamed.
 func (c *catalog) probe(ctx context.Context, conn *pgx.Conn) (string, error) {
 	var rels, paths []string
 	for _, name := range slices.Sorted(maps.Keys(c.schema.Tables)) {
@@ -163,8 +169,9 @@ func (c *catalog) probe(ctx context.Context, conn *pgx.Conn) (string, error) {
 		UNION ALL SELECT 'd' || classid || ':' || objid || ':' || objsubid || ':' || refobjid || ':' || refobjsubid FROM pg_depend
 			WHERE refclassid = 'pg_class'::regclass AND refobjid = ANY($2)
 		UNION ALL SELECT 'w' || oid || ':' || xmin FROM pg_rewrite WHERE ev_class = ANY($2)
-		UNION ALL SELECT 't' || oid || ':' || xmin FROM pg_trigger WHERE tgrelid = ANY($2)) s`,
-		rels, c.watch, paths).Scan(&fp)
+		UNION ALL SELECT 't' || oid || ':' || xmin FROM pg_trigger WHERE tgrelid = ANY($2)
+		UNION ALL SELECT 'n' || oid || ':' || relnamespace || ':' || xmin FROM pg_class WHERE relname = ANY($4::name[])) s`,
+		rels, c.watch, paths, c.names).Scan(&fp)
 	return fp, err
 }
 
@@ -319,13 +326,81 @@ func (c *catalog) load(ctx context.Context, conn *pgx.Conn) error {
 	c.encAttr = map[[2]uint32]string{}
 	c.reach = map[uint32]string{}
 	c.cols = map[uint32][]string{}
-	c.watch = nil
+	c.watch, c.names = nil, nil
 	for _, name := range slices.Sorted(maps.Keys(c.schema.Tables)) {
 		if err := c.loadTable(ctx, conn, c.schema.Tables[name]); err != nil {
 			return err
 		}
 	}
-	return c.loadReach(ctx, conn)
+	if err := c.loadReach(ctx, conn); err != nil {
+		return err
+	}
+	if err := c.loadBuiltins(ctx, conn); err != nil {
+		return err
+	}
+	return c.loadNames(ctx, conn)
+}
+
+// loadBuiltins records the names of the functions in pg_catalog, once.
+func (c *catalog) loadBuiltins(ctx context.Context, conn *pgx.Conn) error {
+	if c.builtin != nil {
+		return nil
+	}
+	rows, err := conn.Query(ctx, `SELECT DISTINCT proname::text FROM pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace`)
+	if err != nil {
+		return fmt.Errorf("kmspostgres: reading built-in functions: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("kmspostgres: reading built-in functions: %w", err)
+	}
+	c.builtin = make(map[string]bool, len(names))
+	for _, n := range names {
+		c.builtin[n] = true
+	}
+	return nil
+}
+
+// callsUserFunction reports whether a statement calls a function outside
+// pg_catalog (which may change settings, search_path among them, as
+// set_config does), or whether that cannot be told yet.
+func (c *catalog) callsUserFunction(calls []string) bool {
+	if len(calls) == 0 {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.builtin == nil {
+		return true
+	}
+	for _, f := range calls {
+		schema, _, qualified := strings.Cut(f, ".")
+		if qualified && schema != "pg_catalog" || !qualified && !c.builtin[f] {
+			return true
+		}
+	}
+	return false
+}
+
+// loadNames records the names of every watched relation and map entry:
+// a relation of that name appearing, going or renamed anywhere can change
+// what a statement's name resolves to.
+func (c *catalog) loadNames(ctx context.Context, conn *pgx.Conn) error {
+	rows, err := conn.Query(ctx, `SELECT DISTINCT relname::text FROM pg_class WHERE oid = ANY($1)`, c.watch)
+	if err != nil {
+		return fmt.Errorf("kmspostgres: reading relation names: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("kmspostgres: reading relation names: %w", err)
+	}
+	for name := range c.schema.Tables {
+		rel, _ := c.entryPath(name)
+		names = append(names, rel)
+	}
+	slices.Sort(names)
+	c.names = slices.Compact(names)
+	return nil
 }
 
 // resolveEntrySQL finds the first relation named $1 in the schemas $2, in
@@ -333,15 +408,29 @@ func (c *catalog) load(ctx context.Context, conn *pgx.Conn) error {
 const resolveEntrySQL = `SELECT c.oid, n.nspname, c.relname, c.relkind::text FROM pg_class c
 	JOIN pg_namespace n ON n.oid = c.relnamespace
 	JOIN unnest($2::text[]) WITH ORDINALITY AS p(nsp, ord) ON p.nsp = n.nspname
-	WHERE c.relname = $1 ORDER BY p.ord LIMIT 1`
+	WHERE c.relname = $1::name ORDER BY p.ord LIMIT 1`
 
 // entryPath splits a map entry into its relation name and the schemas it
 // resolves through: its own schema, or the base search_path.
 func (c *catalog) entryPath(name string) (string, []string) {
 	if schema, rel, ok := strings.Cut(name, "."); ok {
-		return strings.ToLower(rel), []string{strings.ToLower(schema)}
+		return truncIdent(strings.ToLower(rel)), []string{truncIdent(strings.ToLower(schema))}
 	}
-	return strings.ToLower(name), c.basePath
+	return truncIdent(strings.ToLower(name)), c.basePath
+}
+
+// truncIdent cuts an identifier to the 63 bytes PostgreSQL keeps, at a
+// character boundary, as the server does with every name it reads.
+func truncIdent(s string) string {
+	const max = 63
+	if len(s) <= max {
+		return s
+	}
+	i := max
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i]
 }
 
 // relation is a resolved relation: oid, schema and name.

@@ -62,6 +62,9 @@ type adv struct {
 	// settle is how long a migration waits before the case goes on: the
 	// catalog check interval of the connector under test.
 	settle time.Duration
+	// opts are the connector options of the case's variant; openWith
+	// passes them on.
+	opts []kmspostgres.Option
 }
 
 const advPlaceholderDDL = `CREATE TABLE adv_placeholder (id bigint PRIMARY KEY, v text, encrypted_kms_key text);`
@@ -165,7 +168,7 @@ func newAdv(t *testing.T, ddl, yaml string, opts []kmspostgres.Option, extra ...
 	}
 	e.db.Close()
 	e.db = e.open(opts...)
-	a := &adv{env: e, t: t, ctx: ctx}
+	a := &adv{env: e, t: t, ctx: ctx, opts: opts}
 	a.use(e.db)
 	return a
 }
@@ -195,7 +198,7 @@ func (a *adv) openWith(kv ...string) *sql.DB {
 	}
 	q.Set("kms_schema", a.schema)
 	u.RawQuery = q.Encode()
-	c, err := kmspostgres.NewConnector(u.String(), kmspostgres.WithProvider(a.kms), kmspostgres.WithObserver(a.events))
+	c, err := kmspostgres.NewConnector(u.String(), append([]kmspostgres.Option{kmspostgres.WithProvider(a.kms), kmspostgres.WithObserver(a.events)}, a.opts...)...)
 	if err != nil {
 		a.t.Fatal(err)
 	}

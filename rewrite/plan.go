@@ -15,6 +15,10 @@ type Plan struct {
 	SetsConfig, LocalConfig bool
 	// EndsTx: COMMIT, ROLLBACK and the like, which undo SET LOCAL.
 	EndsTx bool
+	// Calls lists the functions the statement calls, lower-case, with
+	// their schema when written ("app.f", "lower"): one that is not built
+	// in may change settings too.
+	Calls []string
 
 	SQL string // the SQL to run
 	// Args lists, for each parameter of SQL, where its value comes from.

@@ -141,9 +141,26 @@ func configEffects(p *Plan, tree *pg.ParseResult) {
 			}
 		}
 	}
-	walk(tree, func(n *pg.Node) bool {
-		if fc, ok := n.Node.(*pg.Node_FuncCall); ok {
-			if names := fc.FuncCall.Funcname; len(names) > 0 && strings.EqualFold(names[len(names)-1].GetString_().GetSval(), "set_config") {
+	walkMessages(tree, func(m proto.Message) bool {
+		switch x := m.(type) {
+		case *pg.FuncCall:
+			var parts []string
+			for _, n := range x.Funcname {
+				parts = append(parts, strings.ToLower(n.GetString_().GetSval()))
+			}
+			if len(parts) > 0 {
+				name := strings.Join(parts, ".")
+				if !slices.Contains(p.Calls, name) {
+					p.Calls = append(p.Calls, name)
+				}
+				if parts[len(parts)-1] == "set_config" {
+					p.SetsConfig, p.LocalConfig = true, true
+				}
+			}
+		case *pg.RangeVar:
+			// UPDATE pg_settings SET setting = … is set_config by another
+			// name.
+			if strings.EqualFold(x.Relname, "pg_settings") {
 				p.SetsConfig, p.LocalConfig = true, true
 			}
 		}
