@@ -3,6 +3,7 @@ package kmspostgres
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -22,6 +23,28 @@ type keyring struct {
 	provider  providers.Provider // nil: route by key id
 	observers []providers.Observer
 	cache     *keycache.Cache // nil: every unwrap is a KMS call
+	// inflight bounds the KMS calls in flight across every connection of
+	// a connector (nil: unbounded, for the Box).
+	inflight chan struct{}
+}
+
+// acquire waits for a free KMS call slot, or for ctx.
+func (k *keyring) acquire(ctx context.Context) error {
+	if k.inflight == nil {
+		return nil
+	}
+	select {
+	case k.inflight <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: waiting for a KMS call slot: %w", providers.ErrUnavailable, ctx.Err())
+	}
+}
+
+func (k *keyring) release() {
+	if k.inflight != nil {
+		<-k.inflight
+	}
 }
 
 func newKeyring(c kmsConfig) *keyring {
@@ -53,7 +76,11 @@ func (k *keyring) wrap(ctx context.Context, keyID string, version int, c envelop
 	if err != nil {
 		return "", err
 	}
+	if err := k.acquire(ctx); err != nil {
+		return "", err
+	}
 	ct, err := p.Wrap(ctx, keyID, dataKey, c)
+	k.release()
 	k.emit(providers.OpWrap, keyID, version, c, start, err)
 	if err != nil {
 		return "", wrapProviderErr(providers.OpWrap, keyID, err)
@@ -68,7 +95,11 @@ func (k *keyring) unwrap(ctx context.Context, keyID string, version int, c envel
 	if err != nil {
 		return nil, err
 	}
+	if err := k.acquire(ctx); err != nil {
+		return nil, err
+	}
 	key, err := p.Unwrap(ctx, keyID, wrapped, c)
+	k.release()
 	k.emit(providers.OpUnwrap, keyID, version, c, start, err)
 	if err != nil {
 		return nil, wrapProviderErr(providers.OpUnwrap, keyID, err)
@@ -171,6 +202,14 @@ func (k *keyring) openItems(ctx context.Context, items []*unwrapItem, limit int)
 	readyItems(again)
 }
 
+func (k *keyring) unwrapBatch(ctx context.Context, bp providers.BatchUnwrapper, keyID string, reqs []providers.UnwrapRequest) ([]providers.Result, error) {
+	if err := k.acquire(ctx); err != nil {
+		return nil, err
+	}
+	defer k.release()
+	return bp.UnwrapBatch(ctx, keyID, reqs)
+}
+
 // readyItems builds the cell key of every item that unwrapped.
 func readyItems(items []*unwrapItem) {
 	for _, it := range items {
@@ -217,7 +256,7 @@ func (k *keyring) unwrapAll(ctx context.Context, items []*unwrapItem, limit int)
 				reqs[i] = providers.UnwrapRequest{Wrapped: it.wrapped, Context: it.ctx}
 			}
 			t0 := time.Now()
-			res, err := bp.UnwrapBatch(ctx, keyID, reqs)
+			res, err := k.unwrapBatch(ctx, bp, keyID, reqs)
 			for i, it := range chunk {
 				switch {
 				case err != nil:
