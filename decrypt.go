@@ -85,11 +85,21 @@ func (r *rows) collectKeys() (*windowKeys, error) {
 	for i, s := range out.Sources {
 		w.infos[i] = r.c.connector.catalog.info(s.Table)
 	}
+	// One backing array each for the window's ids and primary keys, not
+	// one per row.
+	nsrc, npk := len(out.Sources), 0
+	for _, s := range out.Sources {
+		npk += len(s.PKAt)
+	}
+	idBuf := make([]rowKeyID, len(r.buf)*nsrc)
+	pkBuf := make([]string, len(r.buf)*npk)
+	pkRows := make([][]string, len(r.buf)*nsrc)
 	for ri, row := range r.buf {
-		w.ids[ri] = make([]rowKeyID, len(out.Sources))
-		w.pks[ri] = make([][]string, len(out.Sources))
+		w.ids[ri] = idBuf[ri*nsrc : (ri+1)*nsrc : (ri+1)*nsrc]
+		w.pks[ri] = pkRows[ri*nsrc : (ri+1)*nsrc : (ri+1)*nsrc]
 		for si, s := range out.Sources {
-			pk := make([]string, len(s.PKAt))
+			pk := pkBuf[:len(s.PKAt):len(s.PKAt)]
+			pkBuf = pkBuf[len(s.PKAt):]
 			for j, at := range s.PKAt {
 				pk[j], _ = row[at].(string)
 			}
