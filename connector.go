@@ -30,6 +30,10 @@ type Connector struct {
 	// window is how many rows a result set reads ahead to unwrap their
 	// keys together.
 	window int
+
+	events  *events  // the driver's own events (observe.go)
+	halt    *halt    // the kill switch (halt.go)
+	breaker *breaker // nil without WithDecryptLimit (breaker.go)
 }
 
 var (
@@ -77,7 +81,7 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 	if cfg.connConfig != nil {
 		stdOpts = append(stdOpts, stdlib.OptionBeforeConnect(cfg.connConfig))
 	}
-	return &Connector{
+	c := &Connector{
 		inner:          stdlib.GetConnector(*pgcfg, stdOpts...),
 		schema:         schema,
 		keyring:        newKeyring(cfg.kms),
@@ -86,7 +90,11 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 		ids:            newIDCache(32),
 		kmsConcurrency: 16,
 		window:         256,
-	}, nil
+	}
+	if err := c.setupGuards(cfg); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // Connect opens a connection.

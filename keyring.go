@@ -18,10 +18,20 @@ import (
 type keyring struct {
 	provider  providers.Provider // nil: route by key id
 	observers []providers.Observer
+	tracers   []providers.CallTracer // the observers that trace calls
+	// gate, when set, refuses every unwrap while decryption is halted
+	// (halt.go); wraps are never refused.
+	gate func() error
 }
 
 func newKeyring(c kmsConfig) *keyring {
-	return &keyring{provider: c.provider, observers: c.observers}
+	k := &keyring{provider: c.provider, observers: c.observers}
+	for _, o := range c.observers {
+		if t, ok := o.(providers.CallTracer); ok {
+			k.tracers = append(k.tracers, t)
+		}
+	}
+	return k
 }
 
 func (k *keyring) providerFor(keyID string) (providers.Provider, error) {
@@ -30,6 +40,25 @@ func (k *keyring) providerFor(keyID string) (providers.Provider, error) {
 	}
 	return providers.ForKeyID(keyID)
 }
+
+// startCall tells the tracers a KMS request begins and returns the
+// context to make it with and the function to call when it ends.
+func (k *keyring) startCall(ctx context.Context, op providers.Op, keyID string, keys int) (context.Context, func(error)) {
+	if len(k.tracers) == 0 {
+		return ctx, noEnd
+	}
+	ends := make([]func(error), len(k.tracers))
+	for i, t := range k.tracers {
+		ctx, ends[i] = t.StartCall(ctx, op, keyID, keys)
+	}
+	return ctx, func(err error) {
+		for i := len(ends) - 1; i >= 0; i-- {
+			ends[i](err)
+		}
+	}
+}
+
+func noEnd(error) {}
 
 func (k *keyring) emit(op providers.Op, keyID string, version int, c envelope.Context, start time.Time, err error) {
 	if len(k.observers) == 0 {
@@ -49,8 +78,10 @@ func (k *keyring) wrap(ctx context.Context, keyID string, version int, c envelop
 	if err != nil {
 		return "", err
 	}
-	ct, err := p.Wrap(ctx, keyID, dataKey, c)
+	cctx, end := k.startCall(ctx, providers.OpWrap, keyID, 1)
+	ct, err := p.Wrap(cctx, keyID, dataKey, c)
 	k.emit(providers.OpWrap, keyID, version, c, start, err)
+	end(err)
 	if err != nil {
 		return "", wrapProviderErr(providers.OpWrap, keyID, err)
 	}
@@ -59,17 +90,30 @@ func (k *keyring) wrap(ctx context.Context, keyID string, version int, c envelop
 
 // unwrap decrypts one wrapped data key.
 func (k *keyring) unwrap(ctx context.Context, keyID string, version int, c envelope.Context, wrapped []byte) ([]byte, error) {
+	if err := k.halted(); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	p, err := k.providerFor(keyID)
 	if err != nil {
 		return nil, err
 	}
-	key, err := p.Unwrap(ctx, keyID, wrapped, c)
+	cctx, end := k.startCall(ctx, providers.OpUnwrap, keyID, 1)
+	key, err := p.Unwrap(cctx, keyID, wrapped, c)
 	k.emit(providers.OpUnwrap, keyID, version, c, start, err)
+	end(err)
 	if err != nil {
 		return nil, wrapProviderErr(providers.OpUnwrap, keyID, err)
 	}
 	return key, nil
+}
+
+// halted returns the gate's error, if any.
+func (k *keyring) halted() error {
+	if k.gate == nil {
+		return nil
+	}
+	return k.gate()
 }
 
 // wrapProviderErr makes sure every provider error says which operation and
@@ -98,6 +142,12 @@ const batchSize = 250
 // unwrapAll unwraps every item: in batches where the provider can, else
 // concurrently, at most limit calls at a time.
 func (k *keyring) unwrapAll(ctx context.Context, items []*unwrapItem, limit int) {
+	if err := k.halted(); err != nil {
+		for _, it := range items {
+			it.err = err
+		}
+		return
+	}
 	byKey := map[string][]*unwrapItem{}
 	var order []string
 	for _, it := range items {
@@ -128,7 +178,9 @@ func (k *keyring) unwrapAll(ctx context.Context, items []*unwrapItem, limit int)
 				reqs[i] = providers.UnwrapRequest{Wrapped: it.wrapped, Context: it.ctx}
 			}
 			t0 := time.Now()
-			res, err := bp.UnwrapBatch(ctx, keyID, reqs)
+			cctx, end := k.startCall(ctx, providers.OpUnwrap, keyID, len(reqs))
+			res, err := bp.UnwrapBatch(cctx, keyID, reqs)
+			end(err)
 			for i, it := range chunk {
 				switch {
 				case err != nil:
