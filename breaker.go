@@ -91,13 +91,13 @@ func (b *breaker) advance(now time.Time) float64 {
 // admit counts rows decrypted per table, or, if that would take a count
 // over its limit, counts nothing and returns why. The caller holds h.mu, so
 // that no read is admitted once the breaker tripped.
-func (b *breaker) admit(now time.Time, rows map[string]int) (why, table string, ok bool) {
+func (b *breaker) admit(now time.Time, rows []tableRows) (why, table string, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	w := b.advance(now)
 	total := 0
-	for _, t := range slices.Sorted(maps.Keys(rows)) {
-		n := rows[t]
+	for _, tr := range rows {
+		t, n := tr.table, tr.n
 		total += n
 		lim, ok := b.lim.Tables[t]
 		if !ok {
@@ -112,8 +112,8 @@ func (b *breaker) admit(now time.Time, rows map[string]int) (why, table string, 
 			return fmt.Sprintf("%d rows decrypted in %v would exceed the limit of %d", used+total, b.lim.Per, b.lim.Rows), "", false
 		}
 	}
-	for t, n := range rows {
-		b.cur[t] += n
+	for _, tr := range rows {
+		b.cur[tr.table] += tr.n
 	}
 	b.curN += total
 	return "", "", true
@@ -131,14 +131,7 @@ func (c *Connector) admitWindow(ctx context.Context, w *windowKeys) error {
 	if c.breaker == nil {
 		return nil
 	}
-	rows := make(map[string]int, len(w.infos))
-	for _, ids := range w.ids {
-		for si, id := range ids {
-			if id != "" {
-				rows[w.infos[si].table.Name]++
-			}
-		}
-	}
+	rows := windowRows(w)
 	if len(rows) == 0 {
 		return nil
 	}
@@ -173,4 +166,34 @@ func (c *Connector) refuseRead(ctx context.Context, table string, err error) {
 		r.Reason = refusalReason(s.source)
 	}
 	c.events.refusal(ctx, r)
+}
+
+// tableRows is how many rows of a window one table's key decrypts.
+type tableRows struct {
+	table string
+	n     int
+}
+
+// windowRows counts the rows of a window per table, those whose key
+// column is not NULL; a table read twice (a self-join) counts twice.
+func windowRows(w *windowKeys) []tableRows {
+	var out []tableRows
+	for si, ti := range w.infos {
+		n := 0
+		for _, ids := range w.ids {
+			if ids[si] != "" {
+				n++
+			}
+		}
+		if n == 0 {
+			continue
+		}
+		name := ti.table.Name
+		if i := slices.IndexFunc(out, func(tr tableRows) bool { return tr.table == name }); i >= 0 {
+			out[i].n += n
+		} else {
+			out = append(out, tableRows{name, n})
+		}
+	}
+	return out
 }

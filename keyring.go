@@ -44,8 +44,11 @@ func (k *keyring) providerFor(keyID string) (providers.Provider, error) {
 // startCall tells the tracers a KMS request begins and returns the
 // context to make it with and the function to call when it ends.
 func (k *keyring) startCall(ctx context.Context, op providers.Op, keyID string, keys int) (context.Context, func(error)) {
-	if len(k.tracers) == 0 {
+	switch len(k.tracers) {
+	case 0:
 		return ctx, noEnd
+	case 1:
+		return k.tracers[0].StartCall(ctx, op, keyID, keys)
 	}
 	ends := make([]func(error), len(k.tracers))
 	for i, t := range k.tracers {

@@ -32,6 +32,7 @@ package kmsotel
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -78,6 +79,66 @@ type Observer struct {
 	halts    metric.Int64Counter
 	hits     metric.Int64Counter
 	misses   metric.Int64Counter
+
+	// Attribute sets are built once per combination (all of bounded
+	// cardinality) rather than per measurement.
+	kinds    cache[string, string]                       // key id → provider kind
+	callOpts cache[callKey, [2]metric.MeasurementOption] // calls, duration
+	keyOpts  cache[callKey, metric.MeasurementOption]
+	cellOpts cache[cellKey, metric.MeasurementOption]
+}
+
+type callKey struct{ op, provider, errKind string }
+
+type cellKey struct {
+	table string
+	op    kmspostgres.CellOp
+}
+
+// cache is a map filled on first use, safe for concurrent use.
+type cache[K comparable, V any] struct {
+	mu sync.RWMutex
+	m  map[K]V
+}
+
+func (c *cache[K, V]) get(k K, make func() V) V {
+	c.mu.RLock()
+	v, ok := c.m[k]
+	c.mu.RUnlock()
+	if ok {
+		return v
+	}
+	v = make()
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[K]V{}
+	}
+	c.m[k] = v
+	c.mu.Unlock()
+	return v
+}
+
+func (o *Observer) kind(keyID string) string {
+	return o.kinds.get(keyID, func() string { return string(providers.KindOf(keyID)) })
+}
+
+// kmsAttrs are the attributes of a KMS call or data key metric.
+func kmsAttrs(k callKey, withOutcome bool) metric.MeasurementOption {
+	attrs := []attribute.KeyValue{AttrOperation.String(k.op), AttrProvider.String(k.provider)}
+	if withOutcome {
+		attrs = append(attrs, AttrOutcome.String(cond(k.errKind == "", "ok", "error")))
+	}
+	if k.errKind != "" {
+		attrs = append(attrs, AttrErrorType.String(k.errKind))
+	}
+	return metric.WithAttributeSet(attribute.NewSet(attrs...))
+}
+
+func cond[T any](c bool, a, b T) T {
+	if c {
+		return a
+	}
+	return b
 }
 
 var (
@@ -146,30 +207,24 @@ func New(opts ...Option) (*Observer, error) {
 
 // StartCall starts the span of one KMS request (providers.CallTracer).
 func (o *Observer) StartCall(ctx context.Context, op providers.Op, keyID string, keys int) (context.Context, func(error)) {
-	provider := string(providers.KindOf(keyID))
+	provider := o.kind(keyID)
 	ctx, span := o.tracer.Start(ctx, "kmspostgres."+string(op), trace.WithSpanKind(trace.SpanKindInternal),
 		trace.WithAttributes(AttrOperation.String(string(op)), AttrProvider.String(provider), AttrKeyID.String(keyID), AttrKeys.Int(keys)))
 	start := time.Now()
 	return ctx, func(err error) {
 		took := time.Since(start).Seconds()
-		kind := providers.ErrorKind(err)
-		base := []attribute.KeyValue{AttrOperation.String(string(op)), AttrProvider.String(provider)}
+		k := callKey{op: string(op), provider: provider, errKind: providers.ErrorKind(err)}
 		if err != nil {
-			span.SetAttributes(AttrErrorType.String(kind))
-			span.SetStatus(codes.Error, kind)
-			base = append(base, AttrErrorType.String(kind))
+			span.SetAttributes(AttrErrorType.String(k.errKind))
+			span.SetStatus(codes.Error, k.errKind)
 		}
 		span.End()
-		o.duration.Record(ctx, took, metric.WithAttributes(base...))
-		o.calls.Add(ctx, 1, metric.WithAttributes(append(base, outcome(err))...))
+		opts := o.callOpts.get(k, func() [2]metric.MeasurementOption {
+			return [2]metric.MeasurementOption{kmsAttrs(k, true), kmsAttrs(k, false)}
+		})
+		o.calls.Add(ctx, 1, opts[0])
+		o.duration.Record(ctx, took, opts[1])
 	}
-}
-
-func outcome(err error) attribute.KeyValue {
-	if err != nil {
-		return AttrOutcome.String("error")
-	}
-	return AttrOutcome.String("ok")
 }
 
 // Observe counts one data key (providers.Observer).
@@ -182,16 +237,16 @@ func (o *Observer) Observe(e providers.Event) {
 	case providers.CacheMiss:
 		o.misses.Add(ctx, 1)
 	}
-	attrs := []attribute.KeyValue{AttrOperation.String(string(e.Op)), AttrProvider.String(string(providers.KindOf(e.KeyID))), outcome(e.Err)}
-	if e.Err != nil {
-		attrs = append(attrs, AttrErrorType.String(e.ErrorKind()))
-	}
-	o.keys.Add(ctx, 1, metric.WithAttributes(attrs...))
+	k := callKey{op: string(e.Op), provider: o.kind(e.KeyID), errKind: e.ErrorKind()}
+	o.keys.Add(ctx, 1, o.keyOpts.get(k, func() metric.MeasurementOption { return kmsAttrs(k, true) }))
 }
 
 // ObserveCells counts cells (kmspostgres.CellObserver).
 func (o *Observer) ObserveCells(ctx context.Context, table string, op kmspostgres.CellOp, n int) {
-	o.cells.Add(ctx, int64(n), metric.WithAttributes(AttrTable.String(table), AttrCellOperation.String(string(op))))
+	opt := o.cellOpts.get(cellKey{table, op}, func() metric.MeasurementOption {
+		return metric.WithAttributeSet(attribute.NewSet(AttrTable.String(table), AttrCellOperation.String(string(op))))
+	})
+	o.cells.Add(ctx, int64(n), opt)
 }
 
 // ObserveRefusal counts a refused statement or read
