@@ -8,7 +8,8 @@
 //	c, err := kmspostgres.NewConnector(dsn, kmspostgres.WithObserver(obs))
 //
 // Spans are named "kmspostgres.wrap" and "kmspostgres.unwrap" (kind
-// internal: a traced KMS client adds its own client spans beneath) and
+// internal: a traced KMS client adds its own client spans beneath), made
+// only under a statement's span unless WithRootSpans, and
 // carry kmspostgres.kms.operation, kmspostgres.kms.provider,
 // kmspostgres.kms.key_id, kmspostgres.kms.keys (data keys in the request)
 // and, on failure, error.type and an error status.
@@ -18,7 +19,7 @@
 //
 //	kmspostgres.kms.calls          counter, KMS requests [operation, provider, outcome, error.type]
 //	kmspostgres.kms.call.duration  histogram, seconds, per request [operation, provider, error.type]
-//	kmspostgres.kms.data_keys      counter, data keys wrapped or unwrapped, a batch counting each [operation, provider, outcome, error.type]
+//	kmspostgres.kms.key_errors     counter, data keys a KMS call failed to wrap or unwrap, each key of a batch counting [operation, provider, error.type]
 //	kmspostgres.cells              counter, cells encrypted or decrypted [db.collection.name, kmspostgres.cell.operation]
 //	kmspostgres.refusals           counter, statements and reads refused [kmspostgres.refusal.reason, db.collection.name]
 //	kmspostgres.decrypt.halts      counter, times decryption halted [kmspostgres.halt.source]
@@ -71,6 +72,7 @@ var durationBuckets = []float64{0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02
 // kmspostgres.WithObserver.
 type Observer struct {
 	tracer   trace.Tracer
+	roots    bool
 	calls    metric.Int64Counter
 	duration metric.Float64Histogram
 	keys     metric.Int64Counter
@@ -150,8 +152,9 @@ var (
 )
 
 type config struct {
-	tp trace.TracerProvider
-	mp metric.MeterProvider
+	tp    trace.TracerProvider
+	mp    metric.MeterProvider
+	roots bool
 }
 
 // Option configures an Observer.
@@ -162,6 +165,13 @@ func WithTracerProvider(tp trace.TracerProvider) Option { return func(c *config)
 
 // WithMeterProvider sets the MeterProvider (default: otel's global one).
 func WithMeterProvider(mp metric.MeterProvider) Option { return func(c *config) { c.mp = mp } }
+
+// WithRootSpans traces KMS requests of statements that are not traced
+// too, as traces of their own. By default a KMS request is traced only
+// under a statement's span: an application that traces its queries gets
+// the KMS calls of the statements it samples, and one that does not is
+// not flooded with a root trace per row written.
+func WithRootSpans() Option { return func(c *config) { c.roots = true } }
 
 // New makes an Observer and its instruments.
 func New(opts ...Option) (*Observer, error) {
@@ -176,7 +186,7 @@ func New(opts ...Option) (*Observer, error) {
 		c.mp = otel.GetMeterProvider()
 	}
 	m := c.mp.Meter(ScopeName)
-	o := &Observer{tracer: c.tp.Tracer(ScopeName)}
+	o := &Observer{tracer: c.tp.Tracer(ScopeName), roots: c.roots}
 	var err error
 	counter := func(dst *metric.Int64Counter, name, unit, desc string) {
 		if err == nil {
@@ -184,7 +194,7 @@ func New(opts ...Option) (*Observer, error) {
 		}
 	}
 	counter(&o.calls, "kmspostgres.kms.calls", "{call}", "KMS requests made by kmspostgres")
-	counter(&o.keys, "kmspostgres.kms.data_keys", "{key}", "Data keys wrapped or unwrapped by the KMS")
+	counter(&o.keys, "kmspostgres.kms.key_errors", "{key}", "Data keys a KMS call failed to wrap or unwrap")
 	counter(&o.cells, "kmspostgres.cells", "{cell}", "Cells encrypted or decrypted")
 	counter(&o.refusals, "kmspostgres.refusals", "{refusal}", "Statements and reads kmspostgres refused")
 	counter(&o.halts, "kmspostgres.decrypt.halts", "{halt}", "Times decryption was halted")
@@ -208,17 +218,24 @@ func New(opts ...Option) (*Observer, error) {
 // StartCall starts the span of one KMS request (providers.CallTracer).
 func (o *Observer) StartCall(ctx context.Context, op providers.Op, keyID string, keys int) (context.Context, func(error)) {
 	provider := o.kind(keyID)
-	ctx, span := o.tracer.Start(ctx, "kmspostgres."+string(op), trace.WithSpanKind(trace.SpanKindInternal),
-		trace.WithAttributes(AttrOperation.String(string(op)), AttrProvider.String(provider), AttrKeyID.String(keyID), AttrKeys.Int(keys)))
+	span := trace.SpanFromContext(ctx) // the statement's, or a no-op
+	if o.roots || span.SpanContext().IsValid() {
+		ctx, span = o.tracer.Start(ctx, "kmspostgres."+string(op), trace.WithSpanKind(trace.SpanKindInternal),
+			trace.WithAttributes(AttrOperation.String(string(op)), AttrProvider.String(provider), AttrKeyID.String(keyID), AttrKeys.Int(keys)))
+	} else {
+		span = nil
+	}
 	start := time.Now()
 	return ctx, func(err error) {
 		took := time.Since(start).Seconds()
 		k := callKey{op: string(op), provider: provider, errKind: providers.ErrorKind(err)}
-		if err != nil {
-			span.SetAttributes(AttrErrorType.String(k.errKind))
-			span.SetStatus(codes.Error, k.errKind)
+		if span != nil {
+			if err != nil {
+				span.SetAttributes(AttrErrorType.String(k.errKind))
+				span.SetStatus(codes.Error, k.errKind)
+			}
+			span.End()
 		}
-		span.End()
 		opts := o.callOpts.get(k, func() [2]metric.MeasurementOption {
 			return [2]metric.MeasurementOption{kmsAttrs(k, true), kmsAttrs(k, false)}
 		})
@@ -227,7 +244,9 @@ func (o *Observer) StartCall(ctx context.Context, op providers.Op, keyID string,
 	}
 }
 
-// Observe counts one data key (providers.Observer).
+// Observe counts cache hits and misses, and data keys that failed
+// (providers.Observer): in a batch request that succeeds, single keys can
+// fail, a tampered row among good ones.
 func (o *Observer) Observe(e providers.Event) {
 	ctx := context.Background()
 	switch e.Cache {
@@ -237,8 +256,11 @@ func (o *Observer) Observe(e providers.Event) {
 	case providers.CacheMiss:
 		o.misses.Add(ctx, 1)
 	}
+	if e.Err == nil {
+		return
+	}
 	k := callKey{op: string(e.Op), provider: o.kind(e.KeyID), errKind: e.ErrorKind()}
-	o.keys.Add(ctx, 1, o.keyOpts.get(k, func() metric.MeasurementOption { return kmsAttrs(k, true) }))
+	o.keys.Add(ctx, 1, o.keyOpts.get(k, func() metric.MeasurementOption { return kmsAttrs(k, false) }))
 }
 
 // ObserveCells counts cells (kmspostgres.CellObserver).

@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kmspostgres/kmspostgres"
 	"github.com/kmspostgres/kmspostgres/kmsotel"
@@ -34,12 +35,12 @@ func TestDeps(t *testing.T) {
 	}
 }
 
-func setup(t *testing.T) (*kmsotel.Observer, *tracetest.SpanRecorder, *sdkmetric.ManualReader) {
+func setup(t *testing.T, opts ...kmsotel.Option) (*kmsotel.Observer, *tracetest.SpanRecorder, *sdkmetric.ManualReader) {
 	t.Helper()
 	sr := tracetest.NewSpanRecorder()
 	reader := sdkmetric.NewManualReader()
-	o, err := kmsotel.New(kmsotel.WithTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sr))),
-		kmsotel.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))))
+	o, err := kmsotel.New(append([]kmsotel.Option{kmsotel.WithTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sr))),
+		kmsotel.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)))}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,11 +70,11 @@ func total(m metricdata.Metrics) int64 {
 	return n
 }
 
-// TestBatchAndCache: a batch request is one span and one call, its keys
-// counted one by one; cache hits and misses are counted, hits make no
-// span or KMS call.
+// TestBatchAndCache: a batch request is one span and one call; a key
+// that fails in it is counted; cache hits and misses are counted, hits
+// make no span or KMS call.
 func TestBatchAndCache(t *testing.T) {
-	o, sr, reader := setup(t)
+	o, sr, reader := setup(t, kmsotel.WithRootSpans())
 	m := collect(t, reader)
 	if total(m["kmspostgres.key_cache.hits"]) != 0 || total(m["kmspostgres.key_cache.misses"]) != 0 {
 		t.Fatal("cache series not at 0 from the start")
@@ -84,6 +85,7 @@ func TestBatchAndCache(t *testing.T) {
 		o.Observe(providers.Event{Op: providers.OpUnwrap, KeyID: "vault/app", Cache: providers.CacheMiss})
 	}
 	o.Observe(providers.Event{Op: providers.OpUnwrap, KeyID: "vault/app", Cache: providers.CacheHit})
+	o.Observe(providers.Event{Op: providers.OpUnwrap, KeyID: "vault/app", Err: providers.ErrDecrypt})
 	_, end = o.StartCall(context.Background(), providers.OpWrap, "vault/app", 1)
 	end(errors.Join(providers.ErrPermission))
 	o.ObserveHalt(kmspostgres.HaltEvent{Halted: true, Source: kmspostgres.HaltLimit})
@@ -94,7 +96,7 @@ func TestBatchAndCache(t *testing.T) {
 	}
 	m = collect(t, reader)
 	for name, want := range map[string]int64{
-		"kmspostgres.kms.calls": 2, "kmspostgres.kms.data_keys": 3, "kmspostgres.key_cache.hits": 1,
+		"kmspostgres.kms.calls": 2, "kmspostgres.kms.key_errors": 1, "kmspostgres.key_cache.hits": 1,
 		"kmspostgres.key_cache.misses": 3, "kmspostgres.decrypt.halts": 1,
 	} {
 		if got := total(m[name]); got != want {
@@ -107,5 +109,31 @@ func TestBatchAndCache(t *testing.T) {
 	failed := sr.Ended()[1]
 	if failed.Status().Description != "permission" {
 		t.Errorf("failed span status %v", failed.Status())
+	}
+}
+
+// TestSpansNeedAParent: without WithRootSpans, a KMS request outside a
+// traced statement makes no span but is counted; inside one, its span is
+// the statement's child and the provider sees the span in its context.
+func TestSpansNeedAParent(t *testing.T) {
+	o, sr, reader := setup(t)
+	_, end := o.StartCall(context.Background(), providers.OpWrap, "alias/app", 1)
+	end(nil)
+	if n := len(sr.Ended()); n != 0 {
+		t.Fatalf("%d spans without a parent", n)
+	}
+	tp := sdktrace.NewTracerProvider()
+	ctx, parent := tp.Tracer("test").Start(context.Background(), "statement")
+	callCtx, end := o.StartCall(ctx, providers.OpWrap, "alias/app", 1)
+	if got := trace.SpanContextFromContext(callCtx).SpanID(); got == parent.SpanContext().SpanID() || !got.IsValid() {
+		t.Fatalf("the provider's context carries span %v, want the KMS span", got)
+	}
+	end(nil)
+	spans := sr.Ended()
+	if len(spans) != 1 || spans[0].Parent().SpanID() != parent.SpanContext().SpanID() || spans[0].Name() != "kmspostgres.wrap" {
+		t.Fatalf("spans %v", spans)
+	}
+	if got := total(collect(t, reader)["kmspostgres.kms.calls"]); got != 2 {
+		t.Fatalf("kms.calls = %d, want 2", got)
 	}
 }
