@@ -239,3 +239,49 @@ func countRows(db *sql.DB, q string) (int, error) {
 	}
 	return n, rows.Err()
 }
+
+// TestHaltConcurrent: 16 readers; no read that starts after
+// HaltDecryption returned succeeds, and every failure is
+// ErrDecryptHalted; after ResumeDecryption they all read again.
+func TestHaltConcurrent(t *testing.T) {
+	e := newEnv(t, obsDDL, obsMap)
+	c, db := e.observed()
+	db.SetMaxOpenConns(16)
+	fillPeople(t, db, 50)
+	var halted, resumed, stop atomic.Bool
+	var okBefore, okAfterResume, refused atomic.Int64
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Go(func() {
+			for i := 0; !stop.Load(); i++ {
+				wasHalted, wasResumed := halted.Load(), resumed.Load()
+				err := readEmail(db, 1+(g+i)%50)
+				switch {
+				case err == nil && wasResumed:
+					okAfterResume.Add(1)
+				case err == nil && wasHalted && !resumed.Load():
+					t.Errorf("a read that started after the halt succeeded")
+				case err == nil:
+					okBefore.Add(1)
+				case errors.Is(err, kmspostgres.ErrDecryptHalted):
+					refused.Add(1)
+				default:
+					t.Errorf("err = %v", err)
+				}
+			}
+		})
+	}
+	time.Sleep(200 * time.Millisecond)
+	c.HaltDecryption("test")
+	halted.Store(true)
+	time.Sleep(200 * time.Millisecond)
+	c.ResumeDecryption()
+	resumed.Store(true)
+	time.Sleep(200 * time.Millisecond)
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("%d reads before the halt, %d refused, %d after the resume", okBefore.Load(), refused.Load(), okAfterResume.Load())
+	if okBefore.Load() == 0 || refused.Load() == 0 || okAfterResume.Load() == 0 {
+		t.Fatal("a phase saw no reads")
+	}
+}
