@@ -42,7 +42,7 @@ var (
 
 // NewConnector parses a DSN (any pgx connection string, plus kms_schema)
 // and returns a connector. Options: WithSchema, WithProvider, WithObserver,
-// WithConnConfig.
+// WithConnConfig, WithCatalogCheckInterval, WithDecryptLimit, WithHaltFile.
 func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 	cfg := connectorConfig{catalogTTL: DefaultCatalogCheckInterval}
 	for _, o := range opts {
