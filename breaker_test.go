@@ -3,6 +3,7 @@ package kmspostgres
 import (
 	"errors"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -74,7 +75,12 @@ func TestNewBreakerChecks(t *testing.T) {
 // the breaker's halt.
 func TestHaltStates(t *testing.T) {
 	h := newHalt("", &events{})
+	purged := 0
+	h.purge = func() { purged++ }
 	h.set(&haltState{source: HaltManual, reason: "a"})
+	if purged != 1 {
+		t.Fatalf("purge ran %d times on halting, want 1", purged)
+	}
 	h.set(&haltState{source: HaltLimit, reason: "b", until: time.Now().Add(-time.Second)})
 	if err := h.check(); !errors.Is(err, ErrDecryptHalted) {
 		t.Fatalf("check = %v", err)
@@ -86,6 +92,55 @@ func TestHaltStates(t *testing.T) {
 	h.set(&haltState{source: HaltLimit, reason: "b", until: time.Now().Add(-time.Second)})
 	if err := h.check(); err != nil {
 		t.Fatalf("after the cool-down: %v", err)
+	}
+}
+
+// TestBreakerAdmitsExactly: 16 goroutines race for a limit of 100 rows
+// in windows of 1 to 3; the breaker admits windows until one does not
+// fit, never more than the limit, and none after it tripped.
+func TestBreakerAdmitsExactly(t *testing.T) {
+	c, err := NewConnector("postgres://localhost/db", WithSchema(testSchema(t)),
+		WithDecryptLimit(DecryptLimit{Tables: map[string]int{"users": 100}, Per: time.Hour}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	window := func(n int) *windowKeys {
+		w := &windowKeys{infos: []*tableInfo{{table: &rewrite.Table{Name: "users"}}}}
+		for range n {
+			w.ids = append(w.ids, []string{"k"})
+		}
+		return w
+	}
+	var mu sync.Mutex
+	admitted, afterTrip := 0, 0
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Go(func() {
+			for i := range 20 {
+				n := 1 + (g+i)%3
+				err := c.admitWindow(t.Context(), window(n))
+				mu.Lock()
+				switch {
+				case err == nil:
+					admitted += n
+				case errors.Is(err, ErrDecryptHalted):
+					afterTrip++
+				default:
+					t.Errorf("err = %v", err)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	// Windows of 1 to 3 rows: the breaker trips when the next window
+	// would pass 100, so 98 to 100 rows are admitted.
+	if admitted < 98 || admitted > 100 || afterTrip == 0 {
+		t.Fatalf("%d rows admitted, %d windows refused", admitted, afterTrip)
+	}
+	// Tripped, the breaker refuses even a window that would fit.
+	if err := c.admitWindow(t.Context(), window(1)); !errors.Is(err, ErrDecryptHalted) {
+		t.Fatalf("one more row after the trip: %v", err)
 	}
 }
 

@@ -131,9 +131,12 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool) {
 	t.Logf("after %v", time.Since(start).Round(time.Millisecond))
 }
 
-// TestBreakerConcurrent: 16 readers race a limit of 50 rows a minute;
-// exactly 50 reads succeed, every other fails closed, writes work, and
-// ResumeDecryption resets.
+// TestBreakerConcurrent: 16 readers race a limit of 50 rows a minute; at
+// most 50 reads succeed, every other fails closed, writes work, and
+// ResumeDecryption resets. The breaker admits exactly 50 rows
+// (TestBreakerAdmitsExactly), but a read admitted just before another
+// tripped the breaker fails at its row too: between 50 - 16 and 50 reads
+// succeed.
 func TestBreakerConcurrent(t *testing.T) {
 	e := newEnv(t, obsDDL, obsMap)
 	const limit = 50
@@ -160,8 +163,9 @@ func TestBreakerConcurrent(t *testing.T) {
 		wg.Wait()
 		return okN.Load()
 	}
-	if ok := race(); ok != limit {
-		t.Fatalf("%d reads succeeded, want %d", ok, limit)
+	inRange := func(ok int64) bool { return ok <= limit && ok >= limit-16 }
+	if ok := race(); !inRange(ok) {
+		t.Fatalf("%d reads succeeded, want %d to %d", ok, limit-16, limit)
 	}
 	reason, halted := c.DecryptionHalted()
 	if !halted {
@@ -172,8 +176,8 @@ func TestBreakerConcurrent(t *testing.T) {
 	writesWork(t, db)
 
 	c.ResumeDecryption()
-	if ok := race(); ok != limit {
-		t.Fatalf("after resume: %d reads succeeded, want %d", ok, limit)
+	if ok := race(); !inRange(ok) {
+		t.Fatalf("after resume: %d reads succeeded, want %d to %d", ok, limit-16, limit)
 	}
 }
 
