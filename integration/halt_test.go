@@ -252,18 +252,20 @@ func TestHaltConcurrent(t *testing.T) {
 	c, db := e.observed()
 	db.SetMaxOpenConns(16)
 	fillPeople(t, db, 50)
-	var halted, resumed, stop atomic.Bool
+	// halted is set once HaltDecryption returned, resuming before
+	// ResumeDecryption is called.
+	var halted, resuming, stop atomic.Bool
 	var okBefore, okAfterResume, refused atomic.Int64
 	var wg sync.WaitGroup
 	for g := range 16 {
 		wg.Go(func() {
 			for i := 0; !stop.Load(); i++ {
-				wasHalted, wasResumed := halted.Load(), resumed.Load()
+				wasHalted, wasResumed := halted.Load(), resuming.Load()
 				err := readEmail(db, 1+(g+i)%50)
 				switch {
 				case err == nil && wasResumed:
 					okAfterResume.Add(1)
-				case err == nil && wasHalted && !resumed.Load():
+				case err == nil && wasHalted && !resuming.Load():
 					t.Errorf("a read that started after the halt succeeded")
 				case err == nil:
 					okBefore.Add(1)
@@ -275,13 +277,14 @@ func TestHaltConcurrent(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(200 * time.Millisecond)
+	defer func() { stop.Store(true); wg.Wait() }()
+	waitFor(t, 10*time.Second, func() bool { return okBefore.Load() >= 32 })
 	c.HaltDecryption("test")
 	halted.Store(true)
-	time.Sleep(200 * time.Millisecond)
+	waitFor(t, 10*time.Second, func() bool { return refused.Load() >= 32 })
+	resuming.Store(true)
 	c.ResumeDecryption()
-	resumed.Store(true)
-	time.Sleep(200 * time.Millisecond)
+	waitFor(t, 10*time.Second, func() bool { return okAfterResume.Load() >= 32 })
 	stop.Store(true)
 	wg.Wait()
 	t.Logf("%d reads before the halt, %d refused, %d after the resume", okBefore.Load(), refused.Load(), okAfterResume.Load())
