@@ -2,7 +2,10 @@ package integration
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -12,6 +15,7 @@ import (
 
 	"github.com/kmspostgres/kmspostgres"
 	"github.com/kmspostgres/kmspostgres/kmsotel"
+	"github.com/kmspostgres/kmspostgres/kmsslog"
 )
 
 // otelHarness is the real SDK with in-memory exporters.
@@ -208,5 +212,53 @@ func TestOtelSelect(t *testing.T) {
 	}
 	if failed != 1 {
 		t.Errorf("%d failed unwrap spans, want 1", failed)
+	}
+}
+
+// TestBreakerReported: the breaker's trip is logged once at Error and
+// counted once; each refused read is logged at Warn and counted with its
+// reason and table; the resume is logged.
+func TestBreakerReported(t *testing.T) {
+	e := newEnv(t, obsDDL, obsMap)
+	h := newOtel(t)
+	var buf syncBuffer
+	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	c, db := e.observed(kmspostgres.WithObserver(h.obs), kmspostgres.WithObserver(kmsslog.New(log)),
+		kmspostgres.WithDecryptLimit(kmspostgres.DecryptLimit{Tables: map[string]int{"people": 3}, Per: time.Minute}))
+	fillPeople(t, db, 5)
+	for id := 1; id <= 3; id++ {
+		if err := readEmail(db, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustErrIs(t, readEmail(db, 4), kmspostgres.ErrDecryptHalted) // trips
+	mustErrIs(t, readEmail(db, 1), kmspostgres.ErrDecryptHalted) // open
+	c.ResumeDecryption()
+	if err := readEmail(db, 1); err != nil {
+		t.Fatal(err)
+	}
+
+	count := map[string]int{}
+	for _, r := range buf.records(t) {
+		count[fmt.Sprint(r["level"], " ", r["msg"], " ", r["source"], r["reason"], " ", r["table"])]++
+	}
+	want := map[string]int{
+		"ERROR kmspostgres: decryption halted limitdecrypt-rate breaker tripped: table people: 4 rows decrypted in 1m0s would exceed the limit of 3 <nil>": 1,
+		"WARN kmspostgres: read refused, decryption halted <nil>decrypt_limit people":                                                                      1,
+		"WARN kmspostgres: read refused, decryption halted <nil>decrypt_limit <nil>":                                                                       1,
+		"WARN kmspostgres: decryption resumed limitdecrypt-rate breaker tripped: table people: 4 rows decrypted in 1m0s would exceed the limit of 3 <nil>": 1,
+	}
+	if fmt.Sprint(count) != fmt.Sprint(want) {
+		t.Fatalf("records:\n%v\nwant\n%v", count, want)
+	}
+	m := h.metrics(t)
+	if got := sum(m, "kmspostgres.decrypt.halts", kmsotel.AttrHaltSource.String("limit")); got != 1 {
+		t.Errorf("decrypt.halts = %d, want 1", got)
+	}
+	if got := sum(m, "kmspostgres.refusals", kmsotel.AttrRefusalReason.String("decrypt_limit")); got != 2 {
+		t.Errorf("refusals = %d, want 2", got)
+	}
+	if got := sum(m, "kmspostgres.cells", kmsotel.AttrCellOperation.String("decrypt")); got != 4 {
+		t.Errorf("cells decrypted = %d, want 4 (3 reads before the trip, 1 after the resume)", got)
 	}
 }
