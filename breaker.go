@@ -181,7 +181,7 @@ func windowRows(w *windowKeys) []tableRows {
 	for si, ti := range w.infos {
 		n := 0
 		for _, ids := range w.ids {
-			if ids[si] != "" {
+			if ids[si] != (rowKeyID{}) {
 				n++
 			}
 		}

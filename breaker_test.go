@@ -107,7 +107,7 @@ func TestBreakerAdmitsExactly(t *testing.T) {
 	window := func(n int) *windowKeys {
 		w := &windowKeys{infos: []*tableInfo{{table: &rewrite.Table{Name: "users"}}}}
 		for range n {
-			w.ids = append(w.ids, []string{"k"})
+			w.ids = append(w.ids, []rowKeyID{{wrapped: "k"}})
 		}
 		return w
 	}
@@ -154,7 +154,7 @@ func BenchmarkGuards(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	w := &windowKeys{infos: []*tableInfo{{table: &rewrite.Table{Name: "users"}}}, ids: [][]string{{"users\x000\x00v1:x\x001"}}}
+	w := &windowKeys{infos: []*tableInfo{{table: &rewrite.Table{Name: "users"}}}, ids: [][]rowKeyID{{{table: "users", wrapped: "v1:x", pk: "1"}}}}
 	for b.Loop() {
 		if err := c.admitWindow(b.Context(), w); err != nil {
 			b.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 
@@ -45,6 +46,10 @@ type tableInfo struct {
 type catalog struct {
 	schema *Schema
 	ttl    time.Duration
+	// basePath is the search_path a new connection starts with (without
+	// pg_temp): unqualified map entries resolve through it, whatever a
+	// session later sets or creates.
+	basePath []string
 
 	mu          sync.Mutex
 	loaded      bool
@@ -60,10 +65,32 @@ type catalog struct {
 	encAttr map[[2]uint32]string // (relation oid, attnum) of encrypted columns → table.column
 	reach   map[uint32]string    // relations that reach an encrypted column → table.column
 	watch   []uint32             // every oid above, for the fingerprint
-	cols    map[uint32][]string  // other relations' columns
+	names   []string             // their relation names, and the map entries'
+	builtin map[string]bool      // functions in pg_catalog, by name
+
+	cols map[uint32][]string // other relations' columns
 }
 
 func newCatalog(s *Schema, ttl time.Duration) *catalog { return &catalog{schema: s, ttl: ttl} }
+
+// setBasePath records, from the first connection, the search_path new
+// connections start with.
+func (c *catalog) setBasePath(ctx context.Context, conn *pgx.Conn) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.basePath != nil {
+		return nil
+	}
+	var path []string
+	if err := conn.QueryRow(ctx, "SELECT current_schemas(false)").Scan(&path); err != nil {
+		return fmt.Errorf("kmspostgres: reading the search_path: %w", err)
+	}
+	c.basePath = append(path, "pg_catalog")[:len(path)]
+	if c.basePath == nil {
+		c.basePath = []string{}
+	}
+	return nil
+}
 
 // reset forgets the snapshot: the next question reloads it.
 func (c *catalog) reset() {
@@ -117,22 +144,34 @@ func (c *catalog) ensure(ctx context.Context, conn *pgx.Conn) error {
 }
 
 // probe fingerprints the catalog rows the snapshot depends on: what each
-// map entry resolves to, and every row of pg_class, pg_attribute,
-// pg_inherits, pg_depend, pg_rewrite and pg_trigger about a watched
-// relation. A new view, rule, partition, child, column, trigger or
-// dependent of any of them changes it.
+// map entry resolves to, every row of pg_class, pg_attribute, pg_inherits,
+// pg_depend, pg_rewrite and pg_trigger about a watched relation, and every
+// relation that has a watched relation's name in any schema. A new view,
+// rule, partition, child, column, trigger or dependent of any of them
+// changes it, and so does a relation that shadows one through a
+// search_path, or stops shadowing one, created, dropped or renamed.
 func (c *catalog) probe(ctx context.Context, conn *pgx.Conn) (string, error) {
+	var rels, paths []string
+	for _, name := range slices.Sorted(maps.Keys(c.schema.Tables)) {
+		rel, path := c.entryPath(name)
+		rels, paths = append(rels, rel), append(paths, strings.Join(path, ","))
+	}
 	var fp string
 	err := conn.QueryRow(ctx, `SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM (
-		SELECT 'r' || n || '=' || coalesce(to_regclass(n)::oid::text, '-') AS x FROM unnest($1::text[]) n
+		SELECT 'r' || e.rel || '@' || e.path || '=' || coalesce((SELECT c.oid::text FROM pg_class c
+			JOIN pg_namespace n ON n.oid = c.relnamespace
+			JOIN unnest(string_to_array(e.path, ',')) WITH ORDINALITY AS p(nsp, ord) ON p.nsp = n.nspname
+			WHERE c.relname = e.rel ORDER BY p.ord LIMIT 1), '-') AS x
+		FROM unnest($1::text[], $3::text[]) AS e(rel, path)
 		UNION ALL SELECT 'c' || oid || ':' || xmin FROM pg_class WHERE oid = ANY($2)
 		UNION ALL SELECT 'a' || attrelid || ':' || attnum || ':' || xmin FROM pg_attribute WHERE attrelid = ANY($2) AND attnum > 0
 		UNION ALL SELECT 'i' || inhrelid || ':' || inhparent FROM pg_inherits WHERE inhparent = ANY($2) OR inhrelid = ANY($2)
 		UNION ALL SELECT 'd' || classid || ':' || objid || ':' || objsubid || ':' || refobjid || ':' || refobjsubid FROM pg_depend
 			WHERE refclassid = 'pg_class'::regclass AND refobjid = ANY($2)
 		UNION ALL SELECT 'w' || oid || ':' || xmin FROM pg_rewrite WHERE ev_class = ANY($2)
-		UNION ALL SELECT 't' || oid || ':' || xmin FROM pg_trigger WHERE tgrelid = ANY($2)) s`,
-		slices.Sorted(maps.Keys(c.schema.Tables)), c.watch).Scan(&fp)
+		UNION ALL SELECT 't' || oid || ':' || xmin FROM pg_trigger WHERE tgrelid = ANY($2)
+		UNION ALL SELECT 'n' || oid || ':' || relnamespace || ':' || xmin FROM pg_class WHERE relname = ANY($4::name[])) s`,
+		rels, c.watch, paths, c.names).Scan(&fp)
 	return fp, err
 }
 
@@ -287,13 +326,111 @@ func (c *catalog) load(ctx context.Context, conn *pgx.Conn) error {
 	c.encAttr = map[[2]uint32]string{}
 	c.reach = map[uint32]string{}
 	c.cols = map[uint32][]string{}
-	c.watch = nil
+	c.watch, c.names = nil, nil
 	for _, name := range slices.Sorted(maps.Keys(c.schema.Tables)) {
 		if err := c.loadTable(ctx, conn, c.schema.Tables[name]); err != nil {
 			return err
 		}
 	}
-	return c.loadReach(ctx, conn)
+	if err := c.loadReach(ctx, conn); err != nil {
+		return err
+	}
+	if err := c.loadBuiltins(ctx, conn); err != nil {
+		return err
+	}
+	return c.loadNames(ctx, conn)
+}
+
+// loadBuiltins records the names of the functions in pg_catalog, once.
+func (c *catalog) loadBuiltins(ctx context.Context, conn *pgx.Conn) error {
+	if c.builtin != nil {
+		return nil
+	}
+	rows, err := conn.Query(ctx, `SELECT DISTINCT proname::text FROM pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace`)
+	if err != nil {
+		return fmt.Errorf("kmspostgres: reading built-in functions: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("kmspostgres: reading built-in functions: %w", err)
+	}
+	c.builtin = make(map[string]bool, len(names))
+	for _, n := range names {
+		c.builtin[n] = true
+	}
+	return nil
+}
+
+// callsUserFunction reports whether a statement calls a function outside
+// pg_catalog (which may change settings, search_path among them, as
+// set_config does), or whether that cannot be told yet.
+func (c *catalog) callsUserFunction(calls []string) bool {
+	if len(calls) == 0 {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.builtin == nil {
+		return true
+	}
+	for _, f := range calls {
+		schema, _, qualified := strings.Cut(f, ".")
+		if qualified && schema != "pg_catalog" || !qualified && !c.builtin[f] {
+			return true
+		}
+	}
+	return false
+}
+
+// loadNames records the names of every watched relation and map entry:
+// a relation of that name appearing, going or renamed anywhere can change
+// what a statement's name resolves to.
+func (c *catalog) loadNames(ctx context.Context, conn *pgx.Conn) error {
+	rows, err := conn.Query(ctx, `SELECT DISTINCT relname::text FROM pg_class WHERE oid = ANY($1)`, c.watch)
+	if err != nil {
+		return fmt.Errorf("kmspostgres: reading relation names: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("kmspostgres: reading relation names: %w", err)
+	}
+	for name := range c.schema.Tables {
+		rel, _ := c.entryPath(name)
+		names = append(names, rel)
+	}
+	slices.Sort(names)
+	c.names = slices.Compact(names)
+	return nil
+}
+
+// resolveEntrySQL finds the first relation named $1 in the schemas $2, in
+// order, as the server resolves an unqualified name.
+const resolveEntrySQL = `SELECT c.oid, n.nspname, c.relname, c.relkind::text FROM pg_class c
+	JOIN pg_namespace n ON n.oid = c.relnamespace
+	JOIN unnest($2::text[]) WITH ORDINALITY AS p(nsp, ord) ON p.nsp = n.nspname
+	WHERE c.relname = $1::name ORDER BY p.ord LIMIT 1`
+
+// entryPath splits a map entry into its relation name and the schemas it
+// resolves through: its own schema, or the base search_path.
+func (c *catalog) entryPath(name string) (string, []string) {
+	if schema, rel, ok := strings.Cut(name, "."); ok {
+		return truncIdent(strings.ToLower(rel)), []string{truncIdent(strings.ToLower(schema))}
+	}
+	return truncIdent(strings.ToLower(name)), c.basePath
+}
+
+// truncIdent cuts an identifier to the 63 bytes PostgreSQL keeps, at a
+// character boundary, as the server does with every name it reads.
+func truncIdent(s string) string {
+	const max = 63
+	if len(s) <= max {
+		return s
+	}
+	i := max
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i]
 }
 
 // relation is a resolved relation: oid, schema and name.
@@ -307,14 +444,19 @@ type relation struct {
 func (c *catalog) loadTable(ctx context.Context, conn *pgx.Conn, entry *Table) error {
 	name := entry.Name
 	var top relation
-	err := conn.QueryRow(ctx, `SELECT c.oid, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.oid = to_regclass($1) AND c.relkind IN ('r', 'p', 'f')`, name).Scan(&top.oid, &top.nsp, &top.relname)
+	rel, path := c.entryPath(name)
+	var kind string
+	err := conn.QueryRow(ctx, resolveEntrySQL, rel, path).Scan(&top.oid, &top.nsp, &top.relname, &kind)
 	if err == pgx.ErrNoRows {
 		c.missing[name] = c.mismatch(name, "no such table")
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("kmspostgres: resolving table %s: %w", name, err)
+	}
+	if kind != "r" && kind != "p" && kind != "f" {
+		c.missing[name] = c.mismatch(name, "%s.%s is not a table (relkind %s)", top.nsp, top.relname, kind)
+		return nil
 	}
 	rels := []relation{top}
 	rows, err := conn.Query(ctx, `WITH RECURSIVE ch(oid) AS (
@@ -514,8 +656,9 @@ type computedError struct{ error }
 
 // checkComputed refuses a relation on which the database itself computes
 // on an encrypted column: a generated column, an index, a constraint, a
-// trigger (its WHEN clause, its column list, or a function whose source
-// names the column) or a row-level security policy. Each would see only
+// rule (copying the column elsewhere), a trigger (its WHEN clause, its
+// column list, or a function whose source names the column) or a
+// row-level security policy. Each would see only
 // ciphertext: wrong answers at best.
 func (c *catalog) checkComputed(ctx context.Context, conn *pgx.Conn, t *rewrite.Table, rel relation, attrs map[string]attr) error {
 	var nums []int16
@@ -540,6 +683,13 @@ func (c *catalog) checkComputed(ctx context.Context, conn *pgx.Conn, t *rewrite.
 		WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = $1 AND d.refobjsubid = ANY($2)
 		  AND d.classid NOT IN ('pg_rewrite'::regclass, 'pg_statistic_ext'::regclass)
 		  AND NOT (d.classid = 'pg_class'::regclass AND d.objid = d.refobjid AND d.objsubid = d.refobjsubid)
+		UNION ALL
+		SELECT 'a rule (' || r.rulename || ')', coalesce(a.attname::text, 'the whole row')
+		FROM pg_rewrite r JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+		LEFT JOIN pg_attribute a ON d.refclassid = 'pg_class'::regclass AND a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+		WHERE r.ev_class = $1 AND r.rulename <> '_RETURN'
+		  AND ((d.refclassid = 'pg_class'::regclass AND d.refobjid = $1 AND d.refobjsubid = ANY($2))
+		    OR (d.refclassid = 'pg_type'::regclass AND d.refobjid = (SELECT reltype FROM pg_class WHERE oid = $1)))
 		UNION ALL
 		SELECT 'a trigger (' || tg.tgname || ', its function ' || p.proname || ')', n.name
 		FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid, unnest($3::text[]) n(name)
@@ -593,36 +743,84 @@ func (c *catalog) loadReach(ctx context.Context, conn *pgx.Conn) error {
 	}
 	frontier := slices.Collect(maps.Keys(exposed))
 	for len(frontier) > 0 {
-		rows, err := conn.Query(ctx, `SELECT DISTINCT r.ev_class, d.refobjid, d.refobjsubid
-			FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
-			WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-			  AND d.refobjid = ANY($1) AND r.ev_class <> d.refobjid`, frontier)
+		// A whole-row reference (row_to_json(u), u::text) depends on the
+		// relation's row type rather than on its columns.
+		rows, err := conn.Query(ctx, `SELECT DISTINCT r.ev_class, c.oid, CASE WHEN d.refclassid = 'pg_type'::regclass THEN 0 ELSE d.refobjsubid END
+			FROM pg_class c
+			JOIN pg_depend d ON (d.refclassid = 'pg_class'::regclass AND d.refobjid = c.oid) OR (d.refclassid = 'pg_type'::regclass AND d.refobjid = c.reltype)
+			JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
+			WHERE c.oid = ANY($1) AND r.ev_class <> c.oid`, frontier)
 		if err != nil {
 			return fmt.Errorf("kmspostgres: reading views and rules over encrypted tables: %w", err)
 		}
 		var next []uint32
 		var owner, ref uint32
 		var sub int16
+		plainOnly := map[uint32]string{} // owners that read only plain columns so far
+		mark := func(owner uint32, name string) {
+			if _, seen := exposed[owner]; seen {
+				return
+			}
+			exposed[owner] = exposure{name: name}
+			c.reach[owner] = name
+			c.watch = append(c.watch, owner)
+			next = append(next, owner)
+		}
 		_, err = pgx.ForEachRow(rows, []any{&owner, &ref, &sub}, func() error {
 			e := exposed[ref]
 			if e.attrs != nil && sub != 0 && !e.attrs[sub] {
-				return nil // a plain column of an encrypted table
-			}
-			if _, seen := exposed[owner]; seen {
+				plainOnly[owner] = e.name // a plain column of an encrypted table
 				return nil
 			}
-			exposed[owner] = exposure{name: e.name}
-			c.reach[owner] = e.name
-			c.watch = append(c.watch, owner)
-			next = append(next, owner)
+			name := e.name
+			if n := c.encAttr[[2]uint32{ref, uint32(sub)}]; sub != 0 && n != "" {
+				name = n // the column the rule reads
+			}
+			mark(owner, name)
 			return nil
 		})
 		if err != nil {
 			return fmt.Errorf("kmspostgres: reading views and rules over encrypted tables: %w", err)
 		}
+		// pg_depend records no column for a whole-row reference
+		// (row_to_json(u)): read the definitions of the rules that seem to
+		// read plain columns only.
+		for _, owner := range slices.Sorted(maps.Keys(plainOnly)) {
+			if _, seen := exposed[owner]; seen {
+				continue
+			}
+			whole, err := c.wholeRowRule(ctx, conn, owner)
+			if err != nil {
+				return err
+			}
+			if whole {
+				table, _, _ := strings.Cut(plainOnly[owner], ".")
+				mark(owner, table+".* (a whole row)")
+			}
+		}
 		frontier = next
 	}
 	return nil
+}
+
+// wholeRowRule reports whether a rule of the relation (a view's query, or
+// a rule on a table) passes a whole row to an expression. A definition the
+// parser cannot read counts as one.
+func (c *catalog) wholeRowRule(ctx context.Context, conn *pgx.Conn, owner uint32) (bool, error) {
+	rows, err := conn.Query(ctx, `SELECT pg_get_ruledef(oid) FROM pg_rewrite WHERE ev_class = $1`, owner)
+	if err != nil {
+		return false, fmt.Errorf("kmspostgres: reading rule definitions: %w", err)
+	}
+	defs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return false, fmt.Errorf("kmspostgres: reading rule definitions: %w", err)
+	}
+	for _, def := range defs {
+		if whole, err := rewrite.WholeRowRef(def); whole || err != nil {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // info returns the resolved table of a plan's table.

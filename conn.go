@@ -58,7 +58,11 @@ func (c *Conn) Begin() (driver.Tx, error) {
 // BeginTx starts a transaction with pgx's handling of isolation levels and
 // read-only mode.
 func (c *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	return c.inner.BeginTx(ctx, opts)
+	t, err := c.inner.BeginTx(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &tx{inner: t, c: c}, nil
 }
 
 // Ping implements driver.Pinger.
@@ -145,13 +149,27 @@ func (c *Conn) afterPassthrough(p *rewrite.Plan) {
 // afterStatement notes that the session's search_path may have changed,
 // so that plans are looked up under the path names now resolve through.
 func (c *Conn) afterStatement(p *rewrite.Plan) {
-	if p.SetsConfig || (p.EndsTx && c.localSet) {
+	// DDL may create the session's temporary schema, which then comes
+	// first in the path.
+	if p.SetsConfig || p.Invalidates || (p.EndsTx && c.localSet) || c.connector.catalog.callsUserFunction(p.Calls) {
 		c.path = ""
 	}
-	if p.LocalConfig {
+	// A setting changed inside a transaction (SET LOCAL, or a plain SET
+	// that ROLLBACK or ROLLBACK TO undoes) must be read again when the
+	// transaction or savepoint ends.
+	if p.LocalConfig || (p.SetsConfig && c.inner.Conn().PgConn().TxStatus() != 'I') {
 		c.localSet = true
 	}
-	if p.EndsTx {
+	if p.EndsTx && c.inner.Conn().PgConn().TxStatus() == 'I' {
+		c.localSet = false
+	}
+}
+
+// txEnded is afterStatement for a transaction ended through database/sql
+// (Tx.Commit, Tx.Rollback), which does not pass through plan.
+func (c *Conn) txEnded() {
+	if c.localSet {
+		c.path = ""
 		c.localSet = false
 	}
 }
@@ -165,8 +183,12 @@ func (c *Conn) searchPath(ctx context.Context) string {
 	if c.inner.Conn().PgConn().TxStatus() == 'E' {
 		return "?" // nothing but ROLLBACK runs; do not cache under it
 	}
+	// current_schemas(true) is what names resolve through: "$user"
+	// expanded for the current role, and the session's temporary schema
+	// when it has one (so plans over temporary tables are not shared with
+	// other connections).
 	var p string
-	if err := c.inner.Conn().QueryRow(ctx, "SELECT current_setting('search_path')").Scan(&p); err != nil {
+	if err := c.inner.Conn().QueryRow(ctx, "SELECT current_schemas(true)::text").Scan(&p); err != nil {
 		return "?"
 	}
 	c.path = "path:" + p

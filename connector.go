@@ -21,7 +21,7 @@ type Connector struct {
 	inner   driver.Connector
 	schema  *Schema
 	keyring *keyring
-	plans   *lru.Cache[string, planEntry] // by SQL text
+	plans   *lru.Cache[planKey, planEntry]
 	catalog *catalog
 	ids     *idCache
 
@@ -44,22 +44,42 @@ var (
 // and returns a connector. Options: WithSchema, WithProvider, WithObserver,
 // WithConnConfig, WithCatalogCheckInterval, WithDecryptLimit, WithHaltFile.
 func NewConnector(dsn string, opts ...Option) (*Connector, error) {
-	cfg := connectorConfig{catalogTTL: DefaultCatalogCheckInterval}
-	for _, o := range opts {
-		o.applyConnector(&cfg)
+	if cfg, ok := registeredConfig(dsn); ok {
+		return NewConnectorFromConfig(cfg.conn, append(append([]Option(nil), cfg.opts...), opts...)...)
 	}
 	rest, path, err := splitDSN(dsn)
 	if err != nil {
 		return nil, err
 	}
+	pgcfg, err := pgx.ParseConfig(rest)
+	if err != nil {
+		return nil, fmt.Errorf("kmspostgres: %w", err)
+	}
+	return newConnector(pgcfg, path, opts)
+}
+
+// NewConnectorFromConfig is NewConnector for a pgx connection config you
+// built (pgx's stdlib.OpenDB takes one): the schema map comes from
+// WithSchema, else the file KMSPOSTGRES_SCHEMA names.
+func NewConnectorFromConfig(cfg *pgx.ConnConfig, opts ...Option) (*Connector, error) {
+	return newConnector(cfg.Copy(), "", opts)
+}
+
+func newConnector(pgcfg *pgx.ConnConfig, schemaPath string, opts []Option) (*Connector, error) {
+	cfg := connectorConfig{catalogTTL: DefaultCatalogCheckInterval}
+	for _, o := range opts {
+		o.applyConnector(&cfg)
+	}
 	schema := cfg.schema
 	if schema == nil {
+		path := schemaPath
 		if path == "" {
 			path = schemaPathFromEnv()
 		}
 		if path == "" {
 			return nil, errors.New("kmspostgres: no schema map: add kms_schema=<path> to the DSN, set KMSPOSTGRES_SCHEMA, or pass WithSchema")
 		}
+		var err error
 		if schema, err = LoadSchema(path); err != nil {
 			return nil, err
 		}
@@ -73,19 +93,24 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 			return nil, err
 		}
 	}
-	pgcfg, err := pgx.ParseConfig(rest)
-	if err != nil {
-		return nil, fmt.Errorf("kmspostgres: %w", err)
-	}
 	var stdOpts []stdlib.OptionOpenDB
 	if cfg.connConfig != nil {
 		stdOpts = append(stdOpts, stdlib.OptionBeforeConnect(cfg.connConfig))
 	}
+	cacheCfg := schema.Cache
+	if cfg.cacheSet {
+		cacheCfg = cfg.cache
+	}
+	if err := cacheCfg.validate(); err != nil {
+		return nil, fmt.Errorf("kmspostgres: WithKeyCache: %w", err)
+	}
+	kr := newKeyring(cfg.kms)
+	kr.cache = newKeyCache(cacheCfg)
 	c := &Connector{
 		inner:          stdlib.GetConnector(*pgcfg, stdOpts...),
 		schema:         schema,
-		keyring:        newKeyring(cfg.kms),
-		plans:          lru.New[string, planEntry](2048),
+		keyring:        kr,
+		plans:          lru.New[planKey, planEntry](2048),
 		catalog:        newCatalog(schema, cfg.catalogTTL),
 		ids:            newIDCache(32),
 		kmsConcurrency: 16,
@@ -108,7 +133,16 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 		ic.Close()
 		return nil, fmt.Errorf("kmspostgres: unexpected inner connection %T", ic)
 	}
-	return &Conn{inner: sc, connector: c}, nil
+	conn := &Conn{inner: sc, connector: c}
+	if err := conn.sessionCheck(""); err != nil {
+		sc.Close()
+		return nil, fmt.Errorf("kmspostgres: refusing the connection: %w", err)
+	}
+	if err := c.catalog.setBasePath(ctx, sc.Conn()); err != nil {
+		sc.Close()
+		return nil, err
+	}
+	return conn, nil
 }
 
 // validateKeyIDs refuses, at open, a schema map whose key ids (current or

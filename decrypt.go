@@ -2,12 +2,28 @@ package kmspostgres
 
 import (
 	"fmt"
-	"strconv"
+	"runtime"
 	"strings"
 
 	"github.com/kmspostgres/kmspostgres/envelope"
 	"github.com/kmspostgres/kmspostgres/rewrite"
 )
+
+// rowKeyID identifies a row's data key within a result set: table, key,
+// wrapped key text and primary key (joined only when composite).
+type rowKeyID struct {
+	table   string
+	key     int
+	wrapped string
+	pk      string
+}
+
+func joinPK(pk []string) string {
+	if len(pk) == 1 {
+		return pk[0]
+	}
+	return strings.Join(pk, "\x00")
+}
 
 // windowKeys is what decrypting one window of rows needs: for each row and
 // source, the primary key and the id of its data key, and the keys still
@@ -15,8 +31,8 @@ import (
 type windowKeys struct {
 	infos   []*tableInfo // per source
 	pks     [][][]string // [row][source] primary-key values as text
-	ids     [][]string   // [row][source] key id; "" when the key column is NULL
-	pending map[string]*unwrapItem
+	ids     [][]rowKeyID // [row][source] key id; zero when the key column is NULL
+	pending map[rowKeyID]*unwrapItem
 	items   []*unwrapItem
 }
 
@@ -64,14 +80,14 @@ func (r *rows) collectKeys() (*windowKeys, error) {
 	w := &windowKeys{
 		infos:   make([]*tableInfo, len(out.Sources)),
 		pks:     make([][][]string, len(r.buf)),
-		ids:     make([][]string, len(r.buf)),
-		pending: make(map[string]*unwrapItem, len(r.buf)),
+		ids:     make([][]rowKeyID, len(r.buf)),
+		pending: make(map[rowKeyID]*unwrapItem, len(r.buf)),
 	}
 	for i, s := range out.Sources {
 		w.infos[i] = r.c.connector.catalog.info(s.Table)
 	}
 	for ri, row := range r.buf {
-		w.ids[ri] = make([]string, len(out.Sources))
+		w.ids[ri] = make([]rowKeyID, len(out.Sources))
 		w.pks[ri] = make([][]string, len(out.Sources))
 		for si, s := range out.Sources {
 			pk := make([]string, len(s.PKAt))
@@ -89,8 +105,9 @@ func (r *rows) collectKeys() (*windowKeys, error) {
 			}
 			// Table, key, wrapped key (which carries the version) and
 			// primary key determine the context: no need to build it for
-			// keys already unwrapped.
-			id := s.Table.Name + "\x00" + strconv.Itoa(s.Key) + "\x00" + text + "\x00" + strings.Join(pk, "\x00")
+			// keys already unwrapped. The id is made of strings the row
+			// already holds.
+			id := rowKeyID{table: s.Table.Name, key: s.Key, wrapped: text, pk: joinPK(pk)}
 			w.ids[ri][si] = id
 			if _, ok := r.keys[id]; ok {
 				continue
@@ -100,7 +117,8 @@ func (r *rows) collectKeys() (*windowKeys, error) {
 			}
 			it, err := unwrapItemFor(w.infos[si], s, text, pk)
 			if err != nil {
-				return nil, r.sourceError(w, si, pk, err)
+				ti := w.infos[si]
+				return nil, r.sourceError(w, si, pk, keyColumnHint(err, ti.table.Name, ti.table.Keys[s.Key].Column))
 			}
 			w.pending[id] = it
 			w.items = append(w.items, it)
@@ -122,30 +140,54 @@ func unwrapItemFor(ti *tableInfo, s rewrite.Source, text string, pk []string) (*
 	return &unwrapItem{keyID: keyID, version: wk.Version, ctx: ectx, wrapped: wk.Ciphertext}, nil
 }
 
-// unwrapKeys unwraps the pending keys together and keeps the cell keys of
-// those that succeeded; failures stay in their item for openCells.
+// unwrapKeys unwraps the pending keys together (through the data-key
+// cache when there is one) and keeps the cell keys of those that
+// succeeded; failures stay in their item for openCells.
 func (r *rows) unwrapKeys(w *windowKeys) {
 	if len(w.items) == 0 {
 		return
 	}
-	r.c.connector.keyring.unwrapAll(r.ctx, w.items, r.c.connector.kmsConcurrency)
+	r.c.connector.keyring.openItems(r.ctx, w.items, r.c.connector.kmsConcurrency)
 	for id, it := range w.pending {
-		if it.err != nil {
-			continue
+		if it.err == nil {
+			r.keys[id] = it.ck
 		}
-		ck, err := envelope.NewCellKey(it.key)
-		if err != nil {
-			it.err = err
-			continue
-		}
-		r.keys[id] = ck
 	}
 }
 
+// parallelOpen is the window size from which cells are opened on two
+// goroutines (AES-GCM is CPU work; the second core idles otherwise).
+const parallelOpen = 128
+
 // openCells replaces every encrypted cell of the window with its
-// plaintext value.
+// plaintext value. A failure reports the first failing row.
 func (r *rows) openCells(w *windowKeys) error {
-	for ri, row := range r.buf {
+	for i, oc := range r.out.Cols {
+		if oc.Table != nil {
+			r.aad(i, w.infos[oc.Source]) // made before the rows are split
+		}
+	}
+	n := len(r.buf)
+	if n < parallelOpen || runtime.GOMAXPROCS(0) < 2 {
+		return r.openRows(w, 0, n)
+	}
+	half := n / 2
+	errc := make(chan error, 1)
+	go func() { errc <- r.openRows(w, half, n) }()
+	first := r.openRows(w, 0, half)
+	second := <-errc
+	if first != nil {
+		return first
+	}
+	return second
+}
+
+// openRows opens the cells of rows [lo, hi) of the window. It reads only
+// what collectKeys and unwrapKeys left, so two calls on disjoint ranges
+// may run at once.
+func (r *rows) openRows(w *windowKeys, lo, hi int) error {
+	for ri := lo; ri < hi; ri++ {
+		row := r.buf[ri]
 		for i, oc := range r.out.Cols {
 			if oc.Table == nil || row[i] == nil {
 				continue
@@ -154,14 +196,14 @@ func (r *rows) openCells(w *windowKeys) error {
 			ti := w.infos[si]
 			pk := w.pks[ri][si]
 			id := w.ids[ri][si]
-			if id == "" {
+			if id == (rowKeyID{}) {
 				return cellError(ti, oc.Column, pk, fmt.Errorf("%w: the value has no data key (key column %s is NULL)", ErrDecrypt, ti.table.Keys[r.out.Sources[si].Key].Column))
 			}
 			ck := r.keys[id]
 			if ck == nil {
-				return cellError(ti, oc.Column, pk, w.pending[id].err)
+				return cellError(ti, oc.Column, pk, keyColumnHint(w.pending[id].err, ti.table.Name, ti.table.Keys[r.out.Sources[si].Key].Column))
 			}
-			v, err := openCell(ti, oc.Column, ck, row[i])
+			v, err := openCell(ti, oc.Column, r.aads[i], ck, row[i])
 			if err != nil {
 				return cellError(ti, oc.Column, pk, err)
 			}
@@ -171,25 +213,39 @@ func (r *rows) openCells(w *windowKeys) error {
 	return nil
 }
 
-// openCell decrypts one stored cell (base64 text or raw bytea) and decodes
-// it to its declared type.
-func openCell(ti *tableInfo, col string, ck *envelope.CellKey, stored any) (any, error) {
-	var cell []byte
+// aad returns the associated data of visible column i, made once per
+// result set.
+func (r *rows) aad(i int, ti *tableInfo) []byte {
+	if r.aads == nil {
+		r.aads = make([][]byte, len(r.out.Cols))
+	}
+	if r.aads[i] == nil {
+		r.aads[i] = envelope.CellAAD(ti.table.Name, r.out.Cols[i].Column)
+	}
+	return r.aads[i]
+}
+
+// openCell decrypts one stored cell (base64 text or raw bytea) with its
+// associated data and decodes it to its declared type.
+func openCell(ti *tableInfo, col string, aad []byte, ck *envelope.CellKey, stored any) (any, error) {
+	var pt []byte
+	var err error
 	switch v := stored.(type) {
 	case string:
-		b, err := envelope.DecodeBase64(v)
+		cell, err := envelope.DecodeBase64(v)
 		if err != nil {
 			return nil, err
 		}
-		cell = b
+		pt, err = ck.OpenInPlace(aad, cell) // the decoded buffer is ours
+		if err != nil {
+			return nil, err
+		}
 	case []byte:
-		cell = v
+		if pt, err = ck.Open(aad, v); err != nil {
+			return nil, err
+		}
 	default:
 		return nil, fmt.Errorf("%w: stored as %T", ErrFormat, v)
-	}
-	pt, err := ck.Open(envelope.CellAAD(ti.table.Name, col), cell)
-	if err != nil {
-		return nil, err
 	}
 	return ti.colType(col).Decode(pt)
 }

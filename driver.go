@@ -16,10 +16,12 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
-	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -53,8 +55,14 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 	return NewConnector(dsn)
 }
 
+// dsnParams are the parameters kmspostgres reads from a DSN and removes
+// before handing the rest to pgx. Any other kms_* parameter is refused, so
+// that a typo (kms_shema) cannot silently leave the schema map unread.
+var dsnParams = []string{"kms_schema"}
+
 // splitDSN removes kms_schema from a pgx connection string (URL or
-// key=value) and returns it.
+// key=value) and returns it. A parameter named kms_* that is not one of
+// dsnParams is an error naming it.
 func splitDSN(dsn string) (rest, schemaPath string, err error) {
 	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
 		u, err := url.Parse(dsn)
@@ -62,23 +70,114 @@ func splitDSN(dsn string) (rest, schemaPath string, err error) {
 			return "", "", fmt.Errorf("kmspostgres: parsing DSN: %w", err)
 		}
 		q := u.Query()
+		for _, name := range slices.Sorted(maps.Keys(q)) {
+			if err := checkDSNParam(name); err != nil {
+				return "", "", err
+			}
+		}
 		schemaPath = q.Get("kms_schema")
 		q.Del("kms_schema")
 		u.RawQuery = q.Encode()
 		return u.String(), schemaPath, nil
 	}
-	m := kvSchema.FindStringSubmatchIndex(dsn)
-	if m == nil {
-		return dsn, "", nil
+	params, err := kvParams(dsn)
+	if err != nil {
+		return "", "", err
 	}
-	val := dsn[m[4]:m[5]]
-	if strings.HasPrefix(val, "'") {
-		val = strings.NewReplacer(`\'`, `'`, `\\`, `\`).Replace(val[1 : len(val)-1])
+	rest = dsn
+	// Backwards, so that earlier spans stay valid as later ones are cut.
+	for i := len(params) - 1; i >= 0; i-- {
+		p := params[i]
+		if err := checkDSNParam(p.key); err != nil {
+			return "", "", err
+		}
+		if p.key != "kms_schema" {
+			continue
+		}
+		if schemaPath == "" {
+			schemaPath = p.value // the last one wins, as in libpq
+		}
+		rest = strings.TrimSpace(strings.TrimRight(rest[:p.start], " \t\n\r") + " " + strings.TrimLeft(rest[p.end:], " \t\n\r"))
 	}
-	return strings.TrimSpace(dsn[:m[0]] + " " + dsn[m[1]:]), val, nil
+	return rest, schemaPath, nil
 }
 
-var kvSchema = regexp.MustCompile(`(?:^|\s)(kms_schema)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)`)
+// checkDSNParam refuses kms_* parameters kmspostgres does not know.
+func checkDSNParam(name string) error {
+	if !strings.HasPrefix(strings.ToLower(name), "kms_") || slices.Contains(dsnParams, name) {
+		return nil
+	}
+	return fmt.Errorf("kmspostgres: unknown DSN parameter %s; kmspostgres knows: %s", name, strings.Join(dsnParams, ", "))
+}
+
+// kvParam is one key=value pair of a key=value DSN, with its span.
+type kvParam struct {
+	key, value string
+	start, end int
+}
+
+// kvParams splits a key=value connection string as libpq does: keys up to
+// '=', values bare up to whitespace or single-quoted with backslash
+// escapes.
+func kvParams(dsn string) ([]kvParam, error) {
+	var out []kvParam
+	i := 0
+	for {
+		for i < len(dsn) && isSpace(dsn[i]) {
+			i++
+		}
+		if i == len(dsn) {
+			return out, nil
+		}
+		p := kvParam{start: i}
+		eq := strings.IndexByte(dsn[i:], '=')
+		if eq < 0 {
+			// Not quoted back: the rest may hold a password.
+			return nil, errors.New("kmspostgres: parsing DSN: a key=value DSN has a word without \"=\"")
+		}
+		p.key = strings.TrimSpace(dsn[i : i+eq])
+		i += eq + 1
+		for i < len(dsn) && isSpace(dsn[i]) {
+			i++
+		}
+		if i < len(dsn) && dsn[i] == '\'' {
+			var b strings.Builder
+			i++
+			closed := false
+			for i < len(dsn) {
+				c := dsn[i]
+				if c == '\\' && i+1 < len(dsn) {
+					b.WriteByte(dsn[i+1])
+					i += 2
+					continue
+				}
+				i++
+				if c == '\'' {
+					closed = true
+					break
+				}
+				b.WriteByte(c)
+			}
+			if !closed {
+				return nil, fmt.Errorf("kmspostgres: parsing DSN: unterminated quoted value of %s", p.key)
+			}
+			p.value = b.String()
+		} else {
+			j := i
+			for j < len(dsn) && !isSpace(dsn[j]) {
+				j++
+			}
+			p.value = dsn[i:j]
+			i = j
+		}
+		p.end = i
+		out = append(out, p)
+	}
+}
+
+func isSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'
+}
 
 // schemaPathFromEnv is the fallback when the DSN names no schema map.
 func schemaPathFromEnv() string { return os.Getenv("KMSPOSTGRES_SCHEMA") }

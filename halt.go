@@ -30,10 +30,9 @@ type halt struct {
 	events *events
 	// onResume runs on every resume (the breaker's counts start over).
 	onResume func()
-	// purge runs on every halt. It is the hook for the data-key cache
-	// (issue 9): the cache drops every key it holds there, so that a halt
-	// stops decryption from cached keys at once. Nil until the cache
-	// exists.
+	// purge runs on every halt: the data-key cache drops (and zeroes)
+	// every key it holds, so that a halt stops decryption from cached keys
+	// at once. Nil without a cache.
 	purge func()
 }
 
@@ -191,6 +190,9 @@ func (c *Connector) setupGuards(cfg connectorConfig) error {
 		file = *cfg.haltFile
 	}
 	c.halt = newHalt(file, c.events)
+	if kc := c.keyring.cache; kc != nil {
+		c.halt.purge = kc.Purge
+	}
 	b, err := newBreaker(cfg.limit, c.schema)
 	if err != nil {
 		return err

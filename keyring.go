@@ -3,9 +3,12 @@ package kmspostgres
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/kmspostgres/kmspostgres/internal/keycache"
 
 	"github.com/kmspostgres/kmspostgres/envelope"
 	"github.com/kmspostgres/kmspostgres/providers"
@@ -19,6 +22,7 @@ type keyring struct {
 	provider  providers.Provider // nil: route by key id
 	observers []providers.Observer
 	tracers   []providers.CallTracer // the observers that trace calls
+	cache     *keycache.Cache        // nil: every unwrap is a KMS call
 	// gate, when set, refuses every unwrap while decryption is halted
 	// (halt.go); wraps are never refused.
 	gate func() error
@@ -63,11 +67,11 @@ func (k *keyring) startCall(ctx context.Context, op providers.Op, keyID string, 
 
 func noEnd(error) {}
 
-func (k *keyring) emit(op providers.Op, keyID string, version int, c envelope.Context, start time.Time, err error) {
+func (k *keyring) emit(op providers.Op, keyID string, version int, c envelope.Context, start time.Time, err error, cache providers.CacheResult) {
 	if len(k.observers) == 0 {
 		return
 	}
-	ev := providers.Event{Op: op, KeyID: keyID, Version: version, Context: c, Duration: time.Since(start), Err: err}
+	ev := providers.Event{Op: op, KeyID: keyID, Version: version, Context: c, Duration: time.Since(start), Err: err, Cache: cache}
 	for _, o := range k.observers {
 		o.Observe(ev)
 	}
@@ -83,7 +87,7 @@ func (k *keyring) wrap(ctx context.Context, keyID string, version int, c envelop
 	}
 	cctx, end := k.startCall(ctx, providers.OpWrap, keyID, 1)
 	ct, err := p.Wrap(cctx, keyID, dataKey, c)
-	k.emit(providers.OpWrap, keyID, version, c, start, err)
+	k.emit(providers.OpWrap, keyID, version, c, start, err, providers.CacheNone)
 	end(err)
 	if err != nil {
 		return "", wrapProviderErr(providers.OpWrap, keyID, err)
@@ -91,8 +95,14 @@ func (k *keyring) wrap(ctx context.Context, keyID string, version int, c envelop
 	return envelope.WrappedKey{Version: version, Ciphertext: ct}.String(), nil
 }
 
-// unwrap decrypts one wrapped data key.
+// unwrap decrypts one wrapped data key, without the cache.
 func (k *keyring) unwrap(ctx context.Context, keyID string, version int, c envelope.Context, wrapped []byte) ([]byte, error) {
+	return k.unwrapCall(ctx, keyID, version, c, wrapped, providers.CacheNone)
+}
+
+// unwrapCall is one unwrap request; cache says whether the cache was
+// consulted (and missed) first, for the event.
+func (k *keyring) unwrapCall(ctx context.Context, keyID string, version int, c envelope.Context, wrapped []byte, cache providers.CacheResult) ([]byte, error) {
 	if err := k.halted(); err != nil {
 		return nil, err
 	}
@@ -103,7 +113,7 @@ func (k *keyring) unwrap(ctx context.Context, keyID string, version int, c envel
 	}
 	cctx, end := k.startCall(ctx, providers.OpUnwrap, keyID, 1)
 	key, err := p.Unwrap(cctx, keyID, wrapped, c)
-	k.emit(providers.OpUnwrap, keyID, version, c, start, err)
+	k.emit(providers.OpUnwrap, keyID, version, c, start, err, cache)
 	end(err)
 	if err != nil {
 		return nil, wrapProviderErr(providers.OpUnwrap, keyID, err)
@@ -117,6 +127,12 @@ func (k *keyring) halted() error {
 		return nil
 	}
 	return k.gate()
+}
+
+// emitCacheHit reports a data key served from the cache: no KMS call, so
+// no KMS audit log entry; observers see it.
+func (k *keyring) emitCacheHit(it *unwrapItem) {
+	k.emit(providers.OpUnwrap, it.keyID, it.version, it.ctx, time.Now(), nil, providers.CacheHit)
 }
 
 // wrapProviderErr makes sure every provider error says which operation and
@@ -135,21 +151,114 @@ type unwrapItem struct {
 	version int
 	ctx     envelope.Context
 	wrapped []byte
-	key     []byte // result
-	err     error  // result
+	key     []byte            // result; shared with the cache, read-only
+	ck      *envelope.CellKey // result, ready to open cells
+	err     error             // result
+	cached  bool              // the result came from the cache
+	cacheID string            // set when this item's unwrap fills the cache
+}
+
+// cacheID identifies a data key in the cache: key id, wrapped key and
+// context, so that a cached key serves only the row it was unwrapped for.
+func cacheID(keyID string, wrapped []byte, c envelope.Context) (string, error) {
+	canon, err := c.Canonical()
+	if err != nil {
+		return "", err
+	}
+	return keyID + "\x00" + string(wrapped) + "\x00" + string(canon), nil
+}
+
+// openItems unwraps items and builds their cell keys: through the cache
+// when there is one (hits need no KMS call; concurrent misses for one key
+// make one), else all from the KMS.
+func (k *keyring) openItems(ctx context.Context, items []*unwrapItem, limit int) {
+	if k.cache == nil {
+		k.unwrapAll(ctx, items, limit)
+		readyItems(items)
+		return
+	}
+	if err := k.halted(); err != nil {
+		for _, it := range items {
+			it.err = err // no cache hit while halted either
+		}
+		return
+	}
+	type waiter struct {
+		it   *unwrapItem
+		wait func() (keycache.Value, bool)
+	}
+	var owned []*unwrapItem
+	var waiters []waiter
+	for _, it := range items {
+		id, err := cacheID(it.keyID, it.wrapped, it.ctx)
+		if err != nil {
+			it.err = err
+			continue
+		}
+		v, ok, owner, wait := k.cache.Claim(id)
+		switch {
+		case ok:
+			it.key, it.ck, it.cached = v.Key, v.Ready.(*envelope.CellKey), true
+			k.emitCacheHit(it)
+		case owner:
+			it.cacheID = id
+			owned = append(owned, it)
+		default:
+			waiters = append(waiters, waiter{it, wait})
+		}
+	}
+	// Publish every key this caller owns before waiting on others'.
+	k.unwrapAll(ctx, owned, limit)
+	readyItems(owned)
+	for _, it := range owned {
+		if it.err != nil {
+			k.cache.Abandon(it.cacheID)
+			continue
+		}
+		k.cache.Put(it.cacheID, keycache.Value{Key: it.key, Ready: it.ck})
+	}
+	var again []*unwrapItem
+	for _, w := range waiters {
+		if v, ok := w.wait(); ok {
+			w.it.key, w.it.ck, w.it.cached = v.Key, v.Ready.(*envelope.CellKey), true
+			k.emitCacheHit(w.it)
+			continue
+		}
+		again = append(again, w.it) // the owner's unwrap failed: try ours
+	}
+	k.unwrapAll(ctx, again, limit)
+	readyItems(again)
+}
+
+// readyItems builds the cell key of every item that unwrapped.
+func readyItems(items []*unwrapItem) {
+	for _, it := range items {
+		if it.err != nil || it.ck != nil {
+			continue
+		}
+		it.ck, it.err = envelope.NewCellKey(it.key)
+	}
 }
 
 // batchSize bounds one batch request.
 const batchSize = 250
 
 // unwrapAll unwraps every item: in batches where the provider can, else
-// concurrently, at most limit calls at a time.
+// concurrently, at most limit calls at a time. Its callers consult the
+// cache first, when there is one: its events are cache misses then.
 func (k *keyring) unwrapAll(ctx context.Context, items []*unwrapItem, limit int) {
+	if len(items) == 0 {
+		return
+	}
 	if err := k.halted(); err != nil {
 		for _, it := range items {
 			it.err = err
 		}
 		return
+	}
+	cache := providers.CacheNone
+	if k.cache != nil {
+		cache = providers.CacheMiss
 	}
 	byKey := map[string][]*unwrapItem{}
 	var order []string
@@ -195,22 +304,25 @@ func (k *keyring) unwrapAll(ctx context.Context, items []*unwrapItem, limit int)
 				default:
 					it.key = res[i].Key
 				}
-				k.emit(providers.OpUnwrap, keyID, it.version, it.ctx, t0, it.err)
+				k.emit(providers.OpUnwrap, keyID, it.version, it.ctx, t0, it.err, cache)
 			}
 		}
 	}
 	forEach(len(single), limit, func(i int) error {
 		it := single[i]
-		it.key, it.err = k.unwrap(ctx, it.keyID, it.version, it.ctx, it.wrapped)
+		it.key, it.err = k.unwrapCall(ctx, it.keyID, it.version, it.ctx, it.wrapped, cache)
 		return nil
 	})
 }
 
 // forEach runs f(0..n-1) with at most limit running at once and returns
-// the first error; every f runs even after one fails. One item runs on the
-// caller's goroutine.
+// the first error; every f runs even after one fails. Workers pull
+// indexes, so n items cost at most limit goroutines, not n (a goroutine
+// per item costs more in stack growth than an unwrap from a fast KMS).
+// One item runs on the caller's goroutine.
 func forEach(n, limit int, f func(i int) error) error {
-	if n == 1 || limit <= 1 {
+	workers := min(n, limit)
+	if workers <= 1 {
 		var first error
 		for i := range n {
 			if err := f(i); err != nil && first == nil {
@@ -220,9 +332,20 @@ func forEach(n, limit int, f func(i int) error) error {
 		return first
 	}
 	var g errgroup.Group
-	g.SetLimit(limit)
-	for i := range n {
-		g.Go(func() error { return f(i) })
+	var next atomic.Int64
+	for range workers {
+		g.Go(func() error {
+			var first error
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return first
+				}
+				if err := f(i); err != nil && first == nil {
+					first = err
+				}
+			}
+		})
 	}
 	return g.Wait()
 }

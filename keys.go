@@ -55,11 +55,14 @@ func (c *Conn) unwrapRow(ctx context.Context, ti *tableInfo, k int, pk []string,
 	if err != nil {
 		return nil, keyError(ti, k, pk, "", err)
 	}
-	dk, err := c.connector.keyring.unwrap(ctx, keyID, wk.Version, ectx, wk.Ciphertext)
-	if err != nil {
-		return nil, keyError(ti, k, pk, keyID, err)
+	it := &unwrapItem{keyID: keyID, version: wk.Version, ctx: ectx, wrapped: wk.Ciphertext}
+	c.connector.keyring.openItems(ctx, []*unwrapItem{it}, 1)
+	if it.err != nil {
+		return nil, keyError(ti, k, pk, keyID, it.err)
 	}
-	return dk, nil
+	// A copy: the cache zeroes its keys on eviction, and callers (Rewrap)
+	// wrap this one again later.
+	return append([]byte(nil), it.key...), nil
 }
 
 // openKey unwraps a row's existing data key, ready for sealing.

@@ -35,6 +35,8 @@ type connectorConfig struct {
 	schema     *Schema
 	connConfig func(context.Context, *pgx.ConnConfig) error
 	catalogTTL time.Duration
+	cache      *CacheConfig
+	cacheSet   bool // WithKeyCache was given: it wins over the schema map
 	limit      DecryptLimit
 	haltFile   *string
 }

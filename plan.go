@@ -10,6 +10,10 @@ import (
 	"github.com/kmspostgres/kmspostgres/rewrite"
 )
 
+// planKey is what plans are cached by: the search_path names resolve
+// through, and the SQL text.
+type planKey struct{ path, sql string }
+
 // planEntry is a cached plan, or the refusal of a SQL text, and the
 // catalog generation it was made against.
 type planEntry struct {
@@ -38,7 +42,7 @@ func (c *Conn) planStatement(ctx context.Context, query string) (*rewrite.Plan, 
 			return nil, err
 		}
 	}
-	key := c.searchPath(ctx) + "\x00" + query
+	key := planKey{path: c.searchPath(ctx), sql: query}
 	if e, ok := c.connector.plans.Get(key); ok && (e.gen == gen || !usable) {
 		return e.plan, e.err
 	}
@@ -90,15 +94,19 @@ var sessionFix = regexp.MustCompile(`(?is)^\s*(SET\s+(SESSION\s+)?(standard_conf
 // sessionCheck refuses statements on a session whose settings make the
 // server read SQL differently from the driver's parser.
 func (c *Conn) sessionCheck(query string) error {
-	if sessionFix.MatchString(query) {
+	pc := c.inner.Conn().PgConn()
+	scs, enc := pc.ParameterStatus("standard_conforming_strings"), pc.ParameterStatus("client_encoding")
+	if (scs == "" || scs == "on") && (enc == "" || enc == "UTF8") {
+		return nil
+	}
+	if query != "" && sessionFix.MatchString(query) {
 		return nil // the way back
 	}
-	pc := c.inner.Conn().PgConn()
-	if v := pc.ParameterStatus("standard_conforming_strings"); v != "" && v != "on" {
+	if v := scs; v != "" && v != "on" {
 		return &rewrite.RefusalError{Reason: "standard_conforming_strings is off on this connection: the server would read backslashes in string literals differently from the driver",
 			Fix: "SET standard_conforming_strings = on (the default since PostgreSQL 9.1); the connection is unusable through the driver until then"}
 	}
-	if v := pc.ParameterStatus("client_encoding"); v != "" && v != "UTF8" {
+	if v := enc; v != "" && v != "UTF8" {
 		return &rewrite.RefusalError{Reason: "client_encoding is " + v + " on this connection: the driver reads SQL as UTF-8",
 			Fix: "SET client_encoding = 'UTF8'"}
 	}

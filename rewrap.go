@@ -3,6 +3,8 @@ package kmspostgres
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -17,12 +19,32 @@ type RewrapOptions struct {
 	All bool
 	// BatchSize is how many rows are read per round (default 500).
 	BatchSize int
+	// MaxFailures is how many rows may fail (a key column that does not
+	// parse or unwrap) before Rewrap gives up on the table, default 100:
+	// many failing rows point at the schema map (a wrong key id or context
+	// for a version), not at the rows.
+	MaxFailures int
 }
 
 // RewrapStats counts what Rewrap did.
 type RewrapStats struct {
 	Rewrapped int // key columns rewritten
 	Changed   int // rows whose key changed while being re-wrapped, left as they were
+	// Failed counts rows skipped because their key column could not be
+	// parsed or unwrapped; the rest of the table is still re-wrapped.
+	Failed int
+	// Failures holds the first MaxRewrapFailures of them.
+	Failures []RewrapFailure
+}
+
+// MaxRewrapFailures bounds RewrapStats.Failures.
+const MaxRewrapFailures = 20
+
+// RewrapFailure is one row Rewrap skipped.
+type RewrapFailure struct {
+	Key string // the key name in the schema map
+	PK  string // the row's primary key, as "id=42"
+	Err error  // why; errors.Is works on ErrFormat, ErrDecrypt, ErrVersion
 }
 
 // Rewrap moves a table's rows to the current version of each of its keys
@@ -33,14 +55,23 @@ type RewrapStats struct {
 // takes no lock beyond a single-row UPDATE; KMS calls happen outside any
 // transaction. A row changed meanwhile is counted in Changed and can be
 // re-wrapped by running Rewrap again.
+//
+// A row whose key column does not parse, does not unwrap (ErrDecrypt) or is
+// at an inactive version (ErrVersion) is skipped and counted in Failed,
+// with its error in Failures; the other rows are still re-wrapped. Any
+// other error (the KMS unreachable or refusing, the database) stops Rewrap
+// and is returned with the counts so far, as is exceeding MaxFailures.
 func (c *Connector) Rewrap(ctx context.Context, table string, opts RewrapOptions) (RewrapStats, error) {
 	var stats RewrapStats
 	if opts.BatchSize <= 0 {
 		opts.BatchSize = 500
 	}
+	if opts.MaxFailures <= 0 {
+		opts.MaxFailures = 100
+	}
 	st := c.schema.Table(splitTable(table))
 	if st == nil {
-		return stats, fmt.Errorf("kmspostgres: rewrap: table %s is not in the schema map", table)
+		return stats, fmt.Errorf("kmspostgres: rewrap: table %s is not in the schema map (its tables: %s)", table, strings.Join(slices.Sorted(maps.Keys(c.schema.Tables)), ", "))
 	}
 	dc, err := c.Connect(ctx)
 	if err != nil {
@@ -91,6 +122,7 @@ func (c *Connector) Rewrap(ctx context.Context, table string, opts RewrapOptions
 			type item struct {
 				pk       []string
 				old, new string
+				err      error // a failure of this row only
 			}
 			var items []*item
 			for rows.Next() {
@@ -117,6 +149,10 @@ func (c *Connector) Rewrap(ctx context.Context, table string, opts RewrapOptions
 				it := items[i]
 				dk, err := conn.unwrapRow(ctx, ti, k, it.pk, it.old)
 				if err != nil {
+					if rowFailure(err) {
+						it.err = keyColumnHint(err, rt.Name, rt.Keys[k].Column)
+						return nil
+					}
 					return err
 				}
 				keyID, ectx, err := ti.entry.contextFor(key, key.Version, it.pk)
@@ -133,6 +169,18 @@ func (c *Connector) Rewrap(ctx context.Context, table string, opts RewrapOptions
 			if err != nil {
 				return stats, err
 			}
+			ok := items[:0:0]
+			for _, it := range items {
+				if it.err == nil {
+					ok = append(ok, it)
+					continue
+				}
+				stats.Failed++
+				if len(stats.Failures) < MaxRewrapFailures {
+					stats.Failures = append(stats.Failures, RewrapFailure{Key: key.Name, PK: pkLabel(rt, it.pk), Err: it.err})
+				}
+			}
+			items = ok
 			upd := "UPDATE " + rel + " SET " + kc + " = $1 WHERE " + kc + " = $2 AND " + strings.Join(pkCmp, " AND ")
 			for _, it := range items {
 				args := []any{it.new, it.old}
@@ -148,6 +196,9 @@ func (c *Connector) Rewrap(ctx context.Context, table string, opts RewrapOptions
 				} else {
 					stats.Changed++
 				}
+			}
+			if stats.Failed > opts.MaxFailures {
+				return stats, fmt.Errorf("kmspostgres: rewrap %s: gave up after %d rows failed; if they all fail alike, check the schema map's key ids and contexts for their versions", table, stats.Failed)
 			}
 		}
 	}

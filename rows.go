@@ -33,7 +33,8 @@ type rows struct {
 	pos  int
 	eof  bool
 	err  error
-	keys map[string]*envelope.CellKey // unwrapped in this result set
+	keys map[rowKeyID]*envelope.CellKey // unwrapped in this result set
+	aads [][]byte                       // per visible column, made on first use
 	done bool
 }
 
@@ -46,7 +47,7 @@ var (
 )
 
 func newRows(ctx context.Context, c *Conn, out *rewrite.Output, inner driver.Rows, finish func(error) error) *rows {
-	return &rows{ctx: ctx, c: c, out: out, inner: inner, finish: finish, keys: map[string]*envelope.CellKey{}}
+	return &rows{ctx: ctx, c: c, out: out, inner: inner, finish: finish, keys: map[rowKeyID]*envelope.CellKey{}}
 }
 
 func (r *rows) Columns() []string {

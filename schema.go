@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -25,6 +27,8 @@ type Schema struct {
 	KeyID string
 	// Tables by name as written in the map: "users", "billing.invoices".
 	Tables map[string]*Table
+	// Cache, when set, turns on the data-key cache (see CacheConfig).
+	Cache *CacheConfig
 
 	source string // the file name, for error messages
 	byName map[string]*Table
@@ -90,7 +94,14 @@ func LoadSchema(path string) (*Schema, error) {
 
 type yamlSchema struct {
 	KeyID  string                `yaml:"key_id"`
+	Cache  *yamlCache            `yaml:"cache"`
 	Tables map[string]*yamlTable `yaml:"tables"`
+}
+
+type yamlCache struct {
+	MaxAge  string `yaml:"max_age"`
+	MaxUses int64  `yaml:"max_uses"`
+	MaxKeys int    `yaml:"max_keys"`
 }
 
 type yamlTable struct {
@@ -148,13 +159,33 @@ func expandEnv(s string) string {
 // Unknown fields are errors, so a typo cannot silently leave a column
 // unencrypted.
 func ParseSchema(name string, data []byte) (*Schema, error) {
-	var y yamlSchema
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&y); err != nil {
+	var doc yaml.Node
+	if err := yaml.NewDecoder(bytes.NewReader(data)).Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%w: %s: the file is empty; list the encrypted tables in a tables: section", ErrSchema, name)
+		}
 		return nil, fmt.Errorf("%w: %s: %v", ErrSchema, name, err)
 	}
+	if err := checkFields(&doc); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrSchema, name, err)
+	}
+	var y yamlSchema
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true) // a backstop: checkFields has named every unknown field
+	if err := dec.Decode(&y); err != nil {
+		return nil, fmt.Errorf("%w: %s: %s", ErrSchema, name, yamlTypeNames.Replace(err.Error()))
+	}
+	if len(y.Tables) == 0 {
+		return nil, fmt.Errorf("%w: %s: no tables; list the encrypted tables in a tables: section", ErrSchema, name)
+	}
 	s := &Schema{KeyID: expandEnv(y.KeyID), Tables: map[string]*Table{}, source: name}
+	if y.Cache != nil {
+		age, err := time.ParseDuration(y.Cache.MaxAge)
+		if err != nil || age <= 0 {
+			return nil, fmt.Errorf("%w: %s: cache: max_age %q must be a positive duration such as 5m (it bounds how long an unwrapped data key is reused after KMS access is cut)", ErrSchema, name, y.Cache.MaxAge)
+		}
+		s.Cache = &CacheConfig{MaxAge: age, MaxUses: y.Cache.MaxUses, MaxKeys: y.Cache.MaxKeys}
+	}
 	for tn, yt := range y.Tables {
 		if yt == nil {
 			yt = &yamlTable{}
@@ -198,6 +229,156 @@ func ParseSchema(name string, data []byte) (*Schema, error) {
 	return s, nil
 }
 
+// The fields of each level of the schema map, in the order the README
+// lists them.
+var (
+	schemaFields  = []string{"key_id", "cache", "tables"}
+	cacheFields   = []string{"max_age", "max_uses", "max_keys"}
+	tableFields   = []string{"primary_key", "keys", "columns"}
+	keyFields     = []string{"column", "key_id", "version", "context", "previous_versions"}
+	versionFields = []string{"key_id", "context"}
+	columnFields  = []string{"key", "type"}
+)
+
+// yamlTypeNames turns the decoder's internal type names into words, for
+// the errors checkFields does not catch first (a string where a number
+// belongs, say).
+var yamlTypeNames = strings.NewReplacer(
+	"yaml: unmarshal errors:\n  ", "",
+	"\n  ", "; ",
+	"kmspostgres.yamlSchema", "the schema map",
+	"kmspostgres.yamlTable", "a table",
+	"kmspostgres.yamlKey", "a key",
+	"kmspostgres.yamlKeyVersion", "a previous version",
+	"kmspostgres.yamlColumn", "a column",
+	"map[string]*kmspostgres.yamlTable", "a map of tables",
+	"map[string]*kmspostgres.yamlKey", "a map of keys",
+	"map[string]*kmspostgres.yamlColumn", "a map of columns",
+	"map[int]*kmspostgres.yamlKeyVersion", "a map of versions",
+)
+
+// checkFields walks the parsed document and names the first unknown field
+// with its line and the valid fields at that place, or the first place
+// that is not a mapping where one belongs. It replaces the decoder's
+// "field colums not found in type kmspostgres.yamlTable".
+func checkFields(doc *yaml.Node) error {
+	root := doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = root.Content[0]
+	}
+	if isNull(root) {
+		return errors.New("the file is empty; list the encrypted tables in a tables: section")
+	}
+	if err := fields(root, "the schema map", "at the top level", schemaFields); err != nil {
+		return err
+	}
+	if cache := mapValue(root, "cache"); cache != nil {
+		if err := fields(cache, "cache", "in cache", cacheFields); err != nil {
+			return err
+		}
+	}
+	tables := mapValue(root, "tables")
+	if tables == nil || isNull(tables) {
+		return nil
+	}
+	return entries(tables, "tables", func(tn string, t *yaml.Node) error {
+		in := "in table " + tn
+		if err := fields(t, "table "+tn, in, tableFields); err != nil {
+			return err
+		}
+		if keys := mapValue(t, "keys"); keys != nil {
+			err := entries(keys, "keys "+in, func(kn string, k *yaml.Node) error {
+				in := "in table " + tn + ", key " + kn
+				if err := fields(k, "table "+tn+", key "+kn, in, keyFields); err != nil {
+					return err
+				}
+				if pv := mapValue(k, "previous_versions"); pv != nil {
+					return entries(pv, "previous_versions "+in, func(v string, n *yaml.Node) error {
+						return fields(n, "table "+tn+", key "+kn+", previous version "+v, "in table "+tn+", key "+kn+", previous version "+v, versionFields)
+					})
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		if cols := mapValue(t, "columns"); cols != nil {
+			return entries(cols, "columns "+in, func(cn string, c *yaml.Node) error {
+				return fields(c, "table "+tn+", column "+cn, "in table "+tn+", column "+cn, columnFields)
+			})
+		}
+		return nil
+	})
+}
+
+// fields checks that n is a mapping (or empty) whose keys are all valid.
+func fields(n *yaml.Node, what, in string, valid []string) error {
+	n = deref(n)
+	if isNull(n) {
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: %s must be a mapping of fields (%s)", n.Line, what, strings.Join(valid, ", "))
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k := n.Content[i]
+		if k.Tag == "!!merge" {
+			continue // <<: *anchor; the decoder checks what it brings in
+		}
+		if !slices.Contains(valid, k.Value) {
+			return fmt.Errorf("line %d: unknown field %s %s; valid fields: %s", k.Line, k.Value, in, strings.Join(valid, ", "))
+		}
+	}
+	return nil
+}
+
+// entries calls f for each name: value pair of a mapping of names.
+func entries(n *yaml.Node, what string, f func(name string, v *yaml.Node) error) error {
+	n = deref(n)
+	if isNull(n) {
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: %s must be a mapping of names", n.Line, what)
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Tag == "!!merge" {
+			continue
+		}
+		if err := f(n.Content[i].Value, n.Content[i+1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mapValue returns the value of key in mapping n, or nil.
+func mapValue(n *yaml.Node, key string) *yaml.Node {
+	n = deref(n)
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return n.Content[i+1]
+		}
+	}
+	return nil
+}
+
+// deref follows an alias (*anchor) to its node.
+func deref(n *yaml.Node) *yaml.Node {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n
+}
+
+func isNull(n *yaml.Node) bool {
+	return n.Kind == 0 || (n.Kind == yaml.ScalarNode && n.Tag == "!!null")
+}
+
 var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*$`)
 
 // Validate checks the schema and fills in every default. It is called by
@@ -208,6 +389,9 @@ func (s *Schema) Validate() error {
 	}
 	if len(s.Tables) == 0 {
 		return s.invalid("no tables")
+	}
+	if err := s.Cache.validate(); err != nil {
+		return s.invalid("cache: %v", err)
 	}
 	s.byName = map[string]*Table{}
 	for _, tn := range slices.Sorted(maps.Keys(s.Tables)) {

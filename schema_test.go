@@ -135,3 +135,62 @@ func TestSchemaBuiltInGo(t *testing.T) {
 		t.Fatalf("defaults not filled: %+v", p)
 	}
 }
+
+func TestSchemaMessages(t *testing.T) {
+	t.Setenv("KMS_KEY_ID", "")
+	cases := []struct{ name, doc, want string }{
+		{"table field", "key_id: k\ntables:\n  users:\n    colums:\n      email: {}\n",
+			"svc.yaml: line 4: unknown field colums in table users; valid fields: primary_key, keys, columns"},
+		{"top field", "key_id: k\ntable: {}\n",
+			"svc.yaml: line 2: unknown field table at the top level; valid fields: key_id, cache, tables"},
+		{"column field", "key_id: k\ntables: {users: {columns: {email: {tpye: text}}}}",
+			"line 2: unknown field tpye in table users, column email; valid fields: key, type"},
+		{"key field", "key_id: k\ntables:\n  users:\n    keys:\n      kms_key: {verison: 2}\n    columns: {email: {}}\n",
+			"line 5: unknown field verison in table users, key kms_key; valid fields: column, key_id, version, context, previous_versions"},
+		{"previous version field", "key_id: k\ntables: {users: {keys: {kms_key: {version: 2, previous_versions: {1: {keyid: a}}}}, columns: {email: {}}}}",
+			"unknown field keyid in table users, key kms_key, previous version 1; valid fields: key_id, context"},
+		{"empty", "", "svc.yaml: the file is empty"},
+		{"only comments", "# nothing yet\n", "svc.yaml: the file is empty"},
+		{"null document", "---\n", "svc.yaml: the file is empty"},
+		{"no tables", "key_id: k\n", "svc.yaml: no tables; list the encrypted tables in a tables: section"},
+		{"empty tables", "key_id: k\ntables: {}\n", "no tables"},
+		{"table not a mapping", "key_id: k\ntables:\n  users: [email]\n", "line 3: table users must be a mapping of fields (primary_key, keys, columns)"},
+		{"tables not a mapping", "key_id: k\ntables: [users]\n", "line 2: tables must be a mapping of names"},
+		{"not a number", "key_id: k\ntables: {users: {keys: {kms_key: {version: two}}, columns: {email: {}}}}", "into int"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseSchema("svc.yaml", []byte(tc.doc))
+			if !errors.Is(err, ErrSchema) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v\nwant it to contain %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "kmspostgres.yaml") || strings.Contains(err.Error(), "EOF") {
+				t.Fatalf("internal names in %v", err)
+			}
+		})
+	}
+	// Anchors and merge keys still work.
+	doc := "key_id: k\ndefaults: &col {type: text}\ntables:\n  users:\n    columns:\n      email: *col\n      phone: {<<: *col}\n"
+	if _, err := ParseSchema("svc.yaml", []byte(doc)); err == nil || !strings.Contains(err.Error(), "unknown field defaults") {
+		t.Fatalf("anchor at the top: %v", err)
+	}
+	doc = "key_id: k\ntables:\n  users:\n    columns:\n      email: &col {type: date}\n      phone: {<<: *col}\n      fax: *col\n"
+	if s, err := ParseSchema("svc.yaml", []byte(doc)); err != nil || s.Tables["users"].Columns["phone"].Type != envelope.Date {
+		t.Fatalf("merge key: %v", err)
+	}
+}
+
+func TestSchemaCache(t *testing.T) {
+	s, err := ParseSchema("m.yaml", []byte("key_id: insecure-test-key\ncache:\n  max_age: 5m\n  max_uses: 100000\n  max_keys: 50000\ntables:\n  users:\n    columns:\n      email: {}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Cache == nil || s.Cache.MaxAge.Minutes() != 5 || s.Cache.MaxUses != 100000 || s.Cache.MaxKeys != 50000 {
+		t.Fatalf("cache %+v", s.Cache)
+	}
+	for _, bad := range []string{"cache:\n  max_uses: 5\n", "cache:\n  max_age: soon\n", "cache:\n  max_age: 5m\n  max_size: 1\n"} {
+		if _, err := ParseSchema("m.yaml", []byte("key_id: insecure-test-key\n"+bad+"tables:\n  users:\n    columns:\n      email: {}\n")); !errors.Is(err, ErrSchema) {
+			t.Errorf("%q: err = %v, want ErrSchema", bad, err)
+		}
+	}
+}

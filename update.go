@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -65,6 +66,9 @@ type updRow struct {
 	pk   []string
 	id   string // pk joined, to match a row across the two reads
 	keys []*string
+	// others, per key: the columns under it that the UPDATE leaves alone
+	// hold values.
+	others []bool
 }
 
 // updateKeyer keys the rows of one UPDATE: read them, key each, lock them,
@@ -154,14 +158,17 @@ func (u *updateKeyer) selectRows(sql string) ([]updRow, error) {
 	}
 	npk, nk := len(u.up.Table.PrimaryKey), len(u.up.Keys)
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (updRow, error) {
-		r := updRow{pk: make([]string, npk), keys: make([]*string, nk)}
-		dest := make([]any, 0, 2+npk+nk)
+		r := updRow{pk: make([]string, npk), keys: make([]*string, nk), others: make([]bool, nk)}
+		dest := make([]any, 0, 2+npk+2*nk)
 		dest = append(dest, &r.ctid, &r.toid)
 		for i := range r.pk {
 			dest = append(dest, &r.pk[i])
 		}
 		for i := range r.keys {
 			dest = append(dest, &r.keys[i])
+		}
+		for i := range r.others {
+			dest = append(dest, &r.others[i])
 		}
 		err := row.Scan(dest...)
 		r.id = strings.Join(r.pk, "\x00")
@@ -207,6 +214,9 @@ func (u *updateKeyer) keyRows(rows []updRow, prior map[string]*updRow, priorKeys
 // keyRow mints a fresh key for a row, or unwraps its own.
 func (u *updateKeyer) keyRow(r *updRow, i int) (rowKey, error) {
 	k := u.up.Keys[i]
+	if !k.Fresh && r.keys[i] == nil && r.others[i] {
+		return rowKey{}, u.halfEncrypted(r, k.Key)
+	}
 	if k.Fresh || r.keys[i] == nil {
 		return u.c.mint(u.ctx, u.ti, k.Key, r.pk)
 	}
@@ -269,6 +279,29 @@ func (u *updateKeyer) slots(locked []updRow, keys map[string][]rowKey) ([]any, e
 		slots[k.Slot] = col
 	}
 	return slots, nil
+}
+
+// halfEncrypted refuses to key a row that has values under a key but no
+// data key (a legacy row, or one written around the driver): encrypting
+// only the columns this UPDATE sets would leave the others in plaintext
+// beside a new key, and the row unreadable.
+func (u *updateKeyer) halfEncrypted(r *updRow, k int) error {
+	t := u.ti.table
+	var set, rest []string
+	for _, c := range u.up.Cells {
+		if c.Key == k {
+			set = append(set, c.Column)
+		}
+	}
+	for _, c := range t.Keys[k].Columns {
+		if !slices.Contains(set, c) {
+			rest = append(rest, c)
+		}
+	}
+	return &RefusalError{Table: t.Name, Column: set[0],
+		Reason: fmt.Sprintf("the row %s has values under key %s but no data key (%s is NULL): encrypting %s alone would leave %s in plaintext beside a new key",
+			pkLabel(t, r.pk), t.Keys[k].Name, t.Keys[k].Column, strings.Join(set, ", "), strings.Join(rest, ", ")),
+		Fix: "set every column under key " + t.Keys[k].Name + " (" + strings.Join(t.Keys[k].Columns, ", ") + ") in the same UPDATE, so that the driver encrypts them all; kmspostgres check lists such rows"}
 }
 
 func sameKey(a, b *string) bool {

@@ -11,37 +11,6 @@ import (
 	"time"
 )
 
-func TestSplitDSN(t *testing.T) {
-	tests := []struct {
-		name, dsn, rest, schema string
-	}{
-		{"url without schema", "postgres://u@h/db?sslmode=disable", "postgres://u@h/db?sslmode=disable", ""},
-		{"url with schema", "postgres://u@h/db?kms_schema=%2Fetc%2Fs.yaml&sslmode=disable", "postgres://u@h/db?sslmode=disable", "/etc/s.yaml"},
-		{"postgresql scheme", "postgresql://h/db?kms_schema=s.yaml", "postgresql://h/db", "s.yaml"},
-		{"key=value", "host=h dbname=db kms_schema=s.yaml sslmode=disable", "host=h dbname=db sslmode=disable", "s.yaml"},
-		{"key=value first", "kms_schema=s.yaml host=h", "host=h", "s.yaml"},
-		{"key = value spaced", "host=h kms_schema = s.yaml", "host=h", "s.yaml"},
-		{"quoted with space", `host=h kms_schema='/my dir/s.yaml'`, "host=h", "/my dir/s.yaml"},
-		{"quoted with escapes", `kms_schema='a\'b\\c' host=h`, "host=h", `a'b\c`},
-		{"key=value without schema", "host=h dbname=db", "host=h dbname=db", ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			rest, schema, err := splitDSN(tt.dsn)
-			if err != nil {
-				t.Fatal(err)
-			}
-			// Whitespace between key=value pairs does not matter to pgx.
-			if tt.rest != "" && !strings.HasPrefix(tt.rest, "postgres") {
-				rest = strings.Join(strings.Fields(rest), " ")
-			}
-			if rest != tt.rest || schema != tt.schema {
-				t.Fatalf("splitDSN(%q) = %q, %q; want %q, %q", tt.dsn, rest, schema, tt.rest, tt.schema)
-			}
-		})
-	}
-}
-
 type errValuer struct{}
 
 func (errValuer) Value() (driver.Value, error) { return nil, errors.New("boom") }

@@ -80,13 +80,26 @@ func (k *CellKey) sealWithNonce(nonce, aad, plaintext []byte) []byte {
 // Open decrypts a cell sealed under aad. Every failure, short of an unknown
 // format version, is ErrDecrypt.
 func (k *CellKey) Open(aad, cell []byte) ([]byte, error) {
+	return k.open(nil, aad, cell)
+}
+
+// OpenInPlace is Open decrypting into the cell's own bytes, which it
+// overwrites: for a cell the caller owns and does not need afterwards.
+func (k *CellKey) OpenInPlace(aad, cell []byte) ([]byte, error) {
+	if len(cell) < CellOverhead {
+		return k.open(nil, aad, cell)
+	}
+	return k.open(cell[1+nonceSize:1+nonceSize], aad, cell)
+}
+
+func (k *CellKey) open(dst, aad, cell []byte) ([]byte, error) {
 	if len(cell) < CellOverhead {
 		return nil, fmt.Errorf("%w: cell is %d bytes, shorter than the %d-byte minimum", ErrDecrypt, len(cell), CellOverhead)
 	}
 	if cell[0] != CellVersion1 {
 		return nil, fmt.Errorf("%w: unknown cell format version %d", ErrDecrypt, cell[0])
 	}
-	pt, err := k.aead.Open(nil, cell[1:1+nonceSize], cell[1+nonceSize:], aad)
+	pt, err := k.aead.Open(dst, cell[1:1+nonceSize], cell[1+nonceSize:], aad)
 	if err != nil {
 		return nil, ErrDecrypt
 	}

@@ -257,3 +257,29 @@ func FuzzCellOpen(f *testing.F) {
 		}
 	})
 }
+
+func TestOpenInPlace(t *testing.T) {
+	dk, _ := NewDataKey()
+	ck, _ := NewCellKey(dk)
+	aad := CellAAD("users", "email")
+	cell, err := ck.Seal(aad, []byte("in place"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := ck.Open(aad, cell)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ck.OpenInPlace(aad, append([]byte(nil), cell...))
+	if err != nil || string(got) != string(want) {
+		t.Fatalf("OpenInPlace = %q, %v; want %q", got, err, want)
+	}
+	bad := append([]byte(nil), cell...)
+	bad[len(bad)-1] ^= 1
+	if _, err := ck.OpenInPlace(aad, bad); !errors.Is(err, ErrDecrypt) {
+		t.Fatalf("tampered cell: %v", err)
+	}
+	if _, err := ck.OpenInPlace(aad, cell[:5]); !errors.Is(err, ErrDecrypt) {
+		t.Fatalf("short cell: %v", err)
+	}
+}

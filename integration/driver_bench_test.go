@@ -130,3 +130,71 @@ func BenchmarkSelect1000SlowKMS(b *testing.B) {
 		}
 	})
 }
+
+// kmsCallsPerOp reports the unwrap calls one op made.
+func kmsCallsPerOp(b *testing.B, kms *testkey.Provider, before int64) {
+	_, after := kms.Calls()
+	b.ReportMetric(float64(after-before)/float64(b.N), "kms-calls/op")
+}
+
+// BenchmarkSelect1000Cached reads 1,000 rows with the data-key cache on
+// and warm: no KMS call, no AES key setup.
+func BenchmarkSelect1000Cached(b *testing.B) {
+	d := newBench(b, 1000)
+	kms := testkey.New()
+	cached := d.e.openBare(kmspostgres.WithProvider(kms), kmspostgres.WithKeyCache(&kmspostgres.CacheConfig{MaxAge: time.Hour}))
+	defer cached.Close()
+	rows, err := cached.Query("SELECT id, name, email, phone FROM people") // warm the cache
+	if err != nil {
+		b.Fatal(err)
+	}
+	for rows.Next() {
+	}
+	rows.Close()
+	d.run(b, cached, func(b *testing.B, db *sql.DB, table string) {
+		_, before := kms.Calls()
+		selectAll(b, db, table)
+		if table == "people" {
+			kmsCallsPerOp(b, kms, before)
+		}
+	})
+}
+
+// BenchmarkPointSelectSlowKMS reads one row by primary key on a KMS that
+// takes 5 ms per unwrap, without and with the data-key cache.
+func BenchmarkPointSelectSlowKMS(b *testing.B) {
+	d := newBench(b, 100)
+	point := func(b *testing.B, db *sql.DB, table string) {
+		q := "SELECT name, email, phone FROM " + table + " WHERE id = $1"
+		var name, email, phone string
+		i := 0
+		for b.Loop() {
+			if err := db.QueryRow(q, i%100+1).Scan(&name, &email, &phone); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	}
+	b.Run("raw", func(b *testing.B) { point(b, d.raw, "people_raw") })
+	for _, v := range []struct {
+		name  string
+		cache *kmspostgres.CacheConfig
+	}{{"kms", nil}, {"kms-cached", &kmspostgres.CacheConfig{MaxAge: time.Hour}}} {
+		b.Run(v.name, func(b *testing.B) {
+			kms := testkey.New(testkey.WithLatency(5 * time.Millisecond))
+			db := d.e.openBare(kmspostgres.WithProvider(kms), kmspostgres.WithKeyCache(v.cache))
+			defer db.Close()
+			if v.cache != nil { // warm
+				var name, email, phone string
+				for id := 1; id <= 100; id++ {
+					if err := db.QueryRow("SELECT name, email, phone FROM people WHERE id = $1", id).Scan(&name, &email, &phone); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			_, before := kms.Calls()
+			point(b, db, "people")
+			kmsCallsPerOp(b, kms, before)
+		})
+	}
+}

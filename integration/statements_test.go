@@ -20,6 +20,7 @@ var execModes = []string{"cache_statement", "cache_describe", "describe_exec", "
 func forEachMode(t *testing.T, f func(t *testing.T, e *env)) {
 	for _, mode := range execModes {
 		t.Run(mode, func(t *testing.T) {
+			t.Parallel() // each mode owns its schema
 			f(t, newEnv(t, usersDDL, usersMap, "default_query_exec_mode="+mode))
 		})
 	}

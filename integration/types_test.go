@@ -63,6 +63,7 @@ func (n *nullableEmail) Scan(v any) error {
 func TestTypes(t *testing.T) {
 	for _, mode := range execModes {
 		t.Run(mode, func(t *testing.T) {
+			t.Parallel() // each mode owns its schema
 			e := newEnv(t, typesDDL, typesMap, "default_query_exec_mode="+mode)
 			tz := time.Date(2024, 2, 29, 23, 59, 58, 123456789, time.FixedZone("X", 5*3600+1800))
 			big := "123456789012345678901234567890.000000000000000000001"

@@ -23,7 +23,7 @@
 //	kmspostgres.cells              counter, cells encrypted or decrypted [db.collection.name, kmspostgres.cell.operation]
 //	kmspostgres.refusals           counter, statements and reads refused [kmspostgres.refusal.reason, db.collection.name]
 //	kmspostgres.decrypt.halts      counter, times decryption halted [kmspostgres.halt.source]
-//	kmspostgres.key_cache.hits     counter, data keys served by the data-key cache (0 until it exists)
+//	kmspostgres.key_cache.hits     counter, data keys served by the data-key cache (0 without one)
 //	kmspostgres.key_cache.misses   counter, data keys the cache had to ask the KMS for
 //
 // where operation is kmspostgres.kms.operation (wrap, unwrap), provider is

@@ -219,6 +219,28 @@ func (a *analyzer) resolve(sc *scope, names []string) *out {
 	return nil
 }
 
+// duplicateNames refuses a FROM list that names two relations alike when
+// one has encrypted columns: the server rejects it, and the driver must
+// not guess which one a qualified column means.
+func duplicateNames(sc *scope) error {
+	seen := map[string]*rel{}
+	for _, r := range sc.rels {
+		if r.name == "" {
+			continue
+		}
+		if o, dup := seen[r.name]; dup {
+			if e := r.firstEnc(); e != nil || o.firstEnc() != nil {
+				if e == nil {
+					e = o.firstEnc()
+				}
+				return refuse(e.table, "", "the name "+r.name+" is given to two relations in one FROM list", "give each relation its own alias")
+			}
+		}
+		seen[r.name] = r
+	}
+	return nil
+}
+
 func (a *analyzer) relNamed(sc *scope, qual string) *rel {
 	for s := sc; s != nil; s = s.parent {
 		for _, r := range s.rels {
@@ -617,6 +639,9 @@ func (a *analyzer) selectStmt(sel *pg.SelectStmt, parent *scope) (*selInfo, erro
 		if err := a.fromItem(f, sc, cs); err != nil {
 			return nil, err
 		}
+	}
+	if err := duplicateNames(sc); err != nil {
+		return nil, err
 	}
 	info := &selInfo{known: true}
 	if len(sel.ValuesLists) > 0 {

@@ -15,6 +15,10 @@ type Plan struct {
 	SetsConfig, LocalConfig bool
 	// EndsTx: COMMIT, ROLLBACK and the like, which undo SET LOCAL.
 	EndsTx bool
+	// Calls lists the functions the statement calls, lower-case, with
+	// their schema when written ("app.f", "lower"): one that is not built
+	// in may change settings too.
+	Calls []string
 
 	SQL string // the SQL to run
 	// Args lists, for each parameter of SQL, where its value comes from.
@@ -112,8 +116,10 @@ type Cell struct {
 // values joined on ctid.
 type Update struct {
 	Table *Table
-	// SelectSQL returns ctid::text, tableoid::text, the primary key as text, then the key
-	// columns of Keys, for the rows the UPDATE would change; LockSQL is the
+	// SelectSQL returns ctid::text, tableoid::text, the primary key as
+	// text, the key columns of Keys, then per key of Keys whether the
+	// columns under it that the UPDATE leaves alone hold values, for the
+	// rows the UPDATE would change; LockSQL is the
 	// same with FOR NO KEY UPDATE. Both take SelectArgs.
 	SelectSQL  string
 	LockSQL    string

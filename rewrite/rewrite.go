@@ -35,6 +35,9 @@ func rewriteTree(sql string, tree *pg.ParseResult, cat Catalog) (*Plan, error) {
 		}
 	}
 	inval, touched := false, false
+	if err := parsingSettings(tree); err != nil {
+		return nil, err
+	}
 	for _, rs := range tree.Stmts {
 		if err := opaque(rs.Stmt); err != nil {
 			return nil, err
@@ -138,9 +141,26 @@ func configEffects(p *Plan, tree *pg.ParseResult) {
 			}
 		}
 	}
-	walk(tree, func(n *pg.Node) bool {
-		if fc, ok := n.Node.(*pg.Node_FuncCall); ok {
-			if names := fc.FuncCall.Funcname; len(names) > 0 && strings.EqualFold(names[len(names)-1].GetString_().GetSval(), "set_config") {
+	walkMessages(tree, func(m proto.Message) bool {
+		switch x := m.(type) {
+		case *pg.FuncCall:
+			var parts []string
+			for _, n := range x.Funcname {
+				parts = append(parts, strings.ToLower(n.GetString_().GetSval()))
+			}
+			if len(parts) > 0 {
+				name := strings.Join(parts, ".")
+				if !slices.Contains(p.Calls, name) {
+					p.Calls = append(p.Calls, name)
+				}
+				if parts[len(parts)-1] == "set_config" {
+					p.SetsConfig, p.LocalConfig = true, true
+				}
+			}
+		case *pg.RangeVar:
+			// UPDATE pg_settings SET setting = … is set_config by another
+			// name.
+			if strings.EqualFold(x.Relname, "pg_settings") {
 				p.SetsConfig, p.LocalConfig = true, true
 			}
 		}
@@ -163,6 +183,68 @@ func relNames(tree *pg.ParseResult) []RelName {
 		return true
 	})
 	return out
+}
+
+// parsingSettings refuses statements that would make the server read SQL
+// differently from the driver's parser: standard_conforming_strings off
+// (backslashes in literals), a client encoding other than UTF-8. SET,
+// RESET and set_config are checked; set_config with a computed name is
+// refused.
+func parsingSettings(tree *pg.ParseResult) error {
+	bad := func(name, value string) error {
+		name, value = strings.ToLower(name), strings.ToLower(strings.Trim(value, "'"))
+		switch name {
+		case "standard_conforming_strings":
+			if value != "on" && value != "true" && value != "1" && value != "" {
+				return &RefusalError{Reason: "standard_conforming_strings = " + value + " would make the server read backslashes in string literals differently from the driver", Fix: "leave standard_conforming_strings on (the default since PostgreSQL 9.1)"}
+			}
+		case "client_encoding":
+			if value != "utf8" && value != "utf-8" && value != "unicode" && value != "" {
+				return &RefusalError{Reason: "client_encoding = " + value + ": the driver reads SQL as UTF-8", Fix: "leave client_encoding UTF8"}
+			}
+		}
+		return nil
+	}
+	var err error
+	walk(tree, func(n *pg.Node) bool {
+		if err != nil {
+			return false
+		}
+		switch x := n.Node.(type) {
+		case *pg.Node_VariableSetStmt:
+			v := ""
+			for _, a := range x.VariableSetStmt.Args {
+				if c := a.GetAConst(); c != nil {
+					v += c.GetSval().GetSval()
+					if iv := c.GetIval(); iv != nil {
+						v += strconv.Itoa(int(iv.Ival))
+					}
+				}
+			}
+			if x.VariableSetStmt.Kind == pg.VariableSetKind_VAR_SET_VALUE {
+				err = bad(x.VariableSetStmt.Name, v)
+			}
+		case *pg.Node_FuncCall:
+			names := x.FuncCall.Funcname
+			if len(names) == 0 || !strings.EqualFold(names[len(names)-1].GetString_().GetSval(), "set_config") || len(x.FuncCall.Args) < 2 {
+				return true
+			}
+			name := x.FuncCall.Args[0].GetAConst().GetSval()
+			if name == nil {
+				err = &RefusalError{Reason: "set_config with a setting name computed in SQL: the driver cannot tell whether it changes how the server reads SQL", Fix: "name the setting as a literal"}
+				return false
+			}
+			val := ""
+			if v := x.FuncCall.Args[1].GetAConst().GetSval(); v != nil {
+				val = v.Sval
+			} else {
+				val = "<computed>"
+			}
+			err = bad(name.Sval, val)
+		}
+		return true
+	})
+	return err
 }
 
 // opaque refuses statements that run code the driver cannot see (DO
@@ -296,6 +378,20 @@ func literal(n *pg.Node) (Value, bool) {
 	return Value{}, false
 }
 
+func isTextType(typ string) bool {
+	return typ == "text" || typ == "character varying" || strings.HasPrefix(typ, "character varying(")
+}
+
+// isNumericLiteral reports a number literal that is not a plain integer
+// (1.50, 1e2), whose text PostgreSQL normalizes.
+func isNumericLiteral(n *pg.Node) bool {
+	if tc := n.GetTypeCast(); tc != nil {
+		return isNumericLiteral(tc.Arg)
+	}
+	c := n.GetAConst()
+	return c != nil && c.GetFval() != nil
+}
+
 func pkType(t *Table, i int) string {
 	if i < len(t.PKTypes) {
 		return t.PKTypes[i]
@@ -365,6 +461,9 @@ func (a *analyzer) writeScope(cs *scope, target *rel, from []*pg.Node, where *pg
 		if err := a.fromItem(f, sc, cs); err != nil {
 			return nil, err
 		}
+	}
+	if err := duplicateNames(sc); err != nil {
+		return nil, err
 	}
 	return sc, a.checkExpr(where, sc, "WHERE")
 }
@@ -455,11 +554,22 @@ func (a *analyzer) insert(stmt *pg.Node, ins *pg.InsertStmt) (*Plan, error) {
 			return nil, err
 		}
 	}
+	// An INSERT into an encrypted table without a column list names its
+	// columns: by position it would follow the table's column order at
+	// run time, which a migration may change after the plan was made
+	// (values meant for a plain column landing in an encrypted one).
+	named := false
+	if t != nil && implicitCols && isValues && ip == nil {
+		for _, c := range cols {
+			ins.Cols = append(ins.Cols, &pg.Node{Node: &pg.Node_ResTarget{ResTarget: &pg.ResTarget{Name: c, Location: -1}}})
+		}
+		named = len(cols) > 0
+	}
 	out, err := a.returning(&ins.ReturningList, sc)
 	if err != nil {
 		return nil, err
 	}
-	if ip == nil && out == nil {
+	if ip == nil && out == nil && !named {
 		return &Plan{Passthrough: true}, nil
 	}
 	return &Plan{Insert: ip, Out: out}, nil
@@ -536,6 +646,10 @@ func (a *analyzer) insertValues(ins *pg.InsertStmt, t *Table, cols []string, imp
 			}
 			if pi, ok := pkPos[col]; ok {
 				val, ok := literal(v)
+				if ok && isTextType(pkType(t, pi)) && isNumericLiteral(v) {
+					return nil, refuse(t, col, "a numeric literal for a text primary key is stored in PostgreSQL's normal form (1e2 becomes 100), and the context must be the stored value",
+						"quote it as a string literal, or pass it as a parameter")
+				}
 				if ok && !pkCastOK(v, pkType(t, pi)) {
 					return nil, refuse(t, col, "a cast on the primary key can change the value PostgreSQL stores, and the context must be the stored value",
 						"pass the primary key as a parameter or a plain literal")
@@ -861,8 +975,9 @@ func updateKeys(upd *pg.UpdateStmt, t *Table, cells []setCell, keyColsSet map[in
 }
 
 // rowFinder builds the queries that read the rows an UPDATE will change:
-// SELECT ctid, primary key, key columns FROM rel WHERE …, and the same
-// with FOR NO KEY UPDATE.
+// SELECT ctid, tableoid, primary key, key columns, and per key whether
+// the columns under it that the UPDATE leaves alone hold values, FROM rel
+// WHERE …; and the same with FOR NO KEY UPDATE.
 func (a *analyzer) rowFinder(up *Update, upd *pg.UpdateStmt, rv *pg.RangeVar, t *Table) error {
 	qual := qualOf(rv)
 	sel := &pg.SelectStmt{
@@ -877,6 +992,31 @@ func (a *analyzer) rowFinder(up *Update, upd *pg.UpdateStmt, rv *pg.RangeVar, t 
 	}
 	for _, k := range up.Keys {
 		sel.TargetList = append(sel.TargetList, resTarget("", colRef(qual, t.Keys[k.Key].Column)))
+	}
+	// Per key: do the columns under it that the UPDATE leaves alone hold
+	// values? A row without a data key whose other columns do must not get
+	// a key for some of them only.
+	set := map[string]bool{}
+	for _, c := range up.Cells {
+		set[c.Column] = true
+	}
+	for _, k := range up.Keys {
+		var any *pg.Node
+		for _, c := range t.Keys[k.Key].Columns {
+			if set[c] {
+				continue
+			}
+			nn := &pg.Node{Node: &pg.Node_NullTest{NullTest: &pg.NullTest{Arg: colRef(qual, c), Nulltesttype: pg.NullTestType_IS_NOT_NULL, Location: -1}}}
+			if any == nil {
+				any = nn
+			} else {
+				any = pg.MakeBoolExprNode(pg.BoolExprType_OR_EXPR, []*pg.Node{any, nn}, -1)
+			}
+		}
+		if any == nil {
+			any = &pg.Node{Node: &pg.Node_AConst{AConst: &pg.A_Const{Val: &pg.A_Const_Boolval{Boolval: &pg.Boolean{Boolval: false}}, Location: -1}}}
+		}
+		sel.TargetList = append(sel.TargetList, resTarget("", any))
 	}
 	lock := proto.Clone(sel).(*pg.SelectStmt)
 	lock.LockingClause = []*pg.Node{{Node: &pg.Node_LockingClause{LockingClause: &pg.LockingClause{

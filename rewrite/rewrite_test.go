@@ -33,7 +33,11 @@ var (
 		Encrypted: map[string]EncColumn{"body": {Key: 0}, "dob": {Key: 0}},
 		Keys:      []Key{{Name: "kms_key", Column: "encrypted_kms_key", Columns: []string{"body", "dob"}}},
 	}
-	plain = map[string][]string{"orgs": {"id", "name"}, "users_view": {"id", "email"}}
+	// usersPart is a partition of users: encrypted and decrypted as users
+	// (same Name, so the same context and cell binding), under its own
+	// relation name; the catalog also knows it schema-qualified.
+	usersPart = func() *Table { t := *users; t.Relname = "users_2026"; return &t }()
+	plain     = map[string][]string{"orgs": {"id", "name"}, "users_view": {"id", "email"}, "users_view2": {"id", "contact"}}
 )
 
 func (testCatalog) Encrypted(schema, name string) (*Table, error) {
@@ -43,6 +47,8 @@ func (testCatalog) Encrypted(schema, name string) (*Table, error) {
 	switch name {
 	case "users":
 		return users, nil
+	case "users_2026":
+		return usersPart, nil
 	case "notes":
 		return notes, nil
 	}
@@ -57,7 +63,7 @@ func (testCatalog) Columns(schema, name string) ([]string, error) {
 }
 
 func (testCatalog) ProtectedView(schema, name string) (string, error) {
-	if name == "users_view" {
+	if name == "users_view" || name == "users_view2" { // users_view2: a view over users_view
 		return "users.email", nil
 	}
 	return "", nil
@@ -183,6 +189,14 @@ var cases = []string{
 	"CALL refresh_users()",
 	"EXECUTE p(1)",
 	"FETCH 10 FROM c",
+	// Settings that change how the server reads SQL.
+	"SET standard_conforming_strings = off",
+	"SET standard_conforming_strings TO on",
+	"SELECT set_config('standard_conforming_strings', 'off', false)",
+	"SELECT set_config($1, 'off', false)",
+	"SET client_encoding = 'SJIS'",
+	"SET search_path = app, public",
+	"SELECT set_config('search_path', 'billing', true)",
 	// Grouping constructs by position.
 	"SELECT email FROM users GROUP BY GROUPING SETS ((1))",
 	"SELECT email FROM users GROUP BY ROLLUP (1)",

@@ -8,6 +8,8 @@ package rewrite
 import (
 	"errors"
 	"fmt"
+
+	pg "github.com/pganalyze/pg_query_go/v6"
 )
 
 // Table is what the rewriter knows of an encrypted table.
@@ -118,3 +120,26 @@ type ParseError struct{ Err error }
 
 func (e *ParseError) Error() string { return fmt.Sprintf("kmspostgres: parsing SQL: %v", e.Err) }
 func (e *ParseError) Unwrap() error { return e.Err }
+
+// WholeRowRef reports whether SQL the server deparsed (a view's or rule's
+// definition, from pg_get_ruledef) contains a whole-row reference, such as
+// row_to_json(u.*) or u.*::text. The server expands a star in a select
+// list when it stores a view, so any star left is a whole row passed to an
+// expression; pg_depend records no column for it.
+func WholeRowRef(sql string) (bool, error) {
+	tree, err := pg.Parse(sql)
+	if err != nil {
+		return false, &ParseError{Err: err}
+	}
+	found := false
+	walk(tree, func(n *pg.Node) bool {
+		if cr, ok := n.Node.(*pg.Node_ColumnRef); ok {
+			names, star := fieldNames(cr.ColumnRef)
+			if star && len(names) > 0 {
+				found = true
+			}
+		}
+		return !found
+	})
+	return found, nil
+}

@@ -1,31 +1,136 @@
 // Command kmspostgres runs maintenance on databases written through the
 // kmspostgres driver.
 //
-//	kmspostgres check  [-dsn DSN]
+//	kmspostgres check  [-dsn DSN] [-json] [-wrap-only] [-kms-timeout D]
 //	kmspostgres rewrap [-dsn DSN] [-all] [-batch N] TABLE...
+//	kmspostgres help [COMMAND]
 //
-// check resolves the schema map against the database and reports what
-// does not match. rewrap moves rows to the current version of each key
-// (after switching master keys, KMSs or contexts in the schema map), or
-// with -all re-wraps every row (after rotating the master key in the KMS),
-// without downtime and without touching encrypted cells.
+// check resolves the schema map against the database, looks at the data
+// (rows with values but no key, malformed key columns, rows per key
+// version) and tries each master key id with a throwaway data key; it
+// exits 1 when it finds a problem, so a deploy pipeline can gate on it.
+// rewrap moves rows to the current version of each key (after switching
+// master keys, KMSs or contexts in the schema map), or with -all re-wraps
+// every row (after rotating the master key in the KMS), without downtime
+// and without touching encrypted cells.
 //
 // The DSN (flag -dsn, else DATABASE_URL) is a kmspostgres DSN: a pgx
 // connection string with kms_schema=<schema map>, or with
 // KMSPOSTGRES_SCHEMA set. All KMS providers are linked in.
+//
+// Exit codes: 0 all good, 1 problems found or the command failed, 2 usage
+// error.
 package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 
 	"github.com/kmspostgres/kmspostgres"
 	_ "github.com/kmspostgres/kmspostgres/providers/all"
 )
+
+// Exit codes.
+const (
+	exitOK      = 0 // all good
+	exitProblem = 1 // problems found, or the command failed
+	exitUsage   = 2 // the command line is wrong
+)
+
+const usage = `kmspostgres runs maintenance on databases written through the kmspostgres driver.
+
+Usage:
+  kmspostgres check  [-dsn DSN] [-json] [-wrap-only] [-kms-timeout D]
+  kmspostgres rewrap [-dsn DSN] [-all] [-batch N] TABLE...
+  kmspostgres help [COMMAND]
+
+Commands:
+  check   check the schema map against the database and its data, and every
+          master key id against its KMS
+  rewrap  move rows to the current version of each key, without touching cells
+
+The DSN comes from -dsn, else DATABASE_URL: a pgx connection string with
+kms_schema=<schema map file> (or KMSPOSTGRES_SCHEMA set). Flags may come
+before or after table names. Run 'kmspostgres COMMAND -h' for a command's
+flags.
+
+Exit codes: 0 all good, 1 problems found or the command failed, 2 usage error.
+
+Examples:
+  kmspostgres check -dsn "postgres://app@db/app?kms_schema=schema.yaml"
+  kmspostgres check -json -wrap-only      # DSN from DATABASE_URL; encrypt-only credentials
+  kmspostgres rewrap users orders -dsn "postgres://app@db/app?kms_schema=schema.yaml"
+  kmspostgres rewrap -all users           # after rotating the master key in the KMS
+`
+
+// command is one subcommand: its help text, and a run function that gets
+// its flags already parsed.
+type command struct {
+	help  string
+	flags func(fs *flag.FlagSet) func(ctx context.Context, e *cmdEnv) int
+}
+
+// cmdEnv is what a parsed command runs with.
+type cmdEnv struct {
+	name           string
+	dsn            string
+	args           []string // positional arguments
+	json           bool     // -json: errors too go to stdout as JSON
+	stdout, stderr io.Writer
+}
+
+// usageErr reports a command-line mistake in one line, with a hint.
+func (e *cmdEnv) usageErr(format string, args ...any) int {
+	fmt.Fprintf(e.stderr, "kmspostgres %s: %s; run 'kmspostgres %s -h'\n", e.name, fmt.Sprintf(format, args...), e.name)
+	return exitUsage
+}
+
+// connector opens the connector of the DSN, or says why not.
+func (e *cmdEnv) connector() (*kmspostgres.Connector, int) {
+	if e.dsn == "" {
+		e.dsn = os.Getenv("DATABASE_URL")
+	}
+	if e.dsn == "" {
+		return nil, e.usageErr("no DSN: pass -dsn or set DATABASE_URL")
+	}
+	c, err := kmspostgres.NewConnector(e.dsn)
+	if err != nil {
+		return nil, e.fail(err)
+	}
+	return c, exitOK
+}
+
+// fail reports an error that stopped the command on stderr, and with
+// -json also as {"ok": false, "error": …} on stdout, so that a pipeline
+// reading stdout always gets an object.
+func (e *cmdEnv) fail(err error) int {
+	fmt.Fprintln(e.stderr, err)
+	if e.json {
+		writeJSON(e.stdout, struct {
+			OK    bool   `json:"ok"`
+			Error string `json:"error"`
+		}{false, err.Error()})
+	}
+	return exitProblem
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+var commands = map[string]command{
+	"check":  {help: checkHelp, flags: checkFlags},
+	"rewrap": {help: rewrapHelp, flags: rewrapFlags},
+}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -34,51 +139,78 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	usage := func() int {
-		fmt.Fprintln(stderr, "usage: kmspostgres check [-dsn DSN]\n       kmspostgres rewrap [-dsn DSN] [-all] [-batch N] TABLE...")
-		return 2
-	}
 	if len(args) == 0 {
-		return usage()
+		fmt.Fprint(stdout, usage)
+		return exitOK
 	}
-	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	dsn := fs.String("dsn", os.Getenv("DATABASE_URL"), "kmspostgres DSN (default $DATABASE_URL)")
-	all := fs.Bool("all", false, "rewrap: re-wrap every row, not only rows below the current key version")
-	batch := fs.Int("batch", 500, "rewrap: rows per round")
-	if err := fs.Parse(args[1:]); err != nil {
-		return 2
-	}
-	if *dsn == "" {
-		fmt.Fprintln(stderr, "kmspostgres: no DSN: pass -dsn or set DATABASE_URL")
-		return 2
-	}
-	c, err := kmspostgres.NewConnector(*dsn)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
-	}
-	switch args[0] {
-	case "check":
-		if err := c.Check(ctx); err != nil {
-			fmt.Fprintln(stderr, err)
-			return 1
-		}
-		fmt.Fprintf(stdout, "ok: %s\n", c.Schema())
-		return 0
-	case "rewrap":
-		if fs.NArg() == 0 {
-			return usage()
-		}
-		for _, table := range fs.Args() {
-			st, err := c.Rewrap(ctx, table, kmspostgres.RewrapOptions{All: *all, BatchSize: *batch})
-			fmt.Fprintf(stdout, "%s: %d rewrapped, %d changed meanwhile (run again)\n", table, st.Rewrapped, st.Changed)
-			if err != nil {
-				fmt.Fprintln(stderr, err)
-				return 1
+	name := args[0]
+	switch name {
+	case "help", "-h", "-help", "--help":
+		if name == "help" && len(args) > 1 {
+			if _, ok := commands[args[1]]; ok {
+				return runCommand(ctx, args[1], []string{"-h"}, stdout, stderr)
 			}
+			fmt.Fprintf(stderr, "kmspostgres: unknown command %q; run 'kmspostgres help'\n", args[1])
+			return exitUsage
 		}
-		return 0
+		fmt.Fprint(stdout, usage)
+		return exitOK
 	}
-	return usage()
+	if _, ok := commands[name]; !ok {
+		if strings.HasPrefix(name, "-") {
+			fmt.Fprintf(stderr, "kmspostgres: the command comes first (check or rewrap), then flags such as %s; run 'kmspostgres help'\n", name)
+		} else {
+			fmt.Fprintf(stderr, "kmspostgres: unknown command %q (commands: check, rewrap); run 'kmspostgres help'\n", name)
+		}
+		return exitUsage
+	}
+	return runCommand(ctx, name, args[1:], stdout, stderr)
+}
+
+// runCommand parses a command's flags (anywhere among its arguments) and
+// runs it.
+func runCommand(ctx context.Context, name string, args []string, stdout, stderr io.Writer) int {
+	cmd := commands[name]
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	e := &cmdEnv{name: name, stdout: stdout, stderr: stderr}
+	// No default value: help would print $DATABASE_URL, password and all.
+	fs.StringVar(&e.dsn, "dsn", "", "kmspostgres DSN: a pgx connection string with kms_schema=<file> (default $DATABASE_URL)")
+	runFn := cmd.flags(fs)
+	pos, err := parseInterleaved(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, cmd.help)
+		fmt.Fprintln(stdout, "\nFlags:")
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		return exitOK
+	}
+	if err != nil {
+		return e.usageErr("%v", err)
+	}
+	e.args = pos
+	return runFn(ctx, e)
+}
+
+// parseInterleaved parses flags wherever they stand among the positional
+// arguments (rewrap users -dsn …), which the flag package alone stops at:
+// it parses flags, takes one positional argument, and parses flags again.
+// After "--" everything is positional.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
 }
