@@ -262,3 +262,75 @@ func TestBreakerReported(t *testing.T) {
 		t.Errorf("cells decrypted = %d, want 4 (3 reads before the trip, 1 after the resume)", got)
 	}
 }
+
+// TestObservedCache: with the data-key cache, a SELECT of N rows makes N
+// KMS spans and misses the first time, and no KMS call, no span and N
+// hits the second; kmsslog logs each hit; a halt purges the cache, so
+// that after the resume the rows are unwrapped by the KMS again.
+func TestObservedCache(t *testing.T) {
+	e := newEnv(t, obsDDL, obsMap)
+	h := newOtel(t)
+	var buf syncBuffer
+	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	c, db := e.observed(kmspostgres.WithObserver(h.obs), kmspostgres.WithObserver(kmsslog.New(log)),
+		kmspostgres.WithKeyCache(&kmspostgres.CacheConfig{MaxAge: 5 * time.Minute}))
+	const n = 12
+	fillPeople(t, db, n)
+	tracer := h.tp.Tracer("test")
+	read := func() {
+		t.Helper()
+		ctx, span := tracer.Start(context.Background(), "GET /people")
+		defer span.End()
+		rows, err := db.QueryContext(ctx, "SELECT email FROM people")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		got := 0
+		for rows.Next() {
+			got++
+		}
+		if err := rows.Err(); err != nil || got != n {
+			t.Fatalf("%d rows, %v", got, err)
+		}
+	}
+	unwrapSpans := func() int {
+		k := 0
+		for _, s := range h.spans.Ended() {
+			if s.Name() == "kmspostgres.unwrap" {
+				k++
+			}
+		}
+		return k
+	}
+	logged := func(cache string) int {
+		k := 0
+		for _, r := range buf.records(t) {
+			if r["op"] == "unwrap" && r["cache"] == cache {
+				k++
+			}
+		}
+		return k
+	}
+	type want struct{ spans, hits, misses, logHits, logMisses int }
+	check := func(step string, w want) {
+		t.Helper()
+		m := h.metrics(t)
+		got := want{unwrapSpans(), int(sum(m, "kmspostgres.key_cache.hits")), int(sum(m, "kmspostgres.key_cache.misses")), logged("hit"), logged("miss")}
+		if got != w {
+			t.Fatalf("%s: spans, hits, misses, logged hits, logged misses = %+v, want %+v", step, got, w)
+		}
+	}
+	read()
+	check("first read", want{n, 0, n, 0, n})
+	read()
+	check("second read", want{n, n, n, n, n})
+	_, before := e.kms.Calls()
+	c.HaltDecryption("test")
+	c.ResumeDecryption()
+	read()
+	if _, after := e.kms.Calls(); after-before != n {
+		t.Fatalf("after a halt and resume: %d KMS unwraps, want %d (the halt purges the cache)", after-before, n)
+	}
+	check("after the halt", want{2 * n, n, 2 * n, n, 2 * n})
+}
