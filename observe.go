@@ -216,3 +216,23 @@ func (c *Conn) sealedUpdate(ctx context.Context, up *rewrite.Update, slots []any
 	}
 	c.connector.events.cellsDone(ctx, up.Table.Name, CellsEncrypted, n)
 }
+
+// KeyCacheStats is what a connector's data-key cache did so far.
+type KeyCacheStats struct {
+	Hits      int64 // data keys served from the cache
+	Misses    int64 // data keys the cache had to have unwrapped
+	Evictions int64 // keys dropped: expired, used up, least recently used, or purged by a halt
+	Keys      int   // keys held now
+}
+
+// KeyCacheStats reports the connector's data-key cache counters (all zero
+// without a cache), for metrics that are read rather than pushed
+// (kmsotel's ObserveConnector).
+func (c *Connector) KeyCacheStats() KeyCacheStats {
+	kc := c.keyring.cache
+	if kc == nil {
+		return KeyCacheStats{}
+	}
+	s := kc.Stats()
+	return KeyCacheStats{Hits: s.Hits, Misses: s.Misses, Evictions: s.Evictions, Keys: kc.Len()}
+}

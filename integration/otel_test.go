@@ -276,6 +276,20 @@ func TestObservedCache(t *testing.T) {
 		kmspostgres.WithKeyCache(&kmspostgres.CacheConfig{MaxAge: 5 * time.Minute}))
 	const n = 12
 	fillPeople(t, db, n)
+	reg, err := h.obs.ObserveConnector(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Unregister()
+	gauge := func(name string) int64 {
+		switch d := h.metrics(t)[name].(type) {
+		case metricdata.Sum[int64]:
+			return d.DataPoints[0].Value
+		case metricdata.Gauge[int64]:
+			return d.DataPoints[0].Value
+		}
+		return -1
+	}
 	tracer := h.tp.Tracer("test")
 	read := func() {
 		t.Helper()
@@ -325,8 +339,14 @@ func TestObservedCache(t *testing.T) {
 	check("first read", want{n, 0, n, 0, n})
 	read()
 	check("second read", want{n, n, n, n, n})
+	if size, ev := gauge("kmspostgres.key_cache.size"), gauge("kmspostgres.key_cache.evictions"); size != n || ev != 0 {
+		t.Fatalf("key_cache.size %d, evictions %d; want %d, 0", size, ev, n)
+	}
 	_, before := e.kms.Calls()
 	c.HaltDecryption("test")
+	if size, ev := gauge("kmspostgres.key_cache.size"), gauge("kmspostgres.key_cache.evictions"); size != 0 || ev != n {
+		t.Fatalf("after the halt: key_cache.size %d, evictions %d; want 0, %d", size, ev, n)
+	}
 	c.ResumeDecryption()
 	read()
 	if _, after := e.kms.Calls(); after-before != n {

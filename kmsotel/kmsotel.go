@@ -25,6 +25,8 @@
 //	kmspostgres.decrypt.halts      counter, times decryption halted [kmspostgres.halt.source]
 //	kmspostgres.key_cache.hits     counter, data keys served by the data-key cache (0 without one)
 //	kmspostgres.key_cache.misses   counter, data keys the cache had to ask the KMS for
+//	kmspostgres.key_cache.evictions  counter, keys the cache dropped (expired, used up, LRU, purged by a halt); ObserveConnector
+//	kmspostgres.key_cache.size     gauge, keys the cache holds; ObserveConnector
 //
 // where operation is kmspostgres.kms.operation (wrap, unwrap), provider is
 // kmspostgres.kms.provider (aws, gcp, vault, test, unknown) and outcome is
@@ -71,6 +73,7 @@ var durationBuckets = []float64{0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02
 // KMS calls, cells, refusals and halts. Give it to
 // kmspostgres.WithObserver.
 type Observer struct {
+	meter    metric.Meter
 	tracer   trace.Tracer
 	roots    bool
 	calls    metric.Int64Counter
@@ -186,7 +189,7 @@ func New(opts ...Option) (*Observer, error) {
 		c.mp = otel.GetMeterProvider()
 	}
 	m := c.mp.Meter(ScopeName)
-	o := &Observer{tracer: c.tp.Tracer(ScopeName), roots: c.roots}
+	o := &Observer{meter: m, tracer: c.tp.Tracer(ScopeName), roots: c.roots}
 	var err error
 	counter := func(dst *metric.Int64Counter, name, unit, desc string) {
 		if err == nil {
@@ -286,4 +289,29 @@ func (o *Observer) ObserveHalt(h kmspostgres.HaltEvent) {
 	if h.Halted {
 		o.halts.Add(context.Background(), 1, metric.WithAttributes(AttrHaltSource.String(string(h.Source))))
 	}
+}
+
+// ObserveConnector reports a connector's data-key cache evictions and size,
+// which the cache counts itself rather than reporting as events:
+// kmspostgres.key_cache.evictions and kmspostgres.key_cache.size, read at
+// each collection, without attributes: watch one connector per Observer
+// (make an Observer per connector to watch several). Unregister the
+// returned registration when the connector is closed.
+func (o *Observer) ObserveConnector(c *kmspostgres.Connector) (metric.Registration, error) {
+	ev, err := o.meter.Int64ObservableCounter("kmspostgres.key_cache.evictions", metric.WithUnit("{key}"),
+		metric.WithDescription("Data keys the data-key cache dropped: expired, used up, least recently used or purged"))
+	if err != nil {
+		return nil, err
+	}
+	size, err := o.meter.Int64ObservableGauge("kmspostgres.key_cache.size", metric.WithUnit("{key}"),
+		metric.WithDescription("Data keys the data-key cache holds"))
+	if err != nil {
+		return nil, err
+	}
+	return o.meter.RegisterCallback(func(_ context.Context, obs metric.Observer) error {
+		s := c.KeyCacheStats()
+		obs.ObserveInt64(ev, s.Evictions)
+		obs.ObserveInt64(size, int64(s.Keys))
+		return nil
+	}, ev, size)
 }
