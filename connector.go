@@ -66,7 +66,7 @@ func NewConnectorFromConfig(cfg *pgx.ConnConfig, opts ...Option) (*Connector, er
 }
 
 func newConnector(pgcfg *pgx.ConnConfig, schemaPath string, opts []Option) (*Connector, error) {
-	cfg := connectorConfig{catalogTTL: DefaultCatalogCheckInterval}
+	cfg := connectorConfig{catalogTTL: DefaultCatalogCheckInterval, kmsCalls: DefaultKMSConcurrency}
 	for _, o := range opts {
 		o.applyConnector(&cfg)
 	}
@@ -104,8 +104,12 @@ func newConnector(pgcfg *pgx.ConnConfig, schemaPath string, opts []Option) (*Con
 	if err := cacheCfg.validate(); err != nil {
 		return nil, fmt.Errorf("kmspostgres: WithKeyCache: %w", err)
 	}
+	if cfg.kmsCalls < 1 {
+		return nil, fmt.Errorf("kmspostgres: WithKMSConcurrency(%d): at least one KMS call must be allowed", cfg.kmsCalls)
+	}
 	kr := newKeyring(cfg.kms)
 	kr.cache = newKeyCache(cacheCfg)
+	kr.inflight = make(chan struct{}, cfg.kmsCalls)
 	c := &Connector{
 		inner:          stdlib.GetConnector(*pgcfg, stdOpts...),
 		schema:         schema,
@@ -113,7 +117,7 @@ func newConnector(pgcfg *pgx.ConnConfig, schemaPath string, opts []Option) (*Con
 		plans:          lru.New[planKey, planEntry](2048),
 		catalog:        newCatalog(schema, cfg.catalogTTL),
 		ids:            newIDCache(32),
-		kmsConcurrency: 16,
+		kmsConcurrency: min(cfg.kmsCalls, StatementKMSConcurrency),
 		window:         256,
 	}
 	if err := c.setupGuards(cfg); err != nil {

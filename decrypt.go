@@ -40,6 +40,12 @@ type windowKeys struct {
 // its plaintext value: collect the keys the rows need, unwrap those not
 // unwrapped yet in one go, open the cells.
 func (r *rows) decrypt() error {
+	// Keys live for one window: a result set that kept every key it
+	// unwrapped would grow with the result (about 1.6 KB of cipher state a
+	// row). A key used again in the same window is still unwrapped once.
+	if len(r.keys) > 0 {
+		clear(r.keys)
+	}
 	w, err := r.collectKeys()
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package kmspostgres
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -23,9 +24,31 @@ type keyring struct {
 	observers []providers.Observer
 	tracers   []providers.CallTracer // the observers that trace calls
 	cache     *keycache.Cache        // nil: every unwrap is a KMS call
+	// inflight bounds the KMS calls in flight across every connection of
+	// a connector (nil: unbounded, for the Box).
+	inflight chan struct{}
 	// gate, when set, refuses every unwrap while decryption is halted
 	// (halt.go); wraps are never refused.
 	gate func() error
+}
+
+// acquire waits for a free KMS call slot, or for ctx.
+func (k *keyring) acquire(ctx context.Context) error {
+	if k.inflight == nil {
+		return nil
+	}
+	select {
+	case k.inflight <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: waiting for a KMS call slot: %w", providers.ErrUnavailable, ctx.Err())
+	}
+}
+
+func (k *keyring) release() {
+	if k.inflight != nil {
+		<-k.inflight
+	}
 }
 
 func newKeyring(c kmsConfig) *keyring {
@@ -85,8 +108,12 @@ func (k *keyring) wrap(ctx context.Context, keyID string, version int, c envelop
 	if err != nil {
 		return "", err
 	}
+	if err := k.acquire(ctx); err != nil {
+		return "", err
+	}
 	cctx, end := k.startCall(ctx, providers.OpWrap, keyID, 1)
 	ct, err := p.Wrap(cctx, keyID, dataKey, c)
+	k.release()
 	k.emit(providers.OpWrap, keyID, version, c, start, err, providers.CacheNone)
 	end(err)
 	if err != nil {
@@ -111,8 +138,12 @@ func (k *keyring) unwrapCall(ctx context.Context, keyID string, version int, c e
 	if err != nil {
 		return nil, err
 	}
+	if err := k.acquire(ctx); err != nil {
+		return nil, err
+	}
 	cctx, end := k.startCall(ctx, providers.OpUnwrap, keyID, 1)
 	key, err := p.Unwrap(cctx, keyID, wrapped, c)
+	k.release()
 	k.emit(providers.OpUnwrap, keyID, version, c, start, err, cache)
 	end(err)
 	if err != nil {
@@ -230,6 +261,17 @@ func (k *keyring) openItems(ctx context.Context, items []*unwrapItem, limit int)
 	readyItems(again)
 }
 
+func (k *keyring) unwrapBatch(ctx context.Context, bp providers.BatchUnwrapper, keyID string, reqs []providers.UnwrapRequest) ([]providers.Result, error) {
+	if err := k.acquire(ctx); err != nil {
+		return nil, err
+	}
+	defer k.release()
+	cctx, end := k.startCall(ctx, providers.OpUnwrap, keyID, len(reqs))
+	res, err := bp.UnwrapBatch(cctx, keyID, reqs)
+	end(err)
+	return res, err
+}
+
 // readyItems builds the cell key of every item that unwrapped.
 func readyItems(items []*unwrapItem) {
 	for _, it := range items {
@@ -290,9 +332,7 @@ func (k *keyring) unwrapAll(ctx context.Context, items []*unwrapItem, limit int)
 				reqs[i] = providers.UnwrapRequest{Wrapped: it.wrapped, Context: it.ctx}
 			}
 			t0 := time.Now()
-			cctx, end := k.startCall(ctx, providers.OpUnwrap, keyID, len(reqs))
-			res, err := bp.UnwrapBatch(cctx, keyID, reqs)
-			end(err)
+			res, err := k.unwrapBatch(ctx, bp, keyID, reqs)
 			for i, it := range chunk {
 				switch {
 				case err != nil:

@@ -33,7 +33,7 @@ type rows struct {
 	pos  int
 	eof  bool
 	err  error
-	keys map[rowKeyID]*envelope.CellKey // unwrapped in this result set
+	keys map[rowKeyID]*envelope.CellKey // unwrapped for the current window
 	aads [][]byte                       // per visible column, made on first use
 	done bool
 }

@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -99,5 +100,36 @@ func TestKeyCacheExpires(t *testing.T) {
 	}
 	if _, err := kmspostgres.NewConnector(e.dsn(), kmspostgres.WithKeyCache(&kmspostgres.CacheConfig{})); err == nil {
 		t.Fatal("a cache without max_age was accepted")
+	}
+}
+
+// WithKMSConcurrency bounds the calls in flight across connections: two
+// result sets on a slow KMS with a bound of one take twice as long as one.
+func TestKMSConcurrencyBound(t *testing.T) {
+	e := newEnv(t, usersDDL, usersMap)
+	for i := 1; i <= 8; i++ {
+		e.exec("INSERT INTO users (id, name, email) VALUES ($1, 'n', 'e@x')", i)
+	}
+	kms := testkey.New(testkey.WithLatency(20 * time.Millisecond))
+	db := e.openBare(kmspostgres.WithProvider(kms), kmspostgres.WithKMSConcurrency(1))
+	defer db.Close()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if got := stringsOf(t, db, "SELECT email FROM users"); strings.Count(got, "e@x") != 8 {
+				t.Errorf("rows: %s", got)
+			}
+		}()
+	}
+	wg.Wait()
+	// 16 unwraps, one at a time, 20 ms each.
+	if d := time.Since(start); d < 16*20*time.Millisecond {
+		t.Fatalf("16 unwraps with one slot took %v: the bound did not hold", d)
+	}
+	if _, err := kmspostgres.NewConnector(e.dsn(), kmspostgres.WithKMSConcurrency(0)); err == nil {
+		t.Fatal("a bound of zero was accepted")
 	}
 }
