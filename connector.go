@@ -30,6 +30,10 @@ type Connector struct {
 	// window is how many rows a result set reads ahead to unwrap their
 	// keys together.
 	window int
+
+	events  *events  // the driver's own events (observe.go)
+	halt    *halt    // the kill switch (halt.go)
+	breaker *breaker // nil without WithDecryptLimit (breaker.go)
 }
 
 var (
@@ -38,7 +42,7 @@ var (
 
 // NewConnector parses a DSN (any pgx connection string, plus kms_schema)
 // and returns a connector. Options: WithSchema, WithProvider, WithObserver,
-// WithConnConfig.
+// WithConnConfig, WithCatalogCheckInterval, WithDecryptLimit, WithHaltFile.
 func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 	if cfg, ok := registeredConfig(dsn); ok {
 		return NewConnectorFromConfig(cfg.conn, append(append([]Option(nil), cfg.opts...), opts...)...)
@@ -106,7 +110,7 @@ func newConnector(pgcfg *pgx.ConnConfig, schemaPath string, opts []Option) (*Con
 	kr := newKeyring(cfg.kms)
 	kr.cache = newKeyCache(cacheCfg)
 	kr.inflight = make(chan struct{}, cfg.kmsCalls)
-	return &Connector{
+	c := &Connector{
 		inner:          stdlib.GetConnector(*pgcfg, stdOpts...),
 		schema:         schema,
 		keyring:        kr,
@@ -115,7 +119,11 @@ func newConnector(pgcfg *pgx.ConnConfig, schemaPath string, opts []Option) (*Con
 		ids:            newIDCache(32),
 		kmsConcurrency: min(cfg.kmsCalls, StatementKMSConcurrency),
 		window:         256,
-	}, nil
+	}
+	if err := c.setupGuards(cfg); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // Connect opens a connection.

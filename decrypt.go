@@ -50,8 +50,15 @@ func (r *rows) decrypt() error {
 	if err != nil {
 		return err
 	}
+	if err := r.c.connector.admitWindow(r.ctx, w); err != nil {
+		return err
+	}
 	r.unwrapKeys(w)
-	return r.openCells(w)
+	if err := r.openCells(w); err != nil {
+		return err
+	}
+	r.openedCells()
+	return nil
 }
 
 // sourceError names the first decrypted column of a source, for failures

@@ -36,6 +36,11 @@ var (
 	// ErrVersion: a wrapped key's version is neither the key's current
 	// version nor in its previous_versions.
 	ErrVersion = errors.New("kmspostgres: key version not active")
+	// ErrDecryptHalted: decryption is halted on this connector, by
+	// HaltDecryption, the halt file or the decrypt-rate breaker
+	// (WithDecryptLimit). Reads of encrypted columns fail until
+	// ResumeDecryption (or the breaker's cool-down); writes still work.
+	ErrDecryptHalted = errors.New("kmspostgres: decryption halted")
 )
 
 // RefusalError is the error of a refused statement: Table and Column name

@@ -38,6 +38,7 @@ func (c *Conn) prepareInsert(ctx context.Context, p *rewrite.Plan, args []driver
 	if err := sealInsert(ti, ip, args, slots, jobs); err != nil {
 		return "", nil, err
 	}
+	c.sealedInsert(ctx, ip, slots)
 	a, err := planArgs(p.Args, args, slots)
 	return p.SQL, a, err
 }

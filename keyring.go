@@ -22,10 +22,14 @@ import (
 type keyring struct {
 	provider  providers.Provider // nil: route by key id
 	observers []providers.Observer
-	cache     *keycache.Cache // nil: every unwrap is a KMS call
+	tracers   []providers.CallTracer // the observers that trace calls
+	cache     *keycache.Cache        // nil: every unwrap is a KMS call
 	// inflight bounds the KMS calls in flight across every connection of
 	// a connector (nil: unbounded, for the Box).
 	inflight chan struct{}
+	// gate, when set, refuses every unwrap while decryption is halted
+	// (halt.go); wraps are never refused.
+	gate func() error
 }
 
 // acquire waits for a free KMS call slot, or for ctx.
@@ -48,7 +52,13 @@ func (k *keyring) release() {
 }
 
 func newKeyring(c kmsConfig) *keyring {
-	return &keyring{provider: c.provider, observers: c.observers}
+	k := &keyring{provider: c.provider, observers: c.observers}
+	for _, o := range c.observers {
+		if t, ok := o.(providers.CallTracer); ok {
+			k.tracers = append(k.tracers, t)
+		}
+	}
+	return k
 }
 
 func (k *keyring) providerFor(keyID string) (providers.Provider, error) {
@@ -58,11 +68,33 @@ func (k *keyring) providerFor(keyID string) (providers.Provider, error) {
 	return providers.ForKeyID(keyID)
 }
 
-func (k *keyring) emit(op providers.Op, keyID string, version int, c envelope.Context, start time.Time, err error) {
+// startCall tells the tracers a KMS request begins and returns the
+// context to make it with and the function to call when it ends.
+func (k *keyring) startCall(ctx context.Context, op providers.Op, keyID string, keys int) (context.Context, func(error)) {
+	switch len(k.tracers) {
+	case 0:
+		return ctx, noEnd
+	case 1:
+		return k.tracers[0].StartCall(ctx, op, keyID, keys)
+	}
+	ends := make([]func(error), len(k.tracers))
+	for i, t := range k.tracers {
+		ctx, ends[i] = t.StartCall(ctx, op, keyID, keys)
+	}
+	return ctx, func(err error) {
+		for i := len(ends) - 1; i >= 0; i-- {
+			ends[i](err)
+		}
+	}
+}
+
+func noEnd(error) {}
+
+func (k *keyring) emit(op providers.Op, keyID string, version int, c envelope.Context, start time.Time, err error, cache providers.CacheResult) {
 	if len(k.observers) == 0 {
 		return
 	}
-	ev := providers.Event{Op: op, KeyID: keyID, Version: version, Context: c, Duration: time.Since(start), Err: err}
+	ev := providers.Event{Op: op, KeyID: keyID, Version: version, Context: c, Duration: time.Since(start), Err: err, Cache: cache}
 	for _, o := range k.observers {
 		o.Observe(ev)
 	}
@@ -79,17 +111,28 @@ func (k *keyring) wrap(ctx context.Context, keyID string, version int, c envelop
 	if err := k.acquire(ctx); err != nil {
 		return "", err
 	}
-	ct, err := p.Wrap(ctx, keyID, dataKey, c)
+	cctx, end := k.startCall(ctx, providers.OpWrap, keyID, 1)
+	ct, err := p.Wrap(cctx, keyID, dataKey, c)
 	k.release()
-	k.emit(providers.OpWrap, keyID, version, c, start, err)
+	k.emit(providers.OpWrap, keyID, version, c, start, err, providers.CacheNone)
+	end(err)
 	if err != nil {
 		return "", wrapProviderErr(providers.OpWrap, keyID, err)
 	}
 	return envelope.WrappedKey{Version: version, Ciphertext: ct}.String(), nil
 }
 
-// unwrap decrypts one wrapped data key.
+// unwrap decrypts one wrapped data key, without the cache.
 func (k *keyring) unwrap(ctx context.Context, keyID string, version int, c envelope.Context, wrapped []byte) ([]byte, error) {
+	return k.unwrapCall(ctx, keyID, version, c, wrapped, providers.CacheNone)
+}
+
+// unwrapCall is one unwrap request; cache says whether the cache was
+// consulted (and missed) first, for the event.
+func (k *keyring) unwrapCall(ctx context.Context, keyID string, version int, c envelope.Context, wrapped []byte, cache providers.CacheResult) ([]byte, error) {
+	if err := k.halted(); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	p, err := k.providerFor(keyID)
 	if err != nil {
@@ -98,19 +141,29 @@ func (k *keyring) unwrap(ctx context.Context, keyID string, version int, c envel
 	if err := k.acquire(ctx); err != nil {
 		return nil, err
 	}
-	key, err := p.Unwrap(ctx, keyID, wrapped, c)
+	cctx, end := k.startCall(ctx, providers.OpUnwrap, keyID, 1)
+	key, err := p.Unwrap(cctx, keyID, wrapped, c)
 	k.release()
-	k.emit(providers.OpUnwrap, keyID, version, c, start, err)
+	k.emit(providers.OpUnwrap, keyID, version, c, start, err, cache)
+	end(err)
 	if err != nil {
 		return nil, wrapProviderErr(providers.OpUnwrap, keyID, err)
 	}
 	return key, nil
 }
 
+// halted returns the gate's error, if any.
+func (k *keyring) halted() error {
+	if k.gate == nil {
+		return nil
+	}
+	return k.gate()
+}
+
 // emitCacheHit reports a data key served from the cache: no KMS call, so
 // no KMS audit log entry; observers see it.
 func (k *keyring) emitCacheHit(it *unwrapItem) {
-	k.emit(providers.OpUnwrap, it.keyID, it.version, it.ctx, time.Now(), nil)
+	k.emit(providers.OpUnwrap, it.keyID, it.version, it.ctx, time.Now(), nil, providers.CacheHit)
 }
 
 // wrapProviderErr makes sure every provider error says which operation and
@@ -153,6 +206,12 @@ func (k *keyring) openItems(ctx context.Context, items []*unwrapItem, limit int)
 	if k.cache == nil {
 		k.unwrapAll(ctx, items, limit)
 		readyItems(items)
+		return
+	}
+	if err := k.halted(); err != nil {
+		for _, it := range items {
+			it.err = err // no cache hit while halted either
+		}
 		return
 	}
 	type waiter struct {
@@ -207,7 +266,10 @@ func (k *keyring) unwrapBatch(ctx context.Context, bp providers.BatchUnwrapper, 
 		return nil, err
 	}
 	defer k.release()
-	return bp.UnwrapBatch(ctx, keyID, reqs)
+	cctx, end := k.startCall(ctx, providers.OpUnwrap, keyID, len(reqs))
+	res, err := bp.UnwrapBatch(cctx, keyID, reqs)
+	end(err)
+	return res, err
 }
 
 // readyItems builds the cell key of every item that unwrapped.
@@ -224,8 +286,22 @@ func readyItems(items []*unwrapItem) {
 const batchSize = 250
 
 // unwrapAll unwraps every item: in batches where the provider can, else
-// concurrently, at most limit calls at a time.
+// concurrently, at most limit calls at a time. Its callers consult the
+// cache first, when there is one: its events are cache misses then.
 func (k *keyring) unwrapAll(ctx context.Context, items []*unwrapItem, limit int) {
+	if len(items) == 0 {
+		return
+	}
+	if err := k.halted(); err != nil {
+		for _, it := range items {
+			it.err = err
+		}
+		return
+	}
+	cache := providers.CacheNone
+	if k.cache != nil {
+		cache = providers.CacheMiss
+	}
 	byKey := map[string][]*unwrapItem{}
 	var order []string
 	for _, it := range items {
@@ -268,13 +344,13 @@ func (k *keyring) unwrapAll(ctx context.Context, items []*unwrapItem, limit int)
 				default:
 					it.key = res[i].Key
 				}
-				k.emit(providers.OpUnwrap, keyID, it.version, it.ctx, t0, it.err)
+				k.emit(providers.OpUnwrap, keyID, it.version, it.ctx, t0, it.err, cache)
 			}
 		}
 	}
 	forEach(len(single), limit, func(i int) error {
 		it := single[i]
-		it.key, it.err = k.unwrap(ctx, it.keyID, it.version, it.ctx, it.wrapped)
+		it.key, it.err = k.unwrapCall(ctx, it.keyID, it.version, it.ctx, it.wrapped, cache)
 		return nil
 	})
 }

@@ -38,6 +38,8 @@ type connectorConfig struct {
 	cache      *CacheConfig
 	cacheSet   bool // WithKeyCache was given: it wins over the schema map
 	kmsCalls   int  // KMS calls in flight per connector
+	limit      DecryptLimit
+	haltFile   *string
 }
 
 type boxConfig struct {
@@ -105,6 +107,22 @@ const (
 // the statement's context.
 func WithKMSConcurrency(n int) Option {
 	return connectorOption(func(c *connectorConfig) { c.kmsCalls = n })
+}
+
+// WithDecryptLimit sets the connector's decrypt-rate breaker (see
+// DecryptLimit). Without it, no rate is enforced.
+func WithDecryptLimit(l DecryptLimit) Option {
+	return connectorOption(func(c *connectorConfig) { c.limit = l })
+}
+
+// WithHaltFile halts decryption while a file exists at path, for operators
+// who cannot redeploy: create it to halt, remove it to resume. The file is
+// looked for at most once a second, by the reads of encrypted columns. An
+// error other than "does not exist" halts too. Without this option, the
+// KMSPOSTGRES_HALT_FILE environment variable names the file; an empty
+// path turns it off.
+func WithHaltFile(path string) Option {
+	return connectorOption(func(c *connectorConfig) { c.haltFile = &path })
 }
 
 // WithProvider sends every key id to p instead of routing by key id: for

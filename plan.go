@@ -22,11 +22,12 @@ type planEntry struct {
 	gen  uint64
 }
 
-// plan returns the plan of a SQL text. Plans are cached by search_path and
+// planStatement returns the plan of a SQL text (plan, which reports
+// refusals, calls it). Plans are cached by search_path and
 // SQL text, and used only while the catalog they were made against is
 // current: a statement not planned before checks the catalog for changes
 // first, a cached plan at most the connector's check interval apart.
-func (c *Conn) plan(ctx context.Context, query string) (*rewrite.Plan, error) {
+func (c *Conn) planStatement(ctx context.Context, query string) (*rewrite.Plan, error) {
 	if err := c.sessionCheck(query); err != nil {
 		return nil, err
 	}

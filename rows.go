@@ -89,6 +89,13 @@ func (r *rows) Next(dest []driver.Value) error {
 			return io.EOF
 		}
 	}
+	if r.out != nil {
+		// A halt stops a result set at its next row, read ahead or not.
+		if err := r.c.connector.halt.refuseRow(); err != nil {
+			r.err = err
+			return err
+		}
+	}
 	row := r.buf[r.pos]
 	r.buf[r.pos] = nil
 	r.pos++

@@ -146,6 +146,7 @@ func (u *updateKeyer) run() (string, []driver.NamedValue, error) {
 	if err != nil {
 		return "", nil, err
 	}
+	u.c.sealedUpdate(u.ctx, u.up, slots)
 	a, err := planArgs(u.p.Args, u.args, slots)
 	return u.p.SQL, a, err
 }
