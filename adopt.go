@@ -204,13 +204,26 @@ func (b *backfiller) run(ctx context.Context) error {
 		b.stats.Total += n
 	}
 	b.progress()
-	for k := range b.rt.Keys {
-		if err := b.runKey(ctx, k); err != nil {
-			return err
+	// A row changed between a round's read and its write is left to the
+	// writer. Encrypt and Decrypt go over the table again (at most
+	// maxPasses times) for those that still need it: a writer around the
+	// driver may have left one in plaintext, and Decrypt races the
+	// driver's own writes.
+	for pass := 1; ; pass++ {
+		changed := b.stats.Changed
+		for k := range b.rt.Keys {
+			if err := b.runKey(ctx, k, b.opts.After); err != nil {
+				return err
+			}
+		}
+		if b.mode == modeReencrypt || b.opts.DryRun || b.stats.Changed == changed || pass == maxPasses {
+			return nil
 		}
 	}
-	return nil
 }
+
+// maxPasses bounds the passes of Encrypt and Decrypt over a table.
+const maxPasses = 3
 
 func (b *backfiller) progress() {
 	if b.opts.Progress == nil {
@@ -235,7 +248,7 @@ type bfRow struct {
 }
 
 // runKey does the rows of one key, round after round.
-func (b *backfiller) runKey(ctx context.Context, k int) error {
+func (b *backfiller) runKey(ctx context.Context, k int, last []string) error {
 	rk := b.rt.Keys[k]
 	var pkCols, pkText, pkArgs []string
 	for i, p := range b.rt.PrimaryKey {
@@ -248,7 +261,6 @@ func (b *backfiller) runKey(ctx context.Context, k int) error {
 	for _, col := range rk.Columns {
 		sel = append(sel, pgx.Identifier{col}.Sanitize())
 	}
-	last := b.opts.After
 	for {
 		q := "SELECT " + strings.Join(pkText, ", ") + ", " + strings.Join(sel, ", ") + " FROM " + b.rel + " WHERE " + b.filter(k)
 		var args []any
@@ -732,4 +744,29 @@ func (l *rateLimit) wait(ctx context.Context, n int) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// RowContext returns the master key id and encryption context under which
+// the current version of a key wraps a row's data key, for a primary key
+// given as text in primary-key order: what a KMS audit log records for
+// the row. key "" means the table's only key.
+func (c *Connector) RowContext(table, key string, pk []string) (keyID string, ctx map[string]string, err error) {
+	t := c.schema.Table(splitTable(table))
+	if t == nil {
+		return "", nil, fmt.Errorf("kmspostgres: table %s is not in the schema map (its tables: %s)", table, strings.Join(slices.Sorted(maps.Keys(c.schema.Tables)), ", "))
+	}
+	if key == "" && len(t.Keys) == 1 {
+		for name := range t.Keys {
+			key = name
+		}
+	}
+	k := t.Keys[key]
+	if k == nil {
+		return "", nil, fmt.Errorf("kmspostgres: table %s has no key %q (its keys: %s)", table, key, strings.Join(slices.Sorted(maps.Keys(t.Keys)), ", "))
+	}
+	if len(pk) != len(t.PrimaryKey) {
+		return "", nil, fmt.Errorf("kmspostgres: table %s: %d primary-key values for its primary key (%s)", table, len(pk), strings.Join(t.PrimaryKey, ", "))
+	}
+	keyID, ec, err := t.contextFor(k, k.Version, pk)
+	return keyID, ec, err
 }
