@@ -124,7 +124,7 @@ func backfillFlags(fs *flag.FlagSet, verb string, fn backfillRun) func(context.C
 		if c == nil {
 			return code
 		}
-		if code := checkTables(e, c); code != exitOK {
+		if code := checkTables(e, c, e.args); code != exitOK {
 			return code
 		}
 		// The layout first: a table missing from the database, or any
@@ -185,8 +185,8 @@ func backfillFlags(fs *flag.FlagSet, verb string, fn backfillRun) func(context.C
 }
 
 // checkTables refuses, as a usage error, a table not in the schema map.
-func checkTables(e *cmdEnv, c *kmspostgres.Connector) int {
-	for _, table := range e.args {
+func checkTables(e *cmdEnv, c *kmspostgres.Connector, tables []string) int {
+	for _, table := range tables {
 		schema, name := "", table
 		if i := strings.IndexByte(table, '.'); i >= 0 {
 			schema, name = table[:i], table[i+1:]
@@ -294,7 +294,9 @@ type progress struct {
 }
 
 // plainEvery spaces progress lines when stderr is not a terminal.
-var plainEvery = 10 * time.Second
+var plainEvery = defaultPlainEvery
+
+const defaultPlainEvery = 10 * time.Second
 
 func newProgress(e *cmdEnv, table string) *progress {
 	return &progress{e: e, table: table, terminal: isTerminal(e.stderr), last: time.Now()}

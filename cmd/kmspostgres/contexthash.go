@@ -38,7 +38,7 @@ func contextHashFlags(fs *flag.FlagSet) func(context.Context, *cmdEnv) int {
 		if c == nil {
 			return code
 		}
-		if code := checkTables(e, c); code != exitOK {
+		if code := checkTables(e, c, e.args[:1]); code != exitOK {
 			return code
 		}
 		keyID, rowCtx, err := c.RowContext(e.args[0], *key, strings.Split(e.args[1], ","))
