@@ -131,7 +131,8 @@ type backfiller struct {
 	c     *Connector
 	mode  backfillMode
 	opts  BackfillOptions
-	conn  *pgx.Conn
+	conn  *pgx.Conn // reads
+	wconn *pgx.Conn // writes
 	rt    *rewrite.Table
 	ti    *tableInfo
 	rel   string
@@ -167,6 +168,12 @@ func (c *Connector) backfill(ctx context.Context, table string, mode backfillMod
 	}
 	defer dc.Close()
 	b.conn = dc.(*Conn).inner.Conn()
+	wc, err := c.Connect(ctx)
+	if err != nil {
+		return b.stats, err
+	}
+	defer wc.Close()
+	b.wconn = wc.(*Conn).inner.Conn()
 	b.rt, err = boundCatalog{c: c.catalog, ctx: ctx, conn: b.conn}.Encrypted(splitTable(table))
 	if err != nil {
 		return b.stats, err
@@ -261,37 +268,58 @@ func (b *backfiller) runKey(ctx context.Context, k int, last []string) error {
 	for _, col := range rk.Columns {
 		sel = append(sel, pgx.Identifier{col}.Sanitize())
 	}
-	for {
-		q := "SELECT " + strings.Join(pkText, ", ") + ", " + strings.Join(sel, ", ") + " FROM " + b.rel + " WHERE " + b.filter(k)
-		var args []any
-		if last != nil {
-			q += " AND (" + strings.Join(pkCols, ", ") + ") > (" + strings.Join(pkArgs, ", ") + ")"
-			for _, v := range last {
-				args = append(args, v)
+	// A reader reads and keys the next round while this goroutine writes
+	// the current one, on a connection of its own.
+	ctx, cancel := context.WithCancel(ctx)
+	rounds := make(chan round, 1)
+	go func() {
+		defer close(rounds)
+		for {
+			q := "SELECT " + strings.Join(pkText, ", ") + ", " + strings.Join(sel, ", ") + " FROM " + b.rel + " WHERE " + b.filter(k)
+			var args []any
+			if last != nil {
+				q += " AND (" + strings.Join(pkCols, ", ") + ") > (" + strings.Join(pkArgs, ", ") + ")"
+				for _, v := range last {
+					args = append(args, v)
+				}
+			}
+			q += " ORDER BY " + strings.Join(pkCols, ", ") + " LIMIT " + strconv.Itoa(b.opts.BatchSize)
+			batch, err := b.read(ctx, q, args, len(rk.Columns))
+			if err == nil && len(batch) == 0 {
+				return
+			}
+			if err == nil {
+				last = batch[len(batch)-1].pk
+				err = b.key(ctx, k, batch)
+			}
+			select {
+			case rounds <- round{batch: batch, err: err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
 			}
 		}
-		q += " ORDER BY " + strings.Join(pkCols, ", ") + " LIMIT " + strconv.Itoa(b.opts.BatchSize)
-		batch, err := b.read(ctx, q, args, len(rk.Columns))
-		if err != nil {
-			return err
+	}()
+	defer func() {
+		cancel()
+		for range rounds { // wait for the reader: the connection is reused
 		}
-		if len(batch) == 0 {
-			return nil
-		}
-		last = batch[len(batch)-1].pk
-		b.stats.Last = last
-		if err := b.key(ctx, k, batch); err != nil {
-			return err
+	}()
+	for r := range rounds {
+		if r.err != nil {
+			return r.err
 		}
 		var ok []*bfRow
-		for _, r := range batch {
-			if r.err == nil {
-				ok = append(ok, r)
+		for _, row := range r.batch {
+			if row.err == nil {
+				ok = append(ok, row)
 				continue
 			}
 			b.stats.Failed++
 			if len(b.stats.Failures) < MaxRewrapFailures {
-				b.stats.Failures = append(b.stats.Failures, RewrapFailure{Key: rk.Name, PK: pkLabel(b.rt, r.pk), Err: r.err})
+				b.stats.Failures = append(b.stats.Failures, RewrapFailure{Key: rk.Name, PK: pkLabel(b.rt, row.pk), Err: row.err})
 			}
 		}
 		if b.opts.DryRun {
@@ -304,14 +332,22 @@ func (b *backfiller) runKey(ctx context.Context, k int, last []string) error {
 			b.stats.Done += n
 			b.stats.Changed += int64(len(ok)) - n
 		}
+		// Only now: an interrupted run resumes after the last round
+		// written, not the last read.
+		b.stats.Last = r.batch[len(r.batch)-1].pk
 		b.progress()
 		if b.stats.Failed > int64(b.opts.MaxFailures) {
 			return fmt.Errorf("kmspostgres: %s %s: gave up after %d rows failed; if they all fail alike, check the schema map (key ids, contexts, column types)", b.mode, b.rt.Name, b.stats.Failed)
 		}
-		// Encrypt and Decrypt would need no cursor (done rows drop out of
-		// the filter), but it keeps a round from reading again the rows
-		// that failed or changed meanwhile.
 	}
+	// The reader stops early only when ctx is done.
+	return ctx.Err()
+}
+
+// round is one batch the reader has read and keyed.
+type round struct {
+	batch []*bfRow
+	err   error
 }
 
 // read runs one round's SELECT.
@@ -550,7 +586,7 @@ func (b *backfiller) write(ctx context.Context, k int, batch []*bfRow) (int64, e
 	q := "UPDATE " + b.rel + " AS t SET " + strings.Join(set, ", ") +
 		" FROM unnest(" + strings.Join(types, ", ") + ") AS v(" + strings.Join(names, ", ") + ")" +
 		" WHERE " + strings.Join(where, " AND ")
-	tag, err := b.conn.Exec(ctx, q, arrays...)
+	tag, err := b.wconn.Exec(ctx, q, arrays...)
 	if err != nil {
 		return 0, fmt.Errorf("kmspostgres: %s %s: writing %d rows: %w", b.mode, b.rt.Name, len(batch), err)
 	}

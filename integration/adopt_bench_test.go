@@ -67,7 +67,7 @@ tables:
 	client := timed("plain UPDATE, read + write batches", func() {
 		last := int64(0)
 		for {
-			rows, err := e.raw.Query(ctx, "SELECT id::text, email, dob, visits FROM members WHERE encrypted_kms_key IS NULL AND id > $1 ORDER BY id LIMIT $2", last, batch)
+			rows, err := e.raw.Query(ctx, "SELECT id::text AS pk, email, dob, visits FROM members WHERE encrypted_kms_key IS NULL AND id > $1 ORDER BY id LIMIT "+strconv.Itoa(batch), last)
 			if err != nil {
 				t.Fatal(err)
 			}
