@@ -158,13 +158,13 @@ func (c *Connector) Inspect(ctx context.Context, opts InspectOptions) (*Report, 
 }
 
 // inspectTable counts one table's rows per key.
-func (c *Connector) inspectTable(ctx context.Context, conn *pgx.Conn, t *Table, opts InspectOptions, r *Report) (*TableReport, error) {
+func (c *Connector) inspectTable(ctx context.Context, conn *pgx.Conn, t *Table, opts InspectOptions, r *Report) (_ *TableReport, err error) {
 	tr := &TableReport{Table: t.Name, Keys: []*KeyReport{}, Migrating: t.Migrating}
 	if t.Migrating {
-		defer func() { r.Problems = append(r.Problems, migratingProblem(tr)) }()
+		defer func() { r.Problems = append(r.Problems, migratingProblem(tr, err != nil)) }()
 	}
 	var nsp, rel string
-	err := conn.QueryRow(ctx, `SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+	err = conn.QueryRow(ctx, `SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE c.oid = to_regclass($1) AND c.relkind IN ('r', 'p')`, t.Name).Scan(&nsp, &rel)
 	if err == pgx.ErrNoRows {
 		return tr, errors.New("no such table")
@@ -269,14 +269,14 @@ func (c *Connector) inspectTable(ctx context.Context, conn *pgx.Conn, t *Table, 
 }
 
 // migratingProblem is the problem of a table left in migrating mode.
-func migratingProblem(tr *TableReport) string {
+func migratingProblem(tr *TableReport, failed bool) string {
 	var plain int64
 	for _, k := range tr.Keys {
 		plain += k.Unkeyed
 	}
-	if tr.Error != "" || plain > 0 {
-		what := "rows not yet counted"
-		if tr.Error == "" {
+	if failed || plain > 0 {
+		what := "rows not counted (see above)"
+		if !failed {
 			what = rowsWord(plain) + " still in plaintext"
 		}
 		return fmt.Sprintf("%s: migrating: true, with %s: run kmspostgres encrypt %s, then remove migrating from the schema map", tr.Table, what, tr.Table)
