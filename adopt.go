@@ -202,10 +202,27 @@ func (b *backfiller) filter(k int) string {
 	return kc + " IS NULL AND (" + strings.Join(some, " OR ") + ")"
 }
 
+// after is the condition (and its arguments) of the rows past the
+// primary key last, "" for none.
+func (b *backfiller) after(last []string) (string, []any) {
+	if last == nil {
+		return "", nil
+	}
+	var cols, params []string
+	var args []any
+	for i, p := range b.rt.PrimaryKey {
+		cols = append(cols, pgx.Identifier{p}.Sanitize())
+		params = append(params, "$"+strconv.Itoa(i+1)+"::"+b.rt.PKTypes[i])
+		args = append(args, last[i])
+	}
+	return " AND (" + strings.Join(cols, ", ") + ") > (" + strings.Join(params, ", ") + ")", args
+}
+
 func (b *backfiller) run(ctx context.Context) error {
 	for k := range b.rt.Keys {
 		var n int64
-		if err := b.conn.QueryRow(ctx, "SELECT count(*) FROM "+b.rel+" WHERE "+b.filter(k)).Scan(&n); err != nil {
+		cond, args := b.after(b.opts.After)
+		if err := b.conn.QueryRow(ctx, "SELECT count(*) FROM "+b.rel+" WHERE "+b.filter(k)+cond, args...).Scan(&n); err != nil {
 			return fmt.Errorf("kmspostgres: %s %s: counting rows: %w", b.mode, b.rt.Name, err)
 		}
 		b.stats.Total += n
@@ -257,12 +274,12 @@ type bfRow struct {
 // runKey does the rows of one key, round after round.
 func (b *backfiller) runKey(ctx context.Context, k int, last []string) error {
 	rk := b.rt.Keys[k]
-	var pkCols, pkText, pkArgs []string
+	var pkCols, pkText []string
 	for i, p := range b.rt.PrimaryKey {
 		id := pgx.Identifier{p}.Sanitize()
 		pkCols = append(pkCols, id)
+		// Aliased: ORDER BY "id" would otherwise sort the text output.
 		pkText = append(pkText, id+"::text AS __kmspg_pk"+strconv.Itoa(i))
-		pkArgs = append(pkArgs, "$"+strconv.Itoa(i+1)+"::"+b.rt.PKTypes[i])
 	}
 	sel := []string{pgx.Identifier{rk.Column}.Sanitize()}
 	for _, col := range rk.Columns {
@@ -275,14 +292,8 @@ func (b *backfiller) runKey(ctx context.Context, k int, last []string) error {
 	go func() {
 		defer close(rounds)
 		for {
-			q := "SELECT " + strings.Join(pkText, ", ") + ", " + strings.Join(sel, ", ") + " FROM " + b.rel + " WHERE " + b.filter(k)
-			var args []any
-			if last != nil {
-				q += " AND (" + strings.Join(pkCols, ", ") + ") > (" + strings.Join(pkArgs, ", ") + ")"
-				for _, v := range last {
-					args = append(args, v)
-				}
-			}
+			cond, args := b.after(last)
+			q := "SELECT " + strings.Join(pkText, ", ") + ", " + strings.Join(sel, ", ") + " FROM " + b.rel + " WHERE " + b.filter(k) + cond
 			q += " ORDER BY " + strings.Join(pkCols, ", ") + " LIMIT " + strconv.Itoa(b.opts.BatchSize)
 			batch, err := b.read(ctx, q, args, len(rk.Columns))
 			if err == nil && len(batch) == 0 {
