@@ -43,6 +43,9 @@ type BackfillOptions struct {
 	// Encrypt and Decrypt resume by themselves, since the rows they have
 	// done no longer match what they look for.
 	After []string
+	// Writers is how many rounds are written at once, each on a
+	// connection of its own (default 2); one more connection reads.
+	Writers int
 	// MaxFailures is how many rows may fail (a value that does not read as
 	// its type, a key column that does not unwrap) before the table is
 	// given up, default 100.
@@ -128,18 +131,19 @@ func (c *Connector) Reencrypt(ctx context.Context, table string, opts BackfillOp
 
 // backfiller runs one backfill of one table.
 type backfiller struct {
-	c     *Connector
-	mode  backfillMode
-	opts  BackfillOptions
-	conn  *pgx.Conn // reads
-	wconn *pgx.Conn // writes
-	rt    *rewrite.Table
-	ti    *tableInfo
-	rel   string
-	limit *rateLimit
-	stats BackfillStats
-	start time.Time
-	kms   atomic.Int64
+	c      *Connector
+	mode   backfillMode
+	opts   BackfillOptions
+	conn   *pgx.Conn   // reads
+	wconns []*pgx.Conn // writes
+	free   chan *pgx.Conn
+	rt     *rewrite.Table
+	ti     *tableInfo
+	rel    string
+	limit  *rateLimit
+	stats  BackfillStats
+	start  time.Time
+	kms    atomic.Int64
 }
 
 func (c *Connector) backfill(ctx context.Context, table string, mode backfillMode, opts BackfillOptions) (BackfillStats, error) {
@@ -153,6 +157,9 @@ func (c *Connector) backfill(ctx context.Context, table string, mode backfillMod
 	}
 	if b.opts.MaxFailures <= 0 {
 		b.opts.MaxFailures = 100
+	}
+	if b.opts.Writers <= 0 {
+		b.opts.Writers = 2
 	}
 	b.limit = newRateLimit(b.opts.KMSRate)
 	st := c.schema.Table(splitTable(table))
@@ -168,12 +175,17 @@ func (c *Connector) backfill(ctx context.Context, table string, mode backfillMod
 	}
 	defer dc.Close()
 	b.conn = dc.(*Conn).inner.Conn()
-	wc, err := c.Connect(ctx)
-	if err != nil {
-		return b.stats, err
+	b.free = make(chan *pgx.Conn, b.opts.Writers)
+	for range b.opts.Writers {
+		wc, err := c.Connect(ctx)
+		if err != nil {
+			return b.stats, err
+		}
+		defer wc.Close()
+		conn := wc.(*Conn).inner.Conn()
+		b.wconns = append(b.wconns, conn)
+		b.free <- conn
 	}
-	defer wc.Close()
-	b.wconn = wc.(*Conn).inner.Conn()
 	b.rt, err = boundCatalog{c: c.catalog, ctx: ctx, conn: b.conn}.Encrypted(splitTable(table))
 	if err != nil {
 		return b.stats, err
@@ -318,9 +330,34 @@ func (b *backfiller) runKey(ctx context.Context, k int, last []string) error {
 		for range rounds { // wait for the reader: the connection is reused
 		}
 	}()
+	// Up to Writers rounds are written at once, each on a connection of
+	// its own, and accounted for in order, so that Last is always a row
+	// before which every round is written.
+	var inflight []*pendingWrite
+	settle := func() error { // waits for the oldest write
+		w := inflight[0]
+		inflight = inflight[1:]
+		<-w.done
+		if w.err != nil {
+			return w.err
+		}
+		b.stats.Done += w.n
+		b.stats.Changed += w.sent - w.n
+		b.stats.Last = w.last
+		b.progress()
+		return nil
+	}
+	settleAll := func(err error) error {
+		for len(inflight) > 0 {
+			if e := settle(); e != nil && err == nil {
+				err = e
+			}
+		}
+		return err
+	}
 	for r := range rounds {
 		if r.err != nil {
-			return r.err
+			return settleAll(r.err)
 		}
 		var ok []*bfRow
 		for _, row := range r.batch {
@@ -333,26 +370,38 @@ func (b *backfiller) runKey(ctx context.Context, k int, last []string) error {
 				b.stats.Failures = append(b.stats.Failures, RewrapFailure{Key: rk.Name, PK: pkLabel(b.rt, row.pk), Err: row.err})
 			}
 		}
-		if b.opts.DryRun {
-			b.stats.Done += int64(len(ok))
-		} else if len(ok) > 0 {
-			n, err := b.write(ctx, k, ok)
-			if err != nil {
-				return err
+		if len(inflight) == len(b.wconns) {
+			if err := settle(); err != nil {
+				return settleAll(err)
 			}
-			b.stats.Done += n
-			b.stats.Changed += int64(len(ok)) - n
 		}
-		// Only now: an interrupted run resumes after the last round
-		// written, not the last read.
-		b.stats.Last = r.batch[len(r.batch)-1].pk
-		b.progress()
+		w := &pendingWrite{done: make(chan struct{}), sent: int64(len(ok)), last: r.batch[len(r.batch)-1].pk}
+		inflight = append(inflight, w)
+		if b.opts.DryRun || len(ok) == 0 {
+			w.n = w.sent
+			close(w.done)
+		} else {
+			go func() {
+				defer close(w.done)
+				conn := <-b.free
+				defer func() { b.free <- conn }()
+				w.n, w.err = b.write(ctx, conn, k, ok)
+			}()
+		}
 		if b.stats.Failed > int64(b.opts.MaxFailures) {
-			return fmt.Errorf("kmspostgres: %s %s: gave up after %d rows failed; if they all fail alike, check the schema map (key ids, contexts, column types)", b.mode, b.rt.Name, b.stats.Failed)
+			return settleAll(fmt.Errorf("kmspostgres: %s %s: gave up after %d rows failed; if they all fail alike, check the schema map (key ids, contexts, column types)", b.mode, b.rt.Name, b.stats.Failed))
 		}
 	}
 	// The reader stops early only when ctx is done.
-	return ctx.Err()
+	return settleAll(ctx.Err())
+}
+
+// pendingWrite is a round being written.
+type pendingWrite struct {
+	done    chan struct{}
+	sent, n int64    // rows sent, rows written
+	last    []string // the round's last primary key
+	err     error
 }
 
 // round is one batch the reader has read and keyed.
@@ -553,7 +602,7 @@ func (b *backfiller) open(r *bfRow, col string, stored any) ([]byte, error) {
 // write writes a round in one UPDATE, row by row only where the key
 // column and every cell still hold what was read, and returns how many
 // rows it changed.
-func (b *backfiller) write(ctx context.Context, k int, batch []*bfRow) (int64, error) {
+func (b *backfiller) write(ctx context.Context, conn *pgx.Conn, k int, batch []*bfRow) (int64, error) {
 	rk := b.rt.Keys[k]
 	var arrays []any
 	var names, types, set, where []string
@@ -597,7 +646,7 @@ func (b *backfiller) write(ctx context.Context, k int, batch []*bfRow) (int64, e
 	q := "UPDATE " + b.rel + " AS t SET " + strings.Join(set, ", ") +
 		" FROM unnest(" + strings.Join(types, ", ") + ") AS v(" + strings.Join(names, ", ") + ")" +
 		" WHERE " + strings.Join(where, " AND ")
-	tag, err := b.wconn.Exec(ctx, q, arrays...)
+	tag, err := conn.Exec(ctx, q, arrays...)
 	if err != nil {
 		return 0, fmt.Errorf("kmspostgres: %s %s: writing %d rows: %w", b.mode, b.rt.Name, len(batch), err)
 	}

@@ -331,6 +331,18 @@ func (w *writer) start() {
 	}()
 }
 
+// await waits (up to a second) for the writer's next write, so that
+// every round of a backfill has a write between it and the next.
+func (w *writer) await() {
+	seen := w.writes.Load() + w.refused.Load()
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
+		if w.writes.Load()+w.refused.Load() > seen {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func (w *writer) halt() {
 	close(w.stop)
 	w.done.Wait()
@@ -350,16 +362,17 @@ func TestBackfillConcurrentWriter(t *testing.T) {
 	defer shadowConn.Close(context.Background())
 	c := e.connector(kmspostgres.WithProvider(e.kms))
 	w := &writer{t: t, db: e.db, shadow: shadowConn, nextID: 100_000, maxID: n}
-	opts := kmspostgres.BackfillOptions{BatchSize: 50, Concurrency: 4, KMSRate: 20_000}
+	opts := kmspostgres.BackfillOptions{BatchSize: 50, Concurrency: 4, KMSRate: 5_000}
 
 	phase := func(name string, run func(context.Context, string, kmspostgres.BackfillOptions) (kmspostgres.BackfillStats, error)) {
 		t.Helper()
-		before := w.writes.Load()
+		before, refusedBefore := w.writes.Load(), w.refused.Load()
 		w.start()
 		// Interrupted a third of the way.
 		ctx, cancel := context.WithCancel(context.Background())
 		o := opts
 		o.Progress = func(s kmspostgres.BackfillStats) {
+			w.await()
 			if s.Done >= n/3 {
 				cancel()
 			}
@@ -372,6 +385,7 @@ func TestBackfillConcurrentWriter(t *testing.T) {
 		}
 		// Restarted, to the end; Reencrypt resumes after the last row read.
 		o = opts
+		o.Progress = func(kmspostgres.BackfillStats) { w.await() }
 		if name == "reencrypt" {
 			o.After = st1.Last
 		}
@@ -381,8 +395,8 @@ func TestBackfillConcurrentWriter(t *testing.T) {
 			t.Fatalf("%s: restarted run: %+v %v", name, st2, err)
 		}
 		t.Logf("%s: first run %d rows, restart %d rows, %d changed meanwhile; writer: %d writes, %d partial updates refused",
-			name, st1.Done, st2.Done, st1.Changed+st2.Changed, w.writes.Load()-before, w.refused.Load())
-		if w.writes.Load()-before < 20 {
+			name, st1.Done, st2.Done, st1.Changed+st2.Changed, w.writes.Load()-before, w.refused.Load()-refusedBefore)
+		if w.writes.Load()-before < 50 {
 			t.Fatalf("%s: the writer made only %d writes during the backfill", name, w.writes.Load()-before)
 		}
 	}

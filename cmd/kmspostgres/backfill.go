@@ -21,7 +21,9 @@ Each round reads -batch rows in primary-key order without a lock, makes its
 KMS calls outside any transaction (at most -concurrency at once, at most
 -kms-rps per second), and writes the round in one UPDATE that changes a row
 only if its key column and cells still hold what was read: writes through
-the driver meanwhile are never lost or done twice. Progress goes to stderr:
+the driver meanwhile are never lost or done twice. The next rounds are read
+and keyed while up to -writers rounds are written, on connections of their
+own (-writers + 1 connections in all). Progress goes to stderr:
 a bar on a terminal, a line every 10 s otherwise (-json: JSON lines on
 stdout). Ctrl-C stops after the round in flight and exits 3.
 
@@ -95,6 +97,7 @@ func backfillFlags(fs *flag.FlagSet, verb string, fn backfillRun) func(context.C
 	batch := fs.Int("batch", 500, "rows per round (at least 1)")
 	concurrency := fs.Int("concurrency", 16, "KMS calls in flight at most (at least 1)")
 	rps := fs.Float64("kms-rps", 0, "KMS calls per second at most (0: no limit)")
+	writers := fs.Int("writers", 2, "rounds written at once, each on its own connection (at least 1)")
 	asJSON := fs.Bool("json", false, "progress and result as JSON lines on stdout")
 	var yes *bool
 	if fs.Name() == "decrypt" {
@@ -110,6 +113,8 @@ func backfillFlags(fs *flag.FlagSet, verb string, fn backfillRun) func(context.C
 			return e.usageErr("-batch must be at least 1, got %d", *batch)
 		case *concurrency <= 0:
 			return e.usageErr("-concurrency must be at least 1, got %d", *concurrency)
+		case *writers <= 0:
+			return e.usageErr("-writers must be at least 1, got %d", *writers)
 		case *rps < 0:
 			return e.usageErr("-kms-rps must be 0 (no limit) or positive, got %g", *rps)
 		case len(e.args) == 0:
@@ -133,7 +138,7 @@ func backfillFlags(fs *flag.FlagSet, verb string, fn backfillRun) func(context.C
 		if err := c.Check(ctx); err != nil {
 			return e.fail(err)
 		}
-		opts := kmspostgres.BackfillOptions{BatchSize: *batch, Concurrency: *concurrency, KMSRate: *rps, DryRun: *dryRun}
+		opts := kmspostgres.BackfillOptions{BatchSize: *batch, Concurrency: *concurrency, KMSRate: *rps, Writers: *writers, DryRun: *dryRun}
 		if after != nil && *after != "" {
 			opts.After = strings.Split(*after, ",")
 		}
