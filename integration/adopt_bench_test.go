@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kmspostgres/kmspostgres"
+	"github.com/kmspostgres/kmspostgres/providers/awskms"
 )
 
 // TestAdoptThroughput measures Encrypt on KMSPG_ADOPT_ROWS legacy rows
@@ -126,5 +127,43 @@ tables:
 	var plain int
 	if err := e.raw.QueryRow(ctx, "SELECT count(*) FROM members WHERE encrypted_kms_key IS NULL OR email LIKE '%@%'").Scan(&plain); err != nil || plain != 0 {
 		t.Fatalf("%d rows left in plaintext (%v)", plain, err)
+	}
+}
+
+// TestAdoptThroughputAWS measures Encrypt and Decrypt on
+// KMSPG_ADOPT_KMS_ROWS legacy rows against local-kms (the AWS KMS API) on
+// loopback. Skipped unless KMSPG_ADOPT_KMS_ROWS is set.
+func TestAdoptThroughputAWS(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("KMSPG_ADOPT_KMS_ROWS"))
+	if n <= 0 {
+		t.Skip("set KMSPG_ADOPT_KMS_ROWS to measure")
+	}
+	l := startLocalKMS(t)
+	awsEnv(t, l.url())
+	p, err := awskms.New(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, fmt.Sprintf(`CREATE TABLE members AS SELECT i::bigint AS id, 'member' || i || '@example.com' AS email,
+			(date '1950-01-01' + i %% 20000)::text AS dob, NULL::text AS encrypted_kms_key FROM generate_series(1, %d) i;
+		ALTER TABLE members ADD PRIMARY KEY (id);`, n), `
+key_id: alias/kmspg
+tables:
+  members:
+    migrating: true
+    columns:
+      email: {}
+      dob: {type: date}
+`)
+	c := e.connector(kmspostgres.WithProvider(p))
+	for _, run := range []struct {
+		name string
+		f    func(context.Context, string, kmspostgres.BackfillOptions) (kmspostgres.BackfillStats, error)
+	}{{"Encrypt", c.Encrypt}, {"Decrypt", c.Decrypt}} {
+		st, err := run.f(context.Background(), "members", kmspostgres.BackfillOptions{})
+		if err != nil || st.Done != int64(n) {
+			t.Fatalf("%s: %+v %v", run.name, st, err)
+		}
+		t.Logf("%s, local-kms: %d rows in %.2fs: %.0f rows/s, %.2f KMS calls per row", run.name, n, st.Elapsed.Seconds(), float64(n)/st.Elapsed.Seconds(), float64(st.KMSCalls)/float64(n))
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/kmspostgres/kmspostgres"
+	"github.com/kmspostgres/kmspostgres/providers"
+	"github.com/kmspostgres/kmspostgres/providers/vault"
 )
 
 // legacyDDL is a table as it was before kmspostgres: typed plaintext
@@ -448,5 +451,49 @@ func checkShadow(t *testing.T, e *env) {
 	lost := sameAsShadow(t, e, e.db)
 	if double != 0 || lost != 0 {
 		t.Fatalf("%d rows encrypted twice, %d rows differ from the shadow", double, lost)
+	}
+}
+
+// TestRowContextHash: the context RowContext gives for a row (what
+// kmspostgres context-hash hashes) is the one the driver wrapped the row's
+// key under: its Vault audit HMAC is in the audit log, and another row's
+// is not.
+func TestRowContextHash(t *testing.T) {
+	v := startVault(t)
+	p := vault.NewFromClient(v.client(t, v.addr, "root"))
+	useProvider(t, providers.KindVault, p)
+	e := newEnv(t, `CREATE TABLE items (org text, id bigint, secret text, encrypted_kms_key text, PRIMARY KEY (org, id))`,
+		"key_id: vault/kp\ntables:\n  items:\n    primary_key: [org, id]\n    columns:\n      secret: {}\n")
+	db := e.openBare()
+	defer db.Close()
+	if _, err := db.Exec("INSERT INTO items (org, id, secret) VALUES ('acme', 5, 's')"); err != nil {
+		t.Fatal(err)
+	}
+	c := e.connector()
+	ctx := context.Background()
+	hash := func(pk ...string) string {
+		t.Helper()
+		keyID, rowCtx, err := c.RowContext("items", "", pk)
+		if err != nil || keyID != "vault/kp" {
+			t.Fatalf("%s %v", keyID, err)
+		}
+		h, err := p.ContextHash(ctx, rowCtx, "file")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	log, err := os.ReadFile(v.auditLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := hash("acme", "5"); !strings.Contains(string(log), h) {
+		t.Fatalf("the row's hash %s is not in the audit log", h)
+	}
+	if h := hash("acme", "6"); strings.Contains(string(log), h) {
+		t.Fatalf("another row's hash %s is in the audit log", h)
+	}
+	if _, _, err := c.RowContext("items", "", []string{"5"}); err == nil {
+		t.Fatal("one value for a two-column primary key was accepted")
 	}
 }
