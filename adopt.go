@@ -710,6 +710,13 @@ func legacyPlaintext(ti *tableInfo, col, keyCol string, stored any) ([]byte, err
 		return nil, fmt.Errorf("%w: the value has the shape of an encrypted cell but key column %s is NULL: the key column was cleared, this is not plaintext from before encryption; restore the key column from a backup (or, if the value really is plaintext, rewrite the row through the driver with one UPDATE that sets every column under the key)", ErrDecrypt, keyCol)
 	}
 	typ := ti.colType(col)
+	if b, ok := stored.([]byte); ok {
+		switch typ {
+		case envelope.Text, envelope.Bytea, envelope.JSON, envelope.JSONB, envelope.UUID:
+		default:
+			stored = string(b) // the text form, in a bytea column
+		}
+	}
 	pt, err := typ.Encode(stored)
 	if err != nil {
 		return nil, fmt.Errorf("%w (a value beside a NULL key column %s is read as plaintext in the text form of its type, %s)", err, keyCol, typ)
