@@ -410,6 +410,51 @@ type round struct {
 	err   error
 }
 
+// adopt encrypts the given rows (primary keys as text) of key k if they
+// are still legacy rows: one round of Encrypt on b.conn, in whatever
+// transaction it is in. A row that fails to encrypt fails the call.
+func (b *backfiller) adopt(ctx context.Context, k int, pks [][]string) error {
+	rk := b.rt.Keys[k]
+	sel := []string{pgx.Identifier{rk.Column}.Sanitize()}
+	for _, col := range rk.Columns {
+		sel = append(sel, pgx.Identifier{col}.Sanitize())
+	}
+	var pkText, pkCols, unnest, casts []string
+	var args []any
+	for i, p := range b.rt.PrimaryKey {
+		id := pgx.Identifier{p}.Sanitize()
+		pkCols = append(pkCols, id)
+		pkText = append(pkText, id+"::text AS __kmspg_pk"+strconv.Itoa(i))
+		unnest = append(unnest, "$"+strconv.Itoa(i+1)+"::text[]")
+		casts = append(casts, "u.v"+strconv.Itoa(i)+"::"+b.rt.PKTypes[i])
+		vals := make([]string, len(pks))
+		for j, pk := range pks {
+			vals[j] = pk[i]
+		}
+		args = append(args, vals)
+	}
+	names := make([]string, len(b.rt.PrimaryKey))
+	for i := range names {
+		names[i] = "v" + strconv.Itoa(i)
+	}
+	q := "SELECT " + strings.Join(pkText, ", ") + ", " + strings.Join(sel, ", ") + " FROM " + b.rel + " WHERE " + b.filter(k) +
+		" AND (" + strings.Join(pkCols, ", ") + ") IN (SELECT " + strings.Join(casts, ", ") + " FROM unnest(" + strings.Join(unnest, ", ") + ") AS u(" + strings.Join(names, ", ") + "))"
+	batch, err := b.read(ctx, q, args, len(rk.Columns))
+	if err != nil || len(batch) == 0 {
+		return err
+	}
+	if err := b.key(ctx, k, batch); err != nil {
+		return err
+	}
+	for _, r := range batch {
+		if r.err != nil {
+			return r.err
+		}
+	}
+	_, err = b.write(ctx, b.conn, k, batch)
+	return err
+}
+
 // read runs one round's SELECT.
 func (b *backfiller) read(ctx context.Context, q string, args []any, ncols int) ([]*bfRow, error) {
 	rows, err := b.conn.Query(ctx, q, args...)

@@ -180,24 +180,35 @@ func TestMigratingRead(t *testing.T) {
 	if bad := sameAsShadow(t, e, e.db); bad != 0 {
 		t.Fatal("mixed rows read wrong")
 	}
-	// A partial UPDATE of a legacy row is still refused; a full one works.
-	_, err := e.db.Exec("UPDATE patients SET email = 'x@example.com' WHERE id = 3")
-	var re *kmspostgres.RefusalError
-	if !errorsAs(err, &re) {
-		t.Fatalf("partial update of a legacy row: %v", err)
+	// A partial UPDATE of legacy rows encrypts every column under the key,
+	// not only those it sets.
+	e.exec("UPDATE patients SET email = 'x@example.com' WHERE id IN (3, 4)")
+	e.rawExec("UPDATE shadow SET email = 'x@example.com' WHERE id IN (3, 4)")
+	if got := e.rawValues("SELECT count(*)::text FROM patients WHERE id IN (3, 4) AND encrypted_kms_key IS NOT NULL AND dob NOT LIKE '19%' AND notes NOT LIKE '{%'"); got[0] != "2" {
+		t.Fatalf("%s of 2 rows encrypted by a partial UPDATE", got[0])
+	}
+	e.assertNoPlaintext("patients", "x@example.com", "1950-01-04", "1950-01-05")
+	if bad := sameAsShadow(t, e, e.db); bad != 0 {
+		t.Fatal("rows read wrong after a partial UPDATE of legacy rows")
 	}
 	// A cell beside a cleared key column is not plaintext.
 	e.rawExec("UPDATE patients SET encrypted_kms_key = NULL WHERE id = 1000")
-	_, err = driverRows(e.db)
+	_, err := driverRows(e.db)
 	mustErrIs(t, err, kmspostgres.ErrDecrypt)
 	if !strings.Contains(err.Error(), "cleared") || strings.Contains(err.Error(), "new@example.com") {
 		t.Fatalf("cleared key column: %v", err)
 	}
 	e.rawExec("DELETE FROM patients WHERE id = 1000")
-	// Without migrating, plaintext beside a NULL key is an error.
+	// Without migrating, plaintext beside a NULL key is an error, and a
+	// partial UPDATE of a legacy row is refused.
 	e.setMap(strings.Replace(patientsMap, "    migrating: true\n", "", 1))
 	_, err = driverRows(e.db)
 	mustErrIs(t, err, kmspostgres.ErrDecrypt)
+	_, err = e.db.Exec("UPDATE patients SET email = 'y@example.com' WHERE id = 5")
+	var re *kmspostgres.RefusalError
+	if !errorsAs(err, &re) {
+		t.Fatalf("partial update of a legacy row without migrating: %v", err)
+	}
 }
 
 func TestEncryptDecryptRoundTrip(t *testing.T) {
