@@ -120,6 +120,9 @@ func TestCLIAdopt(t *testing.T) {
 	if n := count("email LIKE '%@%' OR joined LIKE '2000-%' OR encrypted_kms_key IS NULL"); n != 0 {
 		t.Fatalf("%d rows still in plaintext", n)
 	}
+	if code, out, _ := cli(ctx, "check", "-dsn", dsn); code != 1 || !strings.Contains(out, "members: migrating: true, but every row is encrypted: remove migrating from the schema map") {
+		t.Fatalf("check after encrypt: %d %s", code, out)
+	}
 
 	// reencrypt, -json.
 	code, outs, _ = cli(ctx, "reencrypt", "members", "-json", "-dsn", dsn)
