@@ -13,7 +13,9 @@ const contextHashHelp = `Usage: kmspostgres context-hash [-dsn DSN] [-key NAME] 
 
 Prints the HMAC that Vault's audit device logs for the encryption context of
 a row (kms_encrypted's context_hash), so that an auditor can find the row's
-decryptions in a Vault audit log: grep the log for the printed value. The
+decryptions in a Vault audit log: grep the log for the printed value and
+keep the transit/decrypt/<key> entries (Vault also logs this command's own
+sys/audit-hash requests with the same HMAC). The
 context is built from the schema map (the current version of the key) and
 the primary key as PostgreSQL prints it; a composite primary key is given
 as its values comma-separated, in primary-key order. Vault is reached
