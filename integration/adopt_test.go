@@ -508,3 +508,32 @@ func TestRowContextHash(t *testing.T) {
 		t.Fatal("one value for a two-column primary key was accepted")
 	}
 }
+
+// TestEncryptTwoKeys: each key of a table is done on its own, and a
+// second run finds nothing.
+func TestEncryptTwoKeys(t *testing.T) {
+	e := newEnv(t, usersDDL, strings.Replace(usersMap, "  users:\n", "  users:\n    migrating: true\n", 1))
+	e.rawExec(`INSERT INTO users (id, name, email, phone, dob, balance)
+		SELECT i, 'n' || i, CASE WHEN i % 3 > 0 THEN 'e' || i || '@x' END, CASE WHEN i % 2 = 0 THEN ('p' || i)::bytea END, '2001-02-03', '1.50'
+		FROM generate_series(1, 30) i`)
+	c := e.connector(kmspostgres.WithProvider(e.kms))
+	st, err := c.Encrypt(context.Background(), "users", kmspostgres.BackfillOptions{BatchSize: 7})
+	// kms_key: every row (dob, balance); kms_key_phone: the 15 with a phone.
+	if err != nil || st.Done != 45 || st.Total != 45 {
+		t.Fatalf("%+v %v", st, err)
+	}
+	if got := e.rawValues("SELECT count(*)::text FROM users WHERE encrypted_kms_key IS NULL OR (phone IS NULL) <> (encrypted_kms_key_phone IS NULL)"); got[0] != "0" {
+		t.Fatalf("%s rows keyed wrong", got[0])
+	}
+	e.assertNoPlaintext("users", "e1@x", "2001-02-03", "1.50")
+	e.setMap(usersMap)
+	var email sql.NullString
+	var phone []byte
+	var dob time.Time
+	if err := e.db.QueryRow("SELECT email, phone, dob FROM users WHERE id = 4").Scan(&email, &phone, &dob); err != nil || email.String != "e4@x" || string(phone) != "p4" || dob.Format("2006-01-02") != "2001-02-03" {
+		t.Fatalf("row 4: %v %q %v %v", email, phone, dob, err)
+	}
+	if st, err := c.Encrypt(context.Background(), "users", kmspostgres.BackfillOptions{}); err != nil || st.Total != 0 {
+		t.Fatalf("second run: %+v %v", st, err)
+	}
+}
