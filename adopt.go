@@ -385,7 +385,10 @@ func (b *backfiller) runKey(ctx context.Context, k int, last []string) error {
 				defer close(w.done)
 				conn := <-b.free
 				defer func() { b.free <- conn }()
-				w.n, w.err = b.write(ctx, conn, k, ok)
+				// Not cancelled with ctx: an interrupted run finishes the
+				// rounds it is writing (one short statement each), so that
+				// what it reports written is exactly what is.
+				w.n, w.err = b.write(context.WithoutCancel(ctx), conn, k, ok)
 			}()
 		}
 		if b.stats.Failed > int64(b.opts.MaxFailures) {
