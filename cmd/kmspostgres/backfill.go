@@ -136,6 +136,10 @@ func backfillFlags(fs *flag.FlagSet, verb string, fn backfillRun) func(context.C
 		// mismatch (a typed column not yet changed to text), is refused
 		// before a row is touched.
 		if err := c.Check(ctx); err != nil {
+			if ctx.Err() != nil {
+				fmt.Fprintln(e.stderr, "interrupted before any row was written")
+				return exitInterrupted
+			}
 			return e.fail(err)
 		}
 		opts := kmspostgres.BackfillOptions{BatchSize: *batch, Concurrency: *concurrency, KMSRate: *rps, Writers: *writers, DryRun: *dryRun}
