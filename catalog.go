@@ -637,7 +637,8 @@ func (c *catalog) checkColumns(t *rewrite.Table, entry *Table, attrs map[string]
 		case "bytea":
 			bytea = true
 		default:
-			return c.mismatch(t.Name, "encrypted column %s is stored as %s; store it as text (base64 cells) or bytea (raw cells) and declare its plaintext type in the schema map (type: %s)", cn, a.typ, a.typ)
+			col := pgx.Identifier{cn}.Sanitize()
+			return c.mismatch(t.Name, "encrypted column %s is stored as %s; store it as text (base64 cells) or bytea (raw cells) and declare its plaintext type in the schema map (type: %s); to keep its values for kmspostgres encrypt: ALTER TABLE %s ALTER COLUMN %s TYPE text USING %s::text", cn, a.typ, a.typ, relIdent(t.Schema, t.Relname), col, col)
 		}
 		if a.hasDef {
 			return c.mismatch(t.Name, "encrypted column %s has a default or is generated, which would be stored as plaintext; drop it", cn)

@@ -47,6 +47,9 @@ type TableReport struct {
 	Table string       `json:"table"`
 	Error string       `json:"error,omitempty"` // why the table could not be scanned
 	Keys  []*KeyReport `json:"keys"`
+	// Migrating is the table's migrating mode in the schema map: always a
+	// problem, since it is meant to be on only while adopting.
+	Migrating bool `json:"migrating"`
 }
 
 // KeyReport counts a table's rows by the state of one key column.
@@ -155,10 +158,13 @@ func (c *Connector) Inspect(ctx context.Context, opts InspectOptions) (*Report, 
 }
 
 // inspectTable counts one table's rows per key.
-func (c *Connector) inspectTable(ctx context.Context, conn *pgx.Conn, t *Table, opts InspectOptions, r *Report) (*TableReport, error) {
-	tr := &TableReport{Table: t.Name, Keys: []*KeyReport{}}
+func (c *Connector) inspectTable(ctx context.Context, conn *pgx.Conn, t *Table, opts InspectOptions, r *Report) (_ *TableReport, err error) {
+	tr := &TableReport{Table: t.Name, Keys: []*KeyReport{}, Migrating: t.Migrating}
+	if t.Migrating {
+		defer func() { r.Problems = append(r.Problems, migratingProblem(tr, err != nil)) }()
+	}
 	var nsp, rel string
-	err := conn.QueryRow(ctx, `SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+	err = conn.QueryRow(ctx, `SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE c.oid = to_regclass($1) AND c.relkind IN ('r', 'p')`, t.Name).Scan(&nsp, &rel)
 	if err == pgx.ErrNoRows {
 		return tr, errors.New("no such table")
@@ -233,7 +239,11 @@ func (c *Connector) inspectTable(ctx context.Context, conn *pgx.Conn, t *Table, 
 			return pgx.CollectRows(rows, pgx.RowTo[string])
 		}
 		where := t.Name + "." + kn
-		if kr.Unkeyed > 0 {
+		if kr.Unkeyed > 0 && t.Migrating {
+			if kr.UnkeyedSample, err = sample(kc + " IS NULL AND (" + anyValue + ")"); err != nil {
+				return tr, err
+			}
+		} else if kr.Unkeyed > 0 {
 			if kr.UnkeyedSample, err = sample(kc + " IS NULL AND (" + anyValue + ")"); err != nil {
 				return tr, err
 			}
@@ -256,6 +266,22 @@ func (c *Connector) inspectTable(ctx context.Context, conn *pgx.Conn, t *Table, 
 		tr.Keys = append(tr.Keys, kr)
 	}
 	return tr, nil
+}
+
+// migratingProblem is the problem of a table left in migrating mode.
+func migratingProblem(tr *TableReport, failed bool) string {
+	var plain int64
+	for _, k := range tr.Keys {
+		plain += k.Unkeyed
+	}
+	if failed || plain > 0 {
+		what := "rows not counted (see above)"
+		if !failed {
+			what = rowsWord(plain) + " still in plaintext"
+		}
+		return fmt.Sprintf("%s: migrating: true, with %s: run kmspostgres encrypt %s, then remove migrating from the schema map", tr.Table, what, tr.Table)
+	}
+	return fmt.Sprintf("%s: migrating: true, but every row is encrypted: remove migrating from the schema map (while it is on, whoever can clear a key column can have the driver read plaintext they wrote)", tr.Table)
 }
 
 // labelExprs renders SQL that labels a row by its primary key: id=42.

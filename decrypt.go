@@ -213,7 +213,16 @@ func (r *rows) openRows(w *windowKeys, lo, hi int) error {
 			pk := w.pks[ri][si]
 			id := w.ids[ri][si]
 			if id == (rowKeyID{}) {
-				return cellError(ti, oc.Column, pk, fmt.Errorf("%w: the value has no data key (key column %s is NULL)", ErrDecrypt, ti.table.Keys[r.out.Sources[si].Key].Column))
+				keyCol := ti.table.Keys[r.out.Sources[si].Key].Column
+				if !ti.entry.Migrating {
+					return cellError(ti, oc.Column, pk, fmt.Errorf("%w: the value has no data key (key column %s is NULL)", ErrDecrypt, keyCol))
+				}
+				v, err := legacyValue(ti, oc.Column, keyCol, row[i])
+				if err != nil {
+					return cellError(ti, oc.Column, pk, err)
+				}
+				row[i] = v
+				continue
 			}
 			ck := r.keys[id]
 			if ck == nil {

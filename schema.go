@@ -46,6 +46,12 @@ type Table struct {
 	Keys map[string]*Key
 	// Columns that are encrypted, by column name.
 	Columns map[string]*Column
+	// Migrating is the adoption mode: a row whose key column is NULL is
+	// read as plaintext (its mapped columns in their stored text form),
+	// while every write still encrypts. Without it, a value beside a NULL
+	// key column is an error, so that whoever can clear a key column
+	// cannot inject plaintext. Turn it off once Encrypt has finished.
+	Migrating bool
 }
 
 // Key is one data key per row: a key column holding the wrapped key, the
@@ -108,6 +114,7 @@ type yamlTable struct {
 	PrimaryKey stringList             `yaml:"primary_key"`
 	Keys       map[string]*yamlKey    `yaml:"keys"`
 	Columns    map[string]*yamlColumn `yaml:"columns"`
+	Migrating  bool                   `yaml:"migrating"`
 }
 
 type yamlKey struct {
@@ -190,7 +197,7 @@ func ParseSchema(name string, data []byte) (*Schema, error) {
 		if yt == nil {
 			yt = &yamlTable{}
 		}
-		t := &Table{PrimaryKey: yt.PrimaryKey, Keys: map[string]*Key{}, Columns: map[string]*Column{}}
+		t := &Table{PrimaryKey: yt.PrimaryKey, Keys: map[string]*Key{}, Columns: map[string]*Column{}, Migrating: yt.Migrating}
 		for kn, yk := range yt.Keys {
 			if yk == nil {
 				yk = &yamlKey{}
@@ -234,7 +241,7 @@ func ParseSchema(name string, data []byte) (*Schema, error) {
 var (
 	schemaFields  = []string{"key_id", "cache", "tables"}
 	cacheFields   = []string{"max_age", "max_uses", "max_keys"}
-	tableFields   = []string{"primary_key", "keys", "columns"}
+	tableFields   = []string{"primary_key", "keys", "columns", "migrating"}
 	keyFields     = []string{"column", "key_id", "version", "context", "previous_versions"}
 	versionFields = []string{"key_id", "context"}
 	columnFields  = []string{"key", "type"}

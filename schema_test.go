@@ -140,7 +140,7 @@ func TestSchemaMessages(t *testing.T) {
 	t.Setenv("KMS_KEY_ID", "")
 	cases := []struct{ name, doc, want string }{
 		{"table field", "key_id: k\ntables:\n  users:\n    colums:\n      email: {}\n",
-			"svc.yaml: line 4: unknown field colums in table users; valid fields: primary_key, keys, columns"},
+			"svc.yaml: line 4: unknown field colums in table users; valid fields: primary_key, keys, columns, migrating"},
 		{"top field", "key_id: k\ntable: {}\n",
 			"svc.yaml: line 2: unknown field table at the top level; valid fields: key_id, cache, tables"},
 		{"column field", "key_id: k\ntables: {users: {columns: {email: {tpye: text}}}}",
@@ -154,7 +154,7 @@ func TestSchemaMessages(t *testing.T) {
 		{"null document", "---\n", "svc.yaml: the file is empty"},
 		{"no tables", "key_id: k\n", "svc.yaml: no tables; list the encrypted tables in a tables: section"},
 		{"empty tables", "key_id: k\ntables: {}\n", "no tables"},
-		{"table not a mapping", "key_id: k\ntables:\n  users: [email]\n", "line 3: table users must be a mapping of fields (primary_key, keys, columns)"},
+		{"table not a mapping", "key_id: k\ntables:\n  users: [email]\n", "line 3: table users must be a mapping of fields (primary_key, keys, columns, migrating)"},
 		{"tables not a mapping", "key_id: k\ntables: [users]\n", "line 2: tables must be a mapping of names"},
 		{"not a number", "key_id: k\ntables: {users: {keys: {kms_key: {version: two}}, columns: {email: {}}}}", "into int"},
 	}
@@ -192,5 +192,19 @@ func TestSchemaCache(t *testing.T) {
 		if _, err := ParseSchema("m.yaml", []byte("key_id: insecure-test-key\n"+bad+"tables:\n  users:\n    columns:\n      email: {}\n")); !errors.Is(err, ErrSchema) {
 			t.Errorf("%q: err = %v, want ErrSchema", bad, err)
 		}
+	}
+}
+
+func TestSchemaMigrating(t *testing.T) {
+	s, err := ParseSchema("m.yaml", []byte("key_id: insecure-test-key\ntables:\n  users:\n    migrating: true\n    columns: {email: {}}\n  orders:\n    columns: {note: {}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Tables["users"].Migrating || s.Tables["orders"].Migrating {
+		t.Fatalf("migrating: users %v, orders %v", s.Tables["users"].Migrating, s.Tables["orders"].Migrating)
+	}
+	_, err = ParseSchema("m.yaml", []byte("key_id: insecure-test-key\ntables:\n  users:\n    migrating: yes please\n    columns: {email: {}}\n"))
+	if err == nil {
+		t.Fatal("migrating: a string was accepted")
 	}
 }

@@ -126,6 +126,17 @@ func (u *updateKeyer) run() (string, []driver.NamedValue, error) {
 	if err != nil {
 		return "", nil, err
 	}
+	if u.ti.entry.Migrating {
+		adopted, err := u.adoptLegacy(peek)
+		if err != nil {
+			return "", nil, err
+		}
+		if adopted {
+			if peek, err = u.selectRows(u.up.SelectSQL); err != nil {
+				return "", nil, err
+			}
+		}
+	}
 	peekKeys, err := u.keyRows(peek, nil, nil)
 	if err != nil {
 		return "", nil, err
@@ -302,6 +313,37 @@ func (u *updateKeyer) halfEncrypted(r *updRow, k int) error {
 		Reason: fmt.Sprintf("the row %s has values under key %s but no data key (%s is NULL): encrypting %s alone would leave %s in plaintext beside a new key",
 			pkLabel(t, r.pk), t.Keys[k].Name, t.Keys[k].Column, strings.Join(set, ", "), strings.Join(rest, ", ")),
 		Fix: "set every column under key " + t.Keys[k].Name + " (" + strings.Join(t.Keys[k].Columns, ", ") + ") in the same UPDATE, so that the driver encrypts them all; kmspostgres check lists such rows"}
+}
+
+// adoptLegacy encrypts, in migrating mode, the legacy rows (values under
+// a key but no data key) that an UPDATE setting only some of the columns
+// under that key would otherwise refuse: each gets a fresh data key and
+// every column under the key encrypted from its stored plaintext, as
+// Encrypt does, in the statement's transaction and with Encrypt's
+// compare-and-set, before the UPDATE keys its rows. It reports whether it
+// looked at any row; one changed meanwhile stays legacy, and the UPDATE
+// then refuses it.
+func (u *updateKeyer) adoptLegacy(rows []updRow) (bool, error) {
+	b := &backfiller{c: u.c.connector, mode: modeEncrypt, rt: u.up.Table, ti: u.ti,
+		rel: pgx.Identifier{u.up.Table.Schema, u.up.Table.Relname}.Sanitize(), conn: u.c.inner.Conn(),
+		opts: BackfillOptions{Concurrency: u.c.connector.kmsConcurrency}}
+	found := false
+	for i, k := range u.up.Keys {
+		var legacy [][]string
+		for _, r := range rows {
+			if !k.Fresh && r.keys[i] == nil && r.others[i] {
+				legacy = append(legacy, r.pk)
+			}
+		}
+		if len(legacy) == 0 {
+			continue
+		}
+		found = true
+		if err := b.adopt(u.ctx, k.Key, legacy); err != nil {
+			return true, err
+		}
+	}
+	return found, nil
 }
 
 func sameKey(a, b *string) bool {

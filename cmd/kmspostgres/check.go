@@ -86,6 +86,9 @@ func printReport(w io.Writer, r *kmspostgres.Report) {
 	}
 	for _, t := range r.Tables {
 		fmt.Fprintf(w, "\ntable %s\n", t.Table)
+		if t.Migrating {
+			fmt.Fprintln(w, "  migrating: true (plaintext beside a NULL key column is read; encrypt, then turn it off)")
+		}
 		if t.Error != "" {
 			fmt.Fprintf(w, "  not scanned: %s\n", t.Error)
 			continue

@@ -3,6 +3,10 @@
 //
 //	kmspostgres check  [-dsn DSN] [-json] [-wrap-only] [-kms-timeout D]
 //	kmspostgres rewrap [-dsn DSN] [-all] [-batch N] TABLE...
+//	kmspostgres encrypt [-dsn DSN] [-dry-run] [-batch N] [-concurrency N] [-kms-rps R] [-json] TABLE...
+//	kmspostgres decrypt [-dsn DSN] -yes [flags as encrypt] TABLE...
+//	kmspostgres reencrypt [-dsn DSN] [-after PK] [flags as encrypt] TABLE...
+//	kmspostgres context-hash [-dsn DSN] [-key NAME] [-device PATH] TABLE PK
 //	kmspostgres help [COMMAND]
 //
 // check resolves the schema map against the database, looks at the data
@@ -18,8 +22,13 @@
 // connection string with kms_schema=<schema map>, or with
 // KMSPOSTGRES_SCHEMA set. All KMS providers are linked in.
 //
+// encrypt, decrypt and reencrypt are online backfills: encrypt the rows of
+// a table that predates the driver, decrypt them all back out, or give
+// every row a fresh data key. context-hash prints the Vault audit HMAC of a
+// row's encryption context.
+//
 // Exit codes: 0 all good, 1 problems found or the command failed, 2 usage
-// error.
+// error, 3 a backfill was interrupted (run it again to go on).
 package main
 
 import (
@@ -32,6 +41,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"syscall"
 
 	"github.com/kmspostgres/kmspostgres"
 	_ "github.com/kmspostgres/kmspostgres/providers/all"
@@ -47,27 +57,43 @@ const (
 const usage = `kmspostgres runs maintenance on databases written through the kmspostgres driver.
 
 Usage:
-  kmspostgres check  [-dsn DSN] [-json] [-wrap-only] [-kms-timeout D]
-  kmspostgres rewrap [-dsn DSN] [-all] [-batch N] TABLE...
+  kmspostgres check        [-dsn DSN] [-json] [-wrap-only] [-kms-timeout D]
+  kmspostgres rewrap       [-dsn DSN] [-all] [-batch N] TABLE...
+  kmspostgres encrypt      [-dsn DSN] [-dry-run] [-batch N] [-concurrency N] [-kms-rps R] [-json] TABLE...
+  kmspostgres decrypt      [-dsn DSN] -yes [-dry-run] [-batch N] [-concurrency N] [-kms-rps R] [-json] TABLE...
+  kmspostgres reencrypt    [-dsn DSN] [-dry-run] [-after PK] [-batch N] [-concurrency N] [-kms-rps R] [-json] TABLE...
+  kmspostgres context-hash [-dsn DSN] [-key NAME] [-device PATH] TABLE PK
   kmspostgres help [COMMAND]
 
 Commands:
-  check   check the schema map against the database and its data, and every
-          master key id against its KMS
-  rewrap  move rows to the current version of each key, without touching cells
+  check         check the schema map against the database and its data, and
+                every master key id against its KMS
+  rewrap        move rows to the current version of each key, without
+                touching cells
+  encrypt       encrypt the plaintext rows of a table adopted with
+                migrating: true, online and resumable
+  decrypt       the way back out: every row back to plaintext, online
+  reencrypt     a fresh data key for every row, every cell re-encrypted
+  context-hash  the Vault audit HMAC of a row's encryption context
 
 The DSN comes from -dsn, else DATABASE_URL: a pgx connection string with
 kms_schema=<schema map file> (or KMSPOSTGRES_SCHEMA set). Flags may come
 before or after table names. Run 'kmspostgres COMMAND -h' for a command's
 flags.
 
-Exit codes: 0 all good, 1 problems found or the command failed, 2 usage error.
+Exit codes: 0 all good, 1 problems found or the command failed, 2 usage error,
+3 interrupted (encrypt, decrypt, reencrypt: what was written stays; run the
+command again to go on).
 
 Examples:
   kmspostgres check -dsn "postgres://app@db/app?kms_schema=schema.yaml"
   kmspostgres check -json -wrap-only      # DSN from DATABASE_URL; encrypt-only credentials
   kmspostgres rewrap users orders -dsn "postgres://app@db/app?kms_schema=schema.yaml"
   kmspostgres rewrap -all users           # after rotating the master key in the KMS
+  kmspostgres encrypt users -dry-run      # adopting: what encrypt would do
+  kmspostgres encrypt users -kms-rps 200  # adopting: encrypt the plaintext rows
+  kmspostgres decrypt -yes users          # the way back out
+  kmspostgres context-hash users 42       # find row 42 in a Vault audit log
 `
 
 // command is one subcommand: its help text, and a run function that gets
@@ -121,6 +147,12 @@ func (e *cmdEnv) fail(err error) int {
 	return exitProblem
 }
 
+// writeJSONLine writes v as one line of JSON (progress and results of the
+// backfill commands).
+func writeJSONLine(w io.Writer, v any) error {
+	return json.NewEncoder(w).Encode(v)
+}
+
 func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -128,14 +160,23 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 var commands = map[string]command{
-	"check":  {help: checkHelp, flags: checkFlags},
-	"rewrap": {help: rewrapHelp, flags: rewrapFlags},
+	"check":        {help: checkHelp, flags: checkFlags},
+	"rewrap":       {help: rewrapHelp, flags: rewrapFlags},
+	"encrypt":      {help: encryptHelp, flags: encryptFlags},
+	"decrypt":      {help: decryptHelp, flags: decryptFlags},
+	"reencrypt":    {help: reencryptHelp, flags: reencryptFlags},
+	"context-hash": {help: contextHashHelp, flags: contextHashFlags},
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop() // a second Ctrl-C kills at once
+	}()
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -158,9 +199,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if _, ok := commands[name]; !ok {
 		if strings.HasPrefix(name, "-") {
-			fmt.Fprintf(stderr, "kmspostgres: the command comes first (check or rewrap), then flags such as %s; run 'kmspostgres help'\n", name)
+			fmt.Fprintf(stderr, "kmspostgres: the command comes first (check, rewrap, encrypt, …), then flags such as %s; run 'kmspostgres help'\n", name)
 		} else {
-			fmt.Fprintf(stderr, "kmspostgres: unknown command %q (commands: check, rewrap); run 'kmspostgres help'\n", name)
+			fmt.Fprintf(stderr, "kmspostgres: unknown command %q (commands: check, rewrap, encrypt, decrypt, reencrypt, context-hash); run 'kmspostgres help'\n", name)
 		}
 		return exitUsage
 	}
