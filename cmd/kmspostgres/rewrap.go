@@ -44,18 +44,8 @@ func rewrapFlags(fs *flag.FlagSet) func(context.Context, *cmdEnv) int {
 		if c == nil {
 			return code
 		}
-		for _, table := range e.args {
-			schema, name := "", table
-			if i := strings.IndexByte(table, '.'); i >= 0 {
-				schema, name = table[:i], table[i+1:]
-			}
-			if c.Schema().Table(schema, name) == nil {
-				var names []string
-				for n := range c.Schema().Tables {
-					names = append(names, n)
-				}
-				return e.usageErr("table %s is not in the schema map (its tables: %s)", table, strings.Join(sorted(names), ", "))
-			}
+		if code := checkTables(e, c, e.args); code != 0 {
+			return code
 		}
 		// The layout first: a table missing from the database, or any
 		// mismatch, is refused before a row is touched.
