@@ -77,6 +77,8 @@ type Column struct {
 	Key string
 	// Type is the plaintext type, default envelope.Text.
 	Type envelope.Type
+	// BlindIndex, when set, makes the column searchable by equality.
+	BlindIndex *BlindIndex
 }
 
 // LoadSchema reads and validates a schema map file.
@@ -113,8 +115,9 @@ type yamlKeyVersion struct {
 }
 
 type yamlColumn struct {
-	Key  string `yaml:"key"`
-	Type string `yaml:"type"`
+	Key        string          `yaml:"key"`
+	Type       string          `yaml:"type"`
+	BlindIndex *yamlBlindIndex `yaml:"blind_index"`
 }
 
 type stringList []string
@@ -188,6 +191,11 @@ func ParseSchema(name string, data []byte) (*Schema, error) {
 				}
 				c.Type = typ
 			}
+			bi, err := blindIndexFromYAML(yc.BlindIndex)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %s: table %s, column %s: %v", ErrSchema, name, tn, cn, err)
+			}
+			c.BlindIndex = bi
 			t.Columns[cn] = c
 		}
 		s.Tables[tn] = t
@@ -366,7 +374,7 @@ func (s *Schema) validateColumn(t *Table, cn string, c *Column, pk map[string]bo
 	if !c.Type.Valid() {
 		return s.invalid("table %s, column %s: unknown type %v", tn, cn, c.Type)
 	}
-	return nil
+	return s.validateBlindIndex(t, c, pk, keyCols)
 }
 
 var placeholder = regexp.MustCompile(`\{([^{}]*)\}`)
