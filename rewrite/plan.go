@@ -26,14 +26,19 @@ type Plan struct {
 
 	Insert *Insert
 	Update *Update
+	// Lookups are the blind-index values the statement compares with
+	// (Arg.Lookup refers to them).
+	Lookups []Lookup
 }
 
 // Arg is where one parameter of a rewritten statement comes from: the
 // caller's argument Orig (0-based) when Slot < 0, else the value the driver
-// computes for Slot.
+// computes for Slot; when Lookup > 0, the blind-index value of
+// Plan.Lookups[Lookup-1] instead.
 type Arg struct {
-	Orig int
-	Slot int
+	Orig   int
+	Slot   int
+	Lookup int
 }
 
 // Output maps result columns to their decryption.
@@ -42,6 +47,9 @@ type Output struct {
 	Names   []string // their names, for cross-checks
 	Cols    []OutCol // len Visible
 	Sources []Source // row keys, read from hidden columns after the visible ones
+	// Checks are encrypted columns read after the Sources' hidden columns
+	// to verify blind-index matches (see Check).
+	Checks []Check
 }
 
 // OutCol is one visible result column.
@@ -97,6 +105,9 @@ type InsertRow struct {
 	// KeySlot per Table.Keys: the slot of the wrapped key, -1 when the row
 	// writes no column under that key.
 	KeySlot []int
+	// Indexes are the blind-index values the row writes: Column is the
+	// encrypted column, Slot the slot of its index value.
+	Indexes []Cell
 }
 
 // Cell is a value for an encrypted column and the slot of its ciphertext.
@@ -125,6 +136,9 @@ type Update struct {
 	// row exactly on partitioned and inherited tables alike.
 	TableoidSlot int
 	Slots        int
+	// Indexes are the blind-index values the UPDATE writes, one value for
+	// every row (Column is the encrypted column).
+	Indexes []Cell
 }
 
 // UpdateKey is a key of the table that the UPDATE writes under.
