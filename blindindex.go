@@ -1,12 +1,14 @@
 package kmspostgres
 
 import (
+	"database/sql/driver"
 	"fmt"
 	"maps"
 	"slices"
 
 	"github.com/kmspostgres/kmspostgres/blindindex"
 	"github.com/kmspostgres/kmspostgres/envelope"
+	"github.com/kmspostgres/kmspostgres/rewrite"
 )
 
 // BlindIndex makes an encrypted column searchable by equality: the driver
@@ -137,4 +139,242 @@ func newBlindIndexes(s *Schema) (blindIndexes, error) {
 		}
 	}
 	return out, nil
+}
+
+// checkBlindIndexes checks the index columns of a relation's blind indexes
+// (they exist, are text or bytea, have no default) and records them for
+// the rewriter.
+func (c *catalog) checkBlindIndexes(t *rewrite.Table, entry *Table, attrs map[string]attr) error {
+	for _, cn := range slices.Sorted(maps.Keys(entry.Columns)) {
+		b := entry.Columns[cn].BlindIndex
+		if b == nil {
+			continue
+		}
+		a, ok := attrs[b.Column]
+		if !ok {
+			return c.mismatch(t.Name, "blind-index column %s (of %s) does not exist; add it: ALTER TABLE %s ADD COLUMN %s text (and CREATE UNIQUE INDEX ON %s (%s) if values are unique)", b.Column, cn, t.Name, b.Column, t.Name, b.Column)
+		}
+		bytea := false
+		switch a.typ {
+		case "text", "character varying":
+		case "bytea":
+			bytea = true
+		default:
+			return c.mismatch(t.Name, "blind-index column %s is %s; it must be text (base64) or bytea (raw)", b.Column, a.typ)
+		}
+		if a.hasDef {
+			return c.mismatch(t.Name, "blind-index column %s has a default or is generated; drop it, the driver writes blind-index columns", b.Column)
+		}
+		if t.Blind == nil {
+			t.Blind = map[string]rewrite.BlindIndex{}
+		}
+		t.Blind[cn] = rewrite.BlindIndex{Column: b.Column, Bytea: bytea}
+	}
+	return nil
+}
+
+// index returns the blind index of table.column.
+func (c *Connector) index(t *rewrite.Table, column string) (*blindindex.Index, error) {
+	ix := c.blind[[2]string{t.Name, column}]
+	if ix == nil {
+		return nil, fmt.Errorf("kmspostgres: %s.%s: no blind index key (the schema map changed under the plan)", t.Name, column)
+	}
+	return ix, nil
+}
+
+// indexValue computes the stored index value of one plaintext value: nil
+// (NULL) stays nil; text index columns get base64, bytea columns raw
+// bytes. The value is encoded as the cell's plaintext is, so that writes
+// and lookups agree.
+func (c *Connector) indexValue(t *rewrite.Table, column string, v any) (any, error) {
+	if v == nil {
+		return nil, nil
+	}
+	ix, err := c.index(t, column)
+	if err != nil {
+		return nil, err
+	}
+	pt, err := envelope.Text.Encode(v)
+	if err != nil {
+		return nil, &CellError{Table: t.Name, Column: column, Err: err}
+	}
+	if t.Blind[column].Bytea {
+		return ix.Sum(pt), nil
+	}
+	return ix.Text(pt), nil
+}
+
+// indexCells fills the slots of the index values a statement writes.
+func (c *Connector) indexCells(t *rewrite.Table, cells []rewrite.Cell, args []driver.NamedValue, slots []any) error {
+	for _, cell := range cells {
+		v, err := valueOf(cell.Value, args)
+		if err != nil {
+			return err
+		}
+		if slots[cell.Slot], err = c.indexValue(t, cell.Column, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lookupOperands resolves the operands of a plan's lookups: one value, or
+// the elements of an array argument (NULL elements and NULL values drop
+// out: they match nothing).
+func lookupOperands(l rewrite.Lookup, args []driver.NamedValue) ([]any, error) {
+	v, err := valueOf(l.Value, args)
+	if err != nil || v == nil {
+		return nil, err
+	}
+	if !l.Array {
+		return []any{v}, nil
+	}
+	var out []any
+	switch a := v.(type) {
+	case []string:
+		for _, s := range a {
+			out = append(out, s)
+		}
+	case []*string:
+		for _, s := range a {
+			if s != nil {
+				out = append(out, *s)
+			}
+		}
+	case []any:
+		for _, s := range a {
+			if s, err := resolveValue(s); err != nil {
+				return nil, err
+			} else if s != nil {
+				out = append(out, s)
+			}
+		}
+	default:
+		return nil, &rewrite.RefusalError{Table: l.Table.Name, Column: l.Column, Reason: fmt.Sprintf("= ANY on a blind-indexed column takes a []string, not %T", v), Fix: "pass the values as a []string"}
+	}
+	return out, nil
+}
+
+// lookups computes the index values a plan compares with.
+func (c *Connector) lookups(p *rewrite.Plan, args []driver.NamedValue) ([]any, error) {
+	if len(p.Lookups) == 0 {
+		return nil, nil
+	}
+	out := make([]any, len(p.Lookups))
+	for i, l := range p.Lookups {
+		ops, err := lookupOperands(l, args)
+		if err != nil {
+			return nil, err
+		}
+		if !l.Array {
+			if len(ops) == 1 {
+				out[i], err = c.indexValue(l.Table, l.Column, ops[0])
+			}
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
+		bytea := l.Table.Blind[l.Column].Bytea
+		texts, raws := make([]string, len(ops)), make([][]byte, len(ops))
+		for j, op := range ops {
+			iv, err := c.indexValue(l.Table, l.Column, op)
+			if err != nil {
+				return nil, err
+			}
+			if bytea {
+				raws[j] = iv.([]byte)
+			} else {
+				texts[j] = iv.(string)
+			}
+		}
+		if bytea {
+			out[i] = raws
+		} else {
+			out[i] = texts
+		}
+	}
+	return out, nil
+}
+
+// ErrBlindIndexMismatch reports a result row whose blind-index value
+// matched the query but whose decrypted value does not: the index column
+// was written by something other than the driver (copied from another
+// row, say). The statement fails rather than return the row. It wraps
+// ErrDecrypt; use errors.Is.
+var ErrBlindIndexMismatch = fmt.Errorf("%w: a row's blind index does not match its value (was the index column written past the driver?)", ErrDecrypt)
+
+// blindChecks holds, per check of a result, the normalized operands a
+// row's decrypted value must be among.
+type blindChecks [][]string
+
+// attachChecks gives a result set the operands of its plan's checks.
+func (c *Conn) attachChecks(dr driver.Rows, p *rewrite.Plan, args []driver.NamedValue) error {
+	r, ok := dr.(*rows)
+	if !ok || p.Out == nil || len(p.Out.Checks) == 0 {
+		return nil
+	}
+	r.checks = make(blindChecks, len(p.Out.Checks))
+	for i, ch := range p.Out.Checks {
+		ix, err := c.connector.index(ch.Table, ch.Column)
+		if err != nil {
+			return err
+		}
+		for _, li := range ch.Lookups {
+			ops, err := lookupOperands(p.Lookups[li], args)
+			if err != nil {
+				return err
+			}
+			for _, op := range ops {
+				pt, err := envelope.Text.Encode(op)
+				if err != nil {
+					return &CellError{Table: ch.Table.Name, Column: ch.Column, Err: err}
+				}
+				r.checks[i] = append(r.checks[i], ix.Normalize(string(pt)))
+			}
+		}
+	}
+	return nil
+}
+
+// verify decrypts, for every row of the window, the columns the plan's
+// checks name and fails the result set on a row whose value is not among
+// the query's operands: its index value was not computed from its value.
+func (r *rows) verify(w *windowKeys) error {
+	if len(r.out.Checks) == 0 {
+		return nil
+	}
+	if r.checks == nil {
+		return fmt.Errorf("kmspostgres: internal: blind-index checks without operands; refusing the result")
+	}
+	for ri, row := range r.buf {
+		for ci, ch := range r.out.Checks {
+			si := ch.Source
+			ti := w.infos[si]
+			pk := w.pks[ri][si]
+			bad := cellError(ti, ch.Column, pk, ErrBlindIndexMismatch)
+			id := w.ids[ri][si]
+			if row[ch.At] == nil || id == "" {
+				return bad // NULL matches no equality
+			}
+			ck := r.keys[id]
+			if ck == nil {
+				return cellError(ti, ch.Column, pk, w.pending[id].err)
+			}
+			v, err := openCell(ti, ch.Column, ck, row[ch.At])
+			if err != nil {
+				return cellError(ti, ch.Column, pk, err)
+			}
+			ix, err := r.c.connector.index(ti.table, ch.Column)
+			if err != nil {
+				return err
+			}
+			s, _ := v.(string)
+			if !slices.Contains(r.checks[ci], ix.Normalize(s)) {
+				return bad
+			}
+			row[ch.At] = nil // no plaintext kept beyond the check
+		}
+	}
+	return nil
 }

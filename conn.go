@@ -131,6 +131,12 @@ func (c *Conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	}
 	rows, err := c.query(ctx, p.Out, q, a, finish)
 	c.afterStatement(p)
+	if err == nil {
+		if err = c.attachChecks(rows, p, args); err != nil {
+			rows.Close()
+			return nil, err
+		}
+	}
 	return rows, c.staleCheck(err)
 }
 

@@ -24,6 +24,7 @@ type Connector struct {
 	plans   *lru.Cache[string, planEntry] // by SQL text
 	catalog *catalog
 	ids     *idCache
+	blind   blindIndexes // per-index keys, by table and column
 
 	// kmsConcurrency bounds the KMS calls one statement makes at once.
 	kmsConcurrency int
@@ -69,6 +70,10 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 			return nil, err
 		}
 	}
+	blind, err := newBlindIndexes(schema)
+	if err != nil {
+		return nil, err
+	}
 	pgcfg, err := pgx.ParseConfig(rest)
 	if err != nil {
 		return nil, fmt.Errorf("kmspostgres: %w", err)
@@ -84,6 +89,7 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 		plans:          lru.New[string, planEntry](2048),
 		catalog:        newCatalog(schema, cfg.catalogTTL),
 		ids:            newIDCache(32),
+		blind:          blind,
 		kmsConcurrency: 16,
 		window:         256,
 	}, nil

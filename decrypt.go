@@ -29,7 +29,10 @@ func (r *rows) decrypt() error {
 		return err
 	}
 	r.unwrapKeys(w)
-	return r.openCells(w)
+	if err := r.openCells(w); err != nil {
+		return err
+	}
+	return r.verify(w)
 }
 
 // sourceError names the first decrypted column of a source, for failures

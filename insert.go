@@ -38,7 +38,16 @@ func (c *Conn) prepareInsert(ctx context.Context, p *rewrite.Plan, args []driver
 	if err := sealInsert(ti, ip, args, slots, jobs); err != nil {
 		return "", nil, err
 	}
-	a, err := planArgs(p.Args, args, slots)
+	for _, row := range ip.Rows {
+		if err := c.connector.indexCells(ip.Table, row.Indexes, args, slots); err != nil {
+			return "", nil, err
+		}
+	}
+	lk, err := c.connector.lookups(p, args)
+	if err != nil {
+		return "", nil, err
+	}
+	a, err := planArgs(p.Args, args, slots, lk)
 	return p.SQL, a, err
 }
 

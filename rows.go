@@ -35,6 +35,8 @@ type rows struct {
 	err  error
 	keys map[string]*envelope.CellKey // unwrapped in this result set
 	done bool
+	// checks are the operands of the plan's blind-index checks.
+	checks blindChecks
 }
 
 var (

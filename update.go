@@ -85,7 +85,11 @@ type updateKeyer struct {
 func (c *Conn) newUpdateKeyer(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue) (*updateKeyer, error) {
 	up := p.Update
 	u := &updateKeyer{c: c, ctx: ctx, p: p, up: up, ti: c.connector.catalog.info(up.Table), args: args}
-	sargs, err := planArgs(up.SelectArgs, args, nil)
+	lk, err := c.connector.lookups(p, args)
+	if err != nil {
+		return nil, err
+	}
+	sargs, err := planArgs(up.SelectArgs, args, nil, lk)
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +146,14 @@ func (u *updateKeyer) run() (string, []driver.NamedValue, error) {
 	if err != nil {
 		return "", nil, err
 	}
-	a, err := planArgs(u.p.Args, u.args, slots)
+	if err := u.c.connector.indexCells(u.up.Table, u.up.Indexes, u.args, slots); err != nil {
+		return "", nil, err
+	}
+	lk, err := u.c.connector.lookups(u.p, u.args)
+	if err != nil {
+		return "", nil, err
+	}
+	a, err := planArgs(u.p.Args, u.args, slots, lk)
 	return u.p.SQL, a, err
 }
 

@@ -1,0 +1,277 @@
+package integration
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/kmspostgres/kmspostgres"
+	"github.com/kmspostgres/kmspostgres/blindindex"
+)
+
+const bidxDDL = `
+CREATE TABLE users (
+	id bigserial PRIMARY KEY,
+	name text,
+	email text,
+	ssn text,
+	encrypted_kms_key text,
+	email_bidx text,
+	ssn_lookup bytea
+);
+CREATE UNIQUE INDEX users_email_bidx ON users (email_bidx);
+`
+
+const bidxMap = `
+key_id: insecure-test-key
+tables:
+  users:
+    columns:
+      email:
+        blind_index: {expression: lower_trim, algorithm: hmac_sha256}
+      ssn:
+        blind_index: {column: ssn_lookup, algorithm: hmac_sha256}
+`
+
+// testMasterKey is a blind-index master key for tests only.
+var testMasterKey = strings.Repeat("0123456789abcdef", 4)
+
+func newBlindEnv(t *testing.T, mode string) *env {
+	t.Helper()
+	t.Setenv(blindindex.EnvMasterKey, testMasterKey)
+	e := newEnv(t, bidxDDL, bidxMap, "default_query_exec_mode="+mode)
+	e.exec(`INSERT INTO users (name, email, ssn) VALUES ($1, $2, $3), ('bob', 'bob@example.com', '222-22-2222'), ('cy', NULL, NULL)`,
+		"alice", "Alice@Example.com", "111-11-1111")
+	return e
+}
+
+// names runs a query through the driver and returns the first column of
+// every row, sorted.
+func (e *env) names(query string, args ...any) []string {
+	e.t.Helper()
+	rows, err := e.db.Query(query, args...)
+	if err != nil {
+		e.t.Fatalf("%s: %v", query, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			e.t.Fatal(err)
+		}
+		out = append(out, s)
+	}
+	if err := rows.Err(); err != nil {
+		e.t.Fatalf("%s: %v", query, err)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func wantNames(t *testing.T, got []string, want ...string) {
+	t.Helper()
+	if want == nil {
+		want = []string{}
+	}
+	if got == nil {
+		got = []string{}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+}
+
+func TestBlindIndexReads(t *testing.T) {
+	for _, mode := range execModes {
+		t.Run(mode, func(t *testing.T) {
+			e := newBlindEnv(t, mode)
+			for _, tc := range []struct {
+				sql  string
+				args []any
+				want []string
+			}{
+				{"SELECT name FROM users WHERE email = $1", []any{" ALICE@example.com "}, []string{"alice"}},
+				{"SELECT name FROM users WHERE $1 = email", []any{"bob@example.com"}, []string{"bob"}},
+				{"SELECT name FROM users WHERE email = 'bob@EXAMPLE.com'", nil, []string{"bob"}},
+				{"SELECT name FROM users WHERE email = $1", []any{"nobody@example.com"}, nil},
+				{"SELECT name FROM users WHERE email = $1", []any{nil}, nil},
+				{"SELECT name FROM users WHERE email IN ($1, 'bob@example.com')", []any{"alice@example.com"}, []string{"alice", "bob"}},
+				{"SELECT name FROM users WHERE email = ANY($1)", []any{[]string{"alice@example.com", "Bob@example.com", "x@y"}}, []string{"alice", "bob"}},
+				{"SELECT name FROM users WHERE email IS NULL", nil, []string{"cy"}},
+				{"SELECT name FROM users WHERE email IS NOT NULL", nil, []string{"alice", "bob"}},
+				{"SELECT name FROM users WHERE email <> $1", []any{"alice@example.com"}, []string{"bob"}},
+				{"SELECT name FROM users WHERE email NOT IN ($1)", []any{"bob@example.com"}, []string{"alice"}},
+				{"SELECT name FROM users WHERE email = $1 OR name = $2", []any{"alice@example.com", "cy"}, []string{"alice", "cy"}},
+				{"SELECT name FROM users WHERE email = $1 AND ssn = $2", []any{"alice@example.com", "111-11-1111"}, []string{"alice"}},
+				{"SELECT name FROM users WHERE email = $1 AND ssn = $2", []any{"alice@example.com", "222-22-2222"}, nil},
+				{"SELECT email FROM users WHERE ssn = $1", []any{"222-22-2222"}, []string{"bob@example.com"}},
+				{"SELECT name FROM users WHERE id IN (SELECT id FROM users WHERE email = $1)", []any{"bob@example.com"}, []string{"bob"}},
+				{"WITH u AS (SELECT id, name FROM users WHERE email = $1) SELECT name FROM u", []any{"alice@example.com"}, []string{"alice"}},
+				{"SELECT u.name FROM users u WHERE EXISTS (SELECT 1 FROM users v WHERE v.id = u.id AND v.email = $1)", []any{"bob@example.com"}, []string{"bob"}},
+				{"SELECT count(*)::text FROM users WHERE email = $1", []any{"bob@example.com"}, []string{"1"}},
+			} {
+				wantNames(t, e.names(tc.sql, tc.args...), tc.want...)
+			}
+			// The sqlc shape: QueryRow with every column.
+			var id int64
+			var name, email, ssn string
+			if err := e.db.QueryRow("SELECT id, name, email, ssn FROM users WHERE email = $1", "alice@example.com").Scan(&id, &name, &email, &ssn); err != nil {
+				t.Fatal(err)
+			}
+			if name != "alice" || email != "Alice@Example.com" || ssn != "111-11-1111" {
+				t.Fatalf("got %q %q %q", name, email, ssn)
+			}
+		})
+	}
+}
+
+func TestBlindIndexWrites(t *testing.T) {
+	for _, mode := range execModes {
+		t.Run(mode, func(t *testing.T) {
+			e := newBlindEnv(t, mode)
+			// NULL stays NULL in both columns.
+			if got := e.rawValues("SELECT coalesce(email, 'NULL') || '/' || coalesce(email_bidx, 'NULL') FROM users WHERE name = 'cy'"); got[0] != "NULL/NULL" {
+				t.Fatalf("cy stored %q", got)
+			}
+			// UPDATE of the encrypted column moves its index.
+			e.exec("UPDATE users SET email = $1 WHERE email = $2", "alice@new.example", "alice@example.com")
+			wantNames(t, e.names("SELECT name FROM users WHERE email = $1", "alice@example.com"))
+			wantNames(t, e.names("SELECT name FROM users WHERE email = $1", "ALICE@new.example"), "alice")
+			// UPDATE of a plain column by an encrypted one.
+			e.exec("UPDATE users SET name = $1 WHERE email = $2", "robert", "bob@example.com")
+			wantNames(t, e.names("SELECT name FROM users WHERE email = $1", "bob@example.com"), "robert")
+			// Setting it NULL clears the index.
+			e.exec("UPDATE users SET email = NULL WHERE name = 'robert'")
+			if got := e.rawValues("SELECT coalesce(email_bidx, 'NULL') FROM users WHERE name = 'robert'"); got[0] != "NULL" {
+				t.Fatalf("index after NULL: %q", got)
+			}
+			e.exec("UPDATE users SET email = $1 WHERE name = 'robert'", "bob@example.com")
+			// Uniqueness, upserts on the encrypted column.
+			e.exec("INSERT INTO users (name, email) VALUES ('dup', $1) ON CONFLICT (email) DO NOTHING", " BOB@example.com")
+			wantNames(t, e.names("SELECT name FROM users WHERE email = $1", "bob@example.com"), "robert")
+			e.exec("INSERT INTO users (name, email) VALUES ('bobby', $1) ON CONFLICT (email) DO UPDATE SET name = EXCLUDED.name", "bob@example.com")
+			wantNames(t, e.names("SELECT name FROM users WHERE email = $1", "bob@example.com"), "bobby")
+			if _, err := e.db.Exec("INSERT INTO users (name, email) VALUES ('dup', $1)", "Bob@Example.com"); err == nil || !strings.Contains(err.Error(), "users_email_bidx") {
+				t.Fatalf("duplicate email: %v", err)
+			}
+			// DELETE by the encrypted column.
+			e.exec("DELETE FROM users WHERE email = $1", "bob@example.com")
+			wantNames(t, e.names("SELECT name FROM users WHERE email IS NOT NULL"), "alice")
+			// The raw table holds no plaintext and no unkeyed hash of it.
+			plain := []string{"alice@new.example", "Alice@Example.com", "alice@example.com", "111-11-1111", "bob@example.com"}
+			e.assertNoPlaintext("users", plain...)
+			for _, p := range plain {
+				h := sha256.Sum256([]byte(p))
+				e.assertNoPlaintext("users", hex.EncodeToString(h[:]), base64.StdEncoding.EncodeToString(h[:]), `\x`+hex.EncodeToString(h[:]))
+			}
+		})
+	}
+}
+
+func TestBlindIndexRefusals(t *testing.T) {
+	t.Setenv(blindindex.EnvMasterKey, testMasterKey)
+	e := newEnv(t, bidxDDL, bidxMap)
+	for _, q := range []string{
+		"SELECT name FROM users WHERE email LIKE $1",
+		"SELECT name FROM users WHERE email > $1",
+		"SELECT name FROM users ORDER BY email",
+		"SELECT name FROM users WHERE lower(email) = $1",
+		"INSERT INTO users (name, email, email_bidx) VALUES ('x', $1, 'forged')",
+		"UPDATE users SET email_bidx = $1",
+	} {
+		_, err := e.db.Exec(q, "x")
+		var re *kmspostgres.RefusalError
+		if !errors.Is(err, kmspostgres.ErrUnsupported) || !errorsAs(err, &re) {
+			t.Errorf("%s: %v, want a refusal", q, err)
+		}
+	}
+}
+
+// TestBlindIndexTamper: an index value copied from another row does not
+// make the driver return that row for the other row's value.
+func TestBlindIndexTamper(t *testing.T) {
+	t.Setenv(blindindex.EnvMasterKey, testMasterKey)
+	e := newEnv(t, strings.Replace(bidxDDL, "CREATE UNIQUE INDEX", "CREATE INDEX", 1), bidxMap)
+	e.exec("INSERT INTO users (name, email) VALUES ('alice', 'alice@example.com'), ('mallory', 'mallory@example.com')")
+	ctx := context.Background()
+	if _, err := e.raw.Exec(ctx, "UPDATE users SET email_bidx = (SELECT email_bidx FROM users WHERE name = 'alice') WHERE name = 'mallory'"); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		"SELECT id, name FROM users WHERE email = $1",
+		"SELECT name FROM users WHERE email = $1",
+		"SELECT name, email FROM users WHERE email = $1",
+		"SELECT name FROM users WHERE email = ANY($1)",
+	} {
+		arg := any("alice@example.com")
+		if strings.Contains(q, "ANY") {
+			arg = []string{"alice@example.com"}
+		}
+		rows, err := e.db.Query(q, arg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for rows.Next() {
+			var a, b sql.NullString
+			dest := []any{&a}
+			if strings.Contains(q, ", ") {
+				dest = append(dest, &b)
+			}
+			if err := rows.Scan(dest...); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, a.String+b.String)
+		}
+		err = rows.Err()
+		rows.Close()
+		if !errors.Is(err, kmspostgres.ErrBlindIndexMismatch) || !errors.Is(err, kmspostgres.ErrDecrypt) {
+			t.Errorf("%s: rows %q, err %v; want ErrBlindIndexMismatch", q, got, err)
+		}
+		if err != nil && (strings.Contains(err.Error(), "alice@") || strings.Contains(err.Error(), "mallory@")) {
+			t.Errorf("error quotes plaintext: %v", err)
+		}
+	}
+	// Mallory's own lookup no longer finds the row (its index is wrong),
+	// and nothing else changed for untouched rows.
+	wantNames(t, e.names("SELECT name FROM users WHERE email = $1", "mallory@example.com"))
+	if _, err := e.raw.Exec(ctx, "UPDATE users SET email_bidx = NULL WHERE name = 'mallory'"); err != nil {
+		t.Fatal(err)
+	}
+	wantNames(t, e.names("SELECT name FROM users WHERE email = $1", "alice@example.com"), "alice")
+}
+
+// TestBlindIndexGemCompatible: an argon2id index written through the
+// driver is what the blind_index gem computes (its own vector: master
+// key of 64 zeros, users.email_bidx).
+func TestBlindIndexGemCompatible(t *testing.T) {
+	t.Setenv(blindindex.EnvMasterKey, strings.Repeat("0", 64))
+	e := newEnv(t, bidxDDL, "key_id: insecure-test-key\ntables:\n  users:\n    columns:\n      email:\n        blind_index: {expression: lower}\n")
+	e.exec("INSERT INTO users (name, email) VALUES ('t', $1)", "Test@Example.org")
+	if got := e.rawValues("SELECT email_bidx FROM users"); got[0] != "kSqBXqdAhgnZAvwGcZ/17SUCg+V6t7xnJ8CO/gRDSjU=" {
+		t.Fatalf("stored %q", got)
+	}
+	wantNames(t, e.names("SELECT name FROM users WHERE email = $1", "test@example.org"), "t")
+}
+
+func TestBlindIndexCatalog(t *testing.T) {
+	t.Setenv(blindindex.EnvMasterKey, testMasterKey)
+	for ddl, want := range map[string]string{
+		strings.Replace(bidxDDL, "email_bidx text,", "", 1):                "blind-index column email_bidx (of email) does not exist",
+		strings.Replace(bidxDDL, "email_bidx text,", "email_bidx int,", 1): "blind-index column email_bidx is integer",
+	} {
+		ddl = strings.Replace(ddl, "CREATE UNIQUE INDEX users_email_bidx ON users (email_bidx);", "", 1)
+		e := newEnv(t, ddl, bidxMap)
+		_, err := e.db.Exec("INSERT INTO users (name, email) VALUES ('x', 'y')")
+		if !errors.Is(err, kmspostgres.ErrSchema) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v, want ErrSchema with %q", err, want)
+		}
+	}
+}
