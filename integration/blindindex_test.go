@@ -275,3 +275,20 @@ func TestBlindIndexCatalog(t *testing.T) {
 		}
 	}
 }
+
+// TestBlindIndexStar: SELECT * and RETURNING * leave index columns out, as
+// they do key columns, so that generated models do not change.
+func TestBlindIndexStar(t *testing.T) {
+	e := newBlindEnv(t, "cache_statement")
+	for _, q := range []string{"SELECT * FROM users WHERE email = $1", "UPDATE users SET name = name WHERE email = $1 RETURNING *"} {
+		rows, err := e.db.Query(q, "bob@example.com")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cols, _ := rows.Columns()
+		rows.Close()
+		if want := []string{"id", "name", "email", "ssn"}; !slices.Equal(cols, want) {
+			t.Errorf("%s: columns %v, want %v", q, cols, want)
+		}
+	}
+}

@@ -88,7 +88,8 @@ type group struct {
 	pkNames []string
 	table   *Table
 	key     int
-	outs    []int // the output positions this group serves
+	outs    []int   // the output positions this group serves
+	src     *keySrc // where its columns are read, for plain selects
 }
 
 type selInfo struct {
@@ -130,6 +131,9 @@ func baseRel(t *Table, qual string) *rel {
 		o := &out{name: c}
 		for _, k := range t.Keys {
 			o.keyCol = o.keyCol || k.Column == c
+		}
+		if _, bidx := isBlindCol(t, c); bidx {
+			o.keyCol = true // left out of *, like key columns
 		}
 		if ec, ok := t.Encrypted[c]; ok {
 			o.enc = &encRef{table: t, column: c, src: srcs[ec.Key], base: qual}
@@ -921,6 +925,7 @@ func (a *analyzer) exposeTargets(tl *[]*pg.Node, outs []*out) []*group {
 		g := bySrc[o.enc.src]
 		if g == nil {
 			g = a.newGroup(o.enc.table, o.enc.src.key)
+			g.src = o.enc.src
 			bySrc[o.enc.src] = g
 			appendHidden(tl, g, o.enc.src)
 			groups = append(groups, g)

@@ -230,9 +230,18 @@ func (a *analyzer) blindChecks(sel *pg.SelectStmt, groups []*group) ([]*group, [
 			continue
 		}
 		e := p.enc
-		g := a.newGroup(e.table, e.table.Encrypted[e.column].Key)
-		appendHidden(&sel.TargetList, g, e.src)
-		groups = append(groups, g)
+		var g *group
+		for _, have := range groups {
+			if have.src == e.src {
+				g = have // the row key is read already
+			}
+		}
+		if g == nil {
+			g = a.newGroup(e.table, e.table.Encrypted[e.column].Key)
+			g.src = e.src
+			appendHidden(&sel.TargetList, g, e.src)
+			groups = append(groups, g)
+		}
 		checks = append(checks, pendingCheck{enc: e, group: g, lookups: p.lookups})
 	}
 	for i, c := range checks {
