@@ -47,6 +47,7 @@ const lookupBase = 200000
 func lookupParam(i int) *pg.Node { return pg.MakeParamRefNode(int32(lookupBase+1+i), -1) }
 
 type blindState struct {
+	rewrote bool // a comparison moved to an index column
 	lookups []Lookup
 	// positive are the rewritten predicates a matching row must satisfy
 	// by value (=, IN, = ANY), for checks.
@@ -123,6 +124,7 @@ func (a *analyzer) blindExpr(x *pg.A_Expr, sc *scope) (handled bool, err error) 
 	}
 	bi := e.table.Blind[e.column]
 	idx := colRef(e.base, bi.Column)
+	a.blind.rewrote = true
 	switch {
 	case x.Kind == pg.A_Expr_Kind_AEXPR_OP && (op == "=" || op == "<>"):
 		v, ok := literal(other)

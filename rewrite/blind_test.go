@@ -183,3 +183,62 @@ func updateSelect(p *Plan) string {
 	}
 	return p.Update.SelectSQL
 }
+
+// FuzzRewriteBlind is FuzzRewrite's oracle over a catalog with blind
+// indexes: whatever the SQL, the database never computes on an encrypted
+// column (comparisons moved to index columns), and every bare encrypted
+// result column is decrypted or is a check column the driver verifies.
+func FuzzRewriteBlind(f *testing.F) {
+	for _, c := range append(append([]string{}, blindCases...), cases...) {
+		f.Add(c)
+	}
+	f.Fuzz(func(t *testing.T, sql string) {
+		p, err := Rewrite(sql, blindCatalog{})
+		if err != nil {
+			var pe *ParseError
+			if !errors.Is(err, ErrUnsupported) && !errors.As(err, &pe) {
+				t.Fatalf("unexpected error kind: %v", err)
+			}
+			return
+		}
+		tree, perr := pg.Parse(p.SQL)
+		if perr != nil {
+			t.Fatalf("plan SQL does not parse: %q: %v", p.SQL, perr)
+		}
+		checkAt := map[int]bool{}
+		if p.Out != nil {
+			for _, c := range p.Out.Checks {
+				checkAt[c.At] = true
+			}
+		}
+		for _, rs := range tree.Stmts {
+			if !touchesTestTables(rs.Stmt) {
+				continue
+			}
+			if refs := unprotectedRefs(rs.Stmt); len(refs) > 0 {
+				t.Fatalf("the database would compute on encrypted columns %v: %q", refs, sql)
+			}
+			sel := rs.Stmt.GetSelectStmt()
+			if sel == nil || sel.Op != pg.SetOperation_SETOP_NONE {
+				continue
+			}
+			quals := encQualifiers(rs.Stmt)
+			for i, n := range sel.TargetList {
+				cr := n.GetResTarget().GetVal().GetColumnRef()
+				names, star := fieldNames(cr)
+				if cr == nil || star || !isEnc(names, quals) || (len(names) == 1 && !directlyEncrypted(sel.FromClause)) || checkAt[i] {
+					continue
+				}
+				if p.Out == nil || i >= p.Out.Visible || p.Out.Cols[i].Table == nil {
+					t.Fatalf("result column %d (%s) is encrypted but not decrypted: %q", i, names[len(names)-1], sql)
+				}
+			}
+		}
+		// Every lookup parameter the SQL takes is planned.
+		for _, a := range p.Args {
+			if a.Lookup > len(p.Lookups) {
+				t.Fatalf("arg %v refers to lookup %d of %d", a, a.Lookup, len(p.Lookups))
+			}
+		}
+	})
+}

@@ -109,7 +109,7 @@ func rewriteTree(sql string, tree *pg.ParseResult, cat Catalog) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	if p.Passthrough && len(a.blind.lookups) > 0 {
+	if p.Passthrough && a.blind.rewrote {
 		p.Passthrough = false // it compares blind indexes: run the rewritten SQL
 	}
 	p.Lookups = a.blind.lookups
