@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 
 	"github.com/kmspostgres/kmspostgres/blindindex"
 	"github.com/kmspostgres/kmspostgres/envelope"
@@ -230,7 +231,20 @@ func lookupOperands(l rewrite.Lookup, args []driver.NamedValue) ([]any, error) {
 		return []any{v}, nil
 	}
 	var out []any
+	if b, ok := v.([]byte); ok {
+		v = string(b)
+	}
 	switch a := v.(type) {
+	case string: // an array in PostgreSQL's text form, as pq.Array gives it
+		elems, err := parseTextArray(a)
+		if err != nil {
+			return nil, &rewrite.RefusalError{Table: l.Table.Name, Column: l.Column, Reason: "= ANY on a blind-indexed column: " + err.Error(), Fix: "pass a []string or pq.Array of one"}
+		}
+		for _, s := range elems {
+			if s != nil {
+				out = append(out, *s)
+			}
+		}
 	case []string:
 		for _, s := range a {
 			out = append(out, s)
@@ -377,4 +391,63 @@ func (r *rows) verify(w *windowKeys) error {
 		}
 	}
 	return nil
+}
+
+// parseTextArray parses a one-dimensional array in PostgreSQL's text
+// form: {a,"b c",NULL,"d\"e"}. NULL elements come back nil.
+func parseTextArray(s string) ([]*string, error) {
+	if len(s) < 2 || s[0] != '{' || s[len(s)-1] != '}' {
+		return nil, fmt.Errorf("the array is not in {…} form")
+	}
+	body := s[1 : len(s)-1]
+	var out []*string
+	if strings.TrimSpace(body) == "" {
+		return out, nil
+	}
+	for i := 0; ; {
+		for i < len(body) && body[i] == ' ' {
+			i++
+		}
+		var b strings.Builder
+		quoted := i < len(body) && body[i] == '"'
+		if quoted {
+			i++
+			for ; i < len(body) && body[i] != '"'; i++ {
+				if body[i] == '\\' && i+1 < len(body) {
+					i++
+				}
+				b.WriteByte(body[i])
+			}
+			if i >= len(body) {
+				return nil, fmt.Errorf("unterminated quoted element")
+			}
+			i++
+		} else {
+			for ; i < len(body) && body[i] != ','; i++ {
+				if body[i] == '{' || body[i] == '"' || body[i] == '\\' {
+					return nil, fmt.Errorf("only one-dimensional arrays of plain or quoted elements are read")
+				}
+				b.WriteByte(body[i])
+			}
+		}
+		e := b.String()
+		if !quoted {
+			e = strings.TrimSpace(e)
+		}
+		if !quoted && strings.EqualFold(e, "NULL") {
+			out = append(out, nil)
+		} else {
+			out = append(out, &e)
+		}
+		for i < len(body) && body[i] == ' ' {
+			i++
+		}
+		if i == len(body) {
+			return out, nil
+		}
+		if body[i] != ',' {
+			return nil, fmt.Errorf("unexpected %q after an element", body[i])
+		}
+		i++
+	}
 }

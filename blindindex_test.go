@@ -97,3 +97,35 @@ func TestBlindIndexMasterKey(t *testing.T) {
 		t.Fatalf("plain map: %v %v", ix, err)
 	}
 }
+
+func TestParseTextArray(t *testing.T) {
+	str := func(s string) *string { return &s }
+	for in, want := range map[string][]*string{
+		`{}`:                         {},
+		`{a}`:                        {str("a")},
+		`{a,b}`:                      {str("a"), str("b")},
+		`{"a b","c,d",NULL,"NULL"}`:  {str("a b"), str("c,d"), nil, str("NULL")},
+		`{"x\"y","back\\slash", e }`: {str(`x"y`), str(`back\slash`), str("e")},
+		`{"",a@x.org}`:               {str(""), str("a@x.org")},
+	} {
+		got, err := parseTextArray(in)
+		if err != nil {
+			t.Errorf("%s: %v", in, err)
+			continue
+		}
+		if len(got) != len(want) {
+			t.Errorf("%s: %d elements, want %d", in, len(got), len(want))
+			continue
+		}
+		for i := range got {
+			if (got[i] == nil) != (want[i] == nil) || got[i] != nil && *got[i] != *want[i] {
+				t.Errorf("%s: element %d differs", in, i)
+			}
+		}
+	}
+	for _, bad := range []string{``, `a,b`, `{{a},{b}}`, `{"a}`, `{"a"b}`} {
+		if _, err := parseTextArray(bad); err == nil {
+			t.Errorf("%s: accepted", bad)
+		}
+	}
+}

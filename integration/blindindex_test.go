@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/lib/pq"
+
 	"github.com/kmspostgres/kmspostgres"
 	"github.com/kmspostgres/kmspostgres/blindindex"
 )
@@ -104,6 +106,8 @@ func TestBlindIndexReads(t *testing.T) {
 				{"SELECT name FROM users WHERE email = $1", []any{nil}, nil},
 				{"SELECT name FROM users WHERE email IN ($1, 'bob@example.com')", []any{"alice@example.com"}, []string{"alice", "bob"}},
 				{"SELECT name FROM users WHERE email = ANY($1)", []any{[]string{"alice@example.com", "Bob@example.com", "x@y"}}, []string{"alice", "bob"}},
+				// What sqlc generates for a slice: pq.Array and a cast.
+				{"SELECT name FROM users WHERE email = ANY($1::text[])", []any{pq.Array([]string{"ALICE@example.com", "bob@example.com"})}, []string{"alice", "bob"}},
 				{"SELECT name FROM users WHERE email IS NULL", nil, []string{"cy"}},
 				{"SELECT name FROM users WHERE email IS NOT NULL", nil, []string{"alice", "bob"}},
 				{"SELECT name FROM users WHERE email <> $1", []any{"alice@example.com"}, []string{"bob"}},
