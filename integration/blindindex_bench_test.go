@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/kmspostgres/kmspostgres"
@@ -37,6 +38,8 @@ tables:
 `
 
 const lookupRows = 1000
+
+var insertSeq atomic.Int64
 
 func newLookupBench(b *testing.B, rows int) (raw, kms *sql.DB) {
 	b.Helper()
@@ -101,12 +104,11 @@ func BenchmarkInsertBlindIndex(b *testing.B) {
 	}{{"raw", "people_raw", raw}, {"kms_no_index", "people_plain", kms}, {"kms_hmac", "people_hmac", kms}, {"kms_argon2id", "people_argon", kms}} {
 		b.Run(c.name, func(b *testing.B) {
 			q := "INSERT INTO " + c.table + " (name, email) VALUES ($1, $2)"
-			i := 0
 			for b.Loop() {
-				if _, err := c.db.Exec(q, "p", fmt.Sprintf("new%d@example.com", i)); err != nil {
+				// Unique across -count runs, which share the tables.
+				if _, err := c.db.Exec(q, "p", fmt.Sprintf("new%d@example.com", insertSeq.Add(1))); err != nil {
 					b.Fatal(err)
 				}
-				i++
 			}
 		})
 	}
