@@ -165,6 +165,18 @@ func TestBlindIndexWrites(t *testing.T) {
 			if _, err := e.db.Exec("INSERT INTO users (name, email) VALUES ('dup', $1)", "Bob@Example.com"); err == nil || !strings.Contains(err.Error(), "users_email_bidx") {
 				t.Fatalf("duplicate email: %v", err)
 			}
+			// Upsert on the primary key rewrites the value and its index.
+			var bid int64
+			if err := e.db.QueryRow("SELECT id FROM users WHERE email = $1", "bob@example.com").Scan(&bid); err != nil {
+				t.Fatal(err)
+			}
+			e.exec("INSERT INTO users (id, name, email, ssn) VALUES ($1, 'bobby', $2, '222-22-2222') ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email, ssn = EXCLUDED.ssn", bid, "bobby@example.com")
+			wantNames(t, e.names("SELECT name FROM users WHERE ssn = $1", "222-22-2222"), "bobby")
+			wantNames(t, e.names("SELECT name FROM users WHERE email = $1", "bob@example.com"))
+			wantNames(t, e.names("SELECT name FROM users WHERE email = $1", "bobby@example.com"), "bobby")
+			e.exec("UPDATE users SET email = $1 WHERE id = $2", "bob@example.com", bid)
+			// JOIN … ON with a blind-index comparison.
+			wantNames(t, e.names("SELECT v.name FROM users u JOIN users v ON v.id = u.id AND v.email = $1", "bob@example.com"), "bobby")
 			// DELETE by the encrypted column.
 			e.exec("DELETE FROM users WHERE email = $1", "bob@example.com")
 			wantNames(t, e.names("SELECT name FROM users WHERE email IS NOT NULL"), "alice")
