@@ -101,14 +101,36 @@ func (s *Schema) validateBlindIndex(t *Table, c *Column, pk map[string]bool, key
 	return nil
 }
 
+// WithBlindIndexNormalizer normalizes the values of the blind index of
+// table.column (as written in the schema map) with f instead of the map's
+// expression, before indexing and before lookups: for normalizations the
+// map cannot name (Unicode case folding, stripping phone-number
+// punctuation). f must be deterministic; changing it means rebuilding the
+// index.
+func WithBlindIndexNormalizer(table, column string, f func(string) string) Option {
+	return connectorOption(func(c *connectorConfig) {
+		if c.normalize == nil {
+			c.normalize = map[[2]string]func(string) string{}
+		}
+		c.normalize[[2]string{table, column}] = f
+	})
+}
+
 // blindIndexes are a connector's per-index keys, by table and column.
 type blindIndexes map[[2]string]*blindindex.Index
 
 // newBlindIndexes derives the key of every blind index in the map from
 // the master key in BLIND_INDEX_MASTER_KEY. A map without blind indexes
 // needs no master key.
-func newBlindIndexes(s *Schema) (blindIndexes, error) {
+func newBlindIndexes(s *Schema, normalize map[[2]string]func(string) string) (blindIndexes, error) {
 	out := blindIndexes{}
+	for _, tc := range slices.SortedFunc(maps.Keys(normalize), func(a, b [2]string) int { return strings.Compare(a[0]+"."+a[1], b[0]+"."+b[1]) }) {
+		t := s.Tables[tc[0]]
+		if t == nil || t.Columns[tc[1]] == nil || t.Columns[tc[1]].BlindIndex == nil {
+			return nil, fmt.Errorf("%w: WithBlindIndexNormalizer(%q, %q): the schema map has no blind index there", ErrSchema, tc[0], tc[1])
+		}
+		t.Columns[tc[1]].BlindIndex.normalize = normalize[tc]
+	}
 	var master blindindex.MasterKey
 	loaded := false
 	for _, tn := range slices.Sorted(maps.Keys(s.Tables)) {

@@ -70,16 +70,16 @@ func TestBlindIndexMasterKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv(blindindex.EnvMasterKey, "")
-	if _, err := newBlindIndexes(s); !errors.Is(err, ErrSchema) || !strings.Contains(err.Error(), "BLIND_INDEX_MASTER_KEY is not set") {
+	if _, err := newBlindIndexes(s, nil); !errors.Is(err, ErrSchema) || !strings.Contains(err.Error(), "BLIND_INDEX_MASTER_KEY is not set") {
 		t.Fatalf("no key: %v", err)
 	}
 	bad := strings.Repeat("ab", 31) + "x1"
 	t.Setenv(blindindex.EnvMasterKey, bad)
-	if _, err := newBlindIndexes(s); !errors.Is(err, blindindex.ErrKey) || strings.Contains(err.Error(), bad[:10]) {
+	if _, err := newBlindIndexes(s, nil); !errors.Is(err, blindindex.ErrKey) || strings.Contains(err.Error(), bad[:10]) {
 		t.Fatalf("bad key: %v", err)
 	}
 	t.Setenv(blindindex.EnvMasterKey, strings.Repeat("0", 64))
-	ix, err := newBlindIndexes(s)
+	ix, err := newBlindIndexes(s, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func TestBlindIndexMasterKey(t *testing.T) {
 	// A map without blind indexes needs no master key.
 	t.Setenv(blindindex.EnvMasterKey, "")
 	plain, _ := ParseSchema("m", []byte("key_id: k\ntables: {users: {columns: {email: {}}}}"))
-	if ix, err := newBlindIndexes(plain); err != nil || len(ix) != 0 {
+	if ix, err := newBlindIndexes(plain, nil); err != nil || len(ix) != 0 {
 		t.Fatalf("plain map: %v %v", ix, err)
 	}
 }
@@ -127,5 +127,32 @@ func TestParseTextArray(t *testing.T) {
 		if _, err := parseTextArray(bad); err == nil {
 			t.Errorf("%s: accepted", bad)
 		}
+	}
+}
+
+func TestWithBlindIndexNormalizer(t *testing.T) {
+	t.Setenv(blindindex.EnvMasterKey, strings.Repeat("0", 64))
+	digits := func(s string) string {
+		return strings.Map(func(r rune) rune {
+			if r >= '0' && r <= '9' {
+				return r
+			}
+			return -1
+		}, s)
+	}
+	s, _ := ParseSchema("map.yaml", []byte(bidxMap))
+	var cfg connectorConfig
+	WithBlindIndexNormalizer("users", "ssn", digits).applyConnector(&cfg)
+	ix, err := newBlindIndexes(s, cfg.normalize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ssn := ix[[2]string{"users", "ssn"}]
+	if ssn.Text([]byte("123-45-6789")) != ssn.Text([]byte("123 45 6789")) || ssn.Text([]byte("123-45-6789")) == ssn.Text([]byte("123-45-6780")) {
+		t.Fatal("normalizer not applied")
+	}
+	WithBlindIndexNormalizer("users", "name", digits).applyConnector(&cfg)
+	if _, err := newBlindIndexes(s, cfg.normalize); !errors.Is(err, ErrSchema) || !strings.Contains(err.Error(), `"users", "name"`) {
+		t.Fatalf("normalizer for a column without blind index: %v", err)
 	}
 }

@@ -70,7 +70,7 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 			return nil, err
 		}
 	}
-	blind, err := newBlindIndexes(schema)
+	blind, err := newBlindIndexes(schema, cfg.normalize)
 	if err != nil {
 		return nil, err
 	}

@@ -35,6 +35,7 @@ type connectorConfig struct {
 	schema     *Schema
 	connConfig func(context.Context, *pgx.ConnConfig) error
 	catalogTTL time.Duration
+	normalize  map[[2]string]func(string) string // blind-index normalizers by table and column
 }
 
 type boxConfig struct {
