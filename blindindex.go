@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/kmspostgres/kmspostgres/blindindex"
 	"github.com/kmspostgres/kmspostgres/envelope"
 	"github.com/kmspostgres/kmspostgres/rewrite"
@@ -472,4 +474,45 @@ func parseTextArray(s string) ([]*string, error) {
 		}
 		i++
 	}
+}
+
+// UniqueError reports that a statement would store, in an encrypted
+// column with a UNIQUE index on its blind index, a value another row
+// already holds. Unwrap returns the server's *pgconn.PgError (whose detail
+// shows the index value, never the plaintext).
+type UniqueError struct {
+	Table, Column string // the encrypted column, as in the schema map
+	Index         string // the unique index or constraint
+	Err           error
+}
+
+func (e *UniqueError) Error() string {
+	return "kmspostgres: " + e.Table + "." + e.Column + ": another row already holds this value (unique index " + e.Index + " on its blind index)"
+}
+
+func (e *UniqueError) Unwrap() error { return e.Err }
+
+// uniqueError names the encrypted column behind a unique violation on a
+// blind-index column, or returns pe as it is.
+func (c *Connector) uniqueError(pe *pgconn.PgError) error {
+	col, ok := strings.CutPrefix(pe.Detail, "Key (")
+	if !ok {
+		return pe
+	}
+	col, _, ok = strings.Cut(col, ")=(")
+	if !ok {
+		return pe
+	}
+	for _, tn := range slices.Sorted(maps.Keys(c.schema.Tables)) {
+		t := c.schema.Tables[tn]
+		if !strings.EqualFold(tn, pe.TableName) && !strings.HasSuffix(strings.ToLower(tn), "."+strings.ToLower(pe.TableName)) {
+			continue
+		}
+		for _, cn := range slices.Sorted(maps.Keys(t.Columns)) {
+			if b := t.Columns[cn].BlindIndex; b != nil && b.Column == col {
+				return &UniqueError{Table: tn, Column: cn, Index: pe.ConstraintName, Err: pe}
+			}
+		}
+	}
+	return pe
 }

@@ -110,6 +110,8 @@ func (c *Conn) staleCheck(err error) error {
 		switch pe.Code {
 		case "42703", "42P01", "42804": // undefined column, undefined table, datatype mismatch
 			c.connector.invalidate()
+		case "23505":
+			return c.connector.uniqueError(pe)
 		}
 	}
 	return err

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/lib/pq"
 
 	"github.com/kmspostgres/kmspostgres"
@@ -162,8 +163,14 @@ func TestBlindIndexWrites(t *testing.T) {
 			wantNames(t, e.names("SELECT name FROM users WHERE email = $1", "bob@example.com"), "robert")
 			e.exec("INSERT INTO users (name, email) VALUES ('bobby', $1) ON CONFLICT (email) DO UPDATE SET name = EXCLUDED.name", "bob@example.com")
 			wantNames(t, e.names("SELECT name FROM users WHERE email = $1", "bob@example.com"), "bobby")
-			if _, err := e.db.Exec("INSERT INTO users (name, email) VALUES ('dup', $1)", "Bob@Example.com"); err == nil || !strings.Contains(err.Error(), "users_email_bidx") {
+			_, err := e.db.Exec("INSERT INTO users (name, email) VALUES ('dup', $1)", "Bob@Example.com")
+			var ue *kmspostgres.UniqueError
+			var pe *pgconn.PgError
+			if !errorsAs(err, &ue) || ue.Table != "users" || ue.Column != "email" || ue.Index != "users_email_bidx" || !errorsAs(err, &pe) || pe.Code != "23505" {
 				t.Fatalf("duplicate email: %v", err)
+			}
+			if strings.Contains(strings.ToLower(err.Error()), "bob@") {
+				t.Fatalf("error quotes the value: %v", err)
 			}
 			// Upsert on the primary key rewrites the value and its index.
 			var bid int64
