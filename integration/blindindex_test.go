@@ -7,6 +7,8 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -314,4 +316,73 @@ func TestBlindIndexStar(t *testing.T) {
 			t.Errorf("%s: columns %v, want %v", q, cols, want)
 		}
 	}
+}
+
+// TestBlindIndexReindex: rows written before the column had a blind index
+// get one, and a new master key is rolled out by reindexing every row.
+func TestBlindIndexReindex(t *testing.T) {
+	t.Setenv(blindindex.EnvMasterKey, testMasterKey)
+	// Written under a map without blind indexes: email_bidx stays NULL.
+	e := newEnv(t, bidxDDL, "key_id: insecure-test-key\ntables:\n  users:\n    columns:\n      email: {}\n      ssn: {}\n")
+	for i := range 7 {
+		e.exec("INSERT INTO users (name, email, ssn) VALUES ($1, $2, $3)", fmt.Sprintf("u%d", i), fmt.Sprintf("U%d@example.com", i), fmt.Sprintf("%03d", i))
+	}
+	e.exec("INSERT INTO users (name) VALUES ('none')")
+	if err := os.WriteFile(e.schema, []byte(bidxMap), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := kmspostgres.NewConnector(e.dsn(), kmspostgres.WithProvider(e.kms))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	defer db.Close()
+	lookup := func(email string) []string {
+		t.Helper()
+		rows, err := db.Query("SELECT name FROM users WHERE email = $1", email)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var out []string
+		for rows.Next() {
+			var s string
+			rows.Scan(&s)
+			out = append(out, s)
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	wantNames(t, lookup("u3@example.com"))
+	var progress []int
+	n, err := c.Reindex(context.Background(), "users", kmspostgres.ReindexOptions{BatchSize: 3, Progress: func(d int) { progress = append(progress, d) }})
+	if err != nil || n != 7 {
+		t.Fatalf("reindex: %d rows, %v", n, err)
+	}
+	if !slices.Equal(progress, []int{3, 6, 7, 7}) {
+		t.Fatalf("progress %v", progress)
+	}
+	wantNames(t, lookup("u3@example.com"), "u3")
+	if got := e.rawValues("SELECT count(*)::text FROM users WHERE email_bidx IS NULL"); got[0] != "1" {
+		t.Fatalf("%s rows without index, want 1 (the NULL email)", got[0])
+	}
+	// Nothing left to do.
+	if n, err := c.Reindex(context.Background(), "users", kmspostgres.ReindexOptions{}); err != nil || n != 0 {
+		t.Fatalf("second reindex: %d, %v", n, err)
+	}
+	// A new master key: lookups miss until every row is reindexed.
+	t.Setenv(blindindex.EnvMasterKey, strings.Repeat("fedcba9876543210", 4))
+	c2, err := kmspostgres.NewConnector(e.dsn(), kmspostgres.WithProvider(e.kms))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db = sql.OpenDB(c2)
+	defer db.Close()
+	wantNames(t, lookup("u5@example.com"))
+	if n, err := c2.Reindex(context.Background(), "users", kmspostgres.ReindexOptions{All: true, BatchSize: 5}); err != nil || n != 8 {
+		t.Fatalf("reindex all: %d, %v", n, err)
+	}
+	wantNames(t, lookup("u5@example.com"), "u5")
 }

@@ -35,7 +35,7 @@ func main() {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	usage := func() int {
-		fmt.Fprintln(stderr, "usage: kmspostgres check [-dsn DSN]\n       kmspostgres rewrap [-dsn DSN] [-all] [-batch N] TABLE...")
+		fmt.Fprintln(stderr, "usage: kmspostgres check [-dsn DSN]\n       kmspostgres rewrap [-dsn DSN] [-all] [-batch N] TABLE...\n       kmspostgres reindex [-dsn DSN] [-all] [-batch N] TABLE...")
 		return 2
 	}
 	if len(args) == 0 {
@@ -44,8 +44,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dsn := fs.String("dsn", os.Getenv("DATABASE_URL"), "kmspostgres DSN (default $DATABASE_URL)")
-	all := fs.Bool("all", false, "rewrap: re-wrap every row, not only rows below the current key version")
-	batch := fs.Int("batch", 500, "rewrap: rows per round")
+	all := fs.Bool("all", false, "rewrap: re-wrap every row, not only rows below the current key version; reindex: recompute every row's blind indexes, not only missing ones")
+	batch := fs.Int("batch", 0, "rows per round (rewrap default 500, reindex default 100)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -73,6 +73,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		for _, table := range fs.Args() {
 			st, err := c.Rewrap(ctx, table, kmspostgres.RewrapOptions{All: *all, BatchSize: *batch})
 			fmt.Fprintf(stdout, "%s: %d rewrapped, %d changed meanwhile (run again)\n", table, st.Rewrapped, st.Changed)
+			if err != nil {
+				fmt.Fprintln(stderr, err)
+				return 1
+			}
+		}
+		return 0
+	case "reindex":
+		if fs.NArg() == 0 {
+			return usage()
+		}
+		for _, table := range fs.Args() {
+			n, err := c.Reindex(ctx, table, kmspostgres.ReindexOptions{All: *all, BatchSize: *batch,
+				Progress: func(done int) { fmt.Fprintf(stderr, "%s: %d rows reindexed\n", table, done) }})
+			fmt.Fprintf(stdout, "%s: %d rows reindexed\n", table, n)
 			if err != nil {
 				fmt.Fprintln(stderr, err)
 				return 1
