@@ -135,6 +135,24 @@ func TestBlindIndexReads(t *testing.T) {
 			if name != "alice" || email != "Alice@Example.com" || ssn != "111-11-1111" {
 				t.Fatalf("got %q %q %q", name, email, ssn)
 			}
+			// Prepared statements and transactions (sqlc's Prepare, WithTx).
+			tx, err := e.db.Begin()
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := tx.Prepare("SELECT name FROM users WHERE email = $1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for email, want := range map[string]string{"alice@example.com": "alice", "bob@example.com": "bob"} {
+				if err := st.QueryRow(email).Scan(&name); err != nil || name != want {
+					t.Fatalf("prepared, in a transaction: %q, %v; want %q", name, err, want)
+				}
+			}
+			st.Close()
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
 		})
 	}
 }
