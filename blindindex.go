@@ -1,6 +1,7 @@
 package kmspostgres
 
 import (
+	"context"
 	"database/sql/driver"
 	"fmt"
 	"maps"
@@ -121,11 +122,84 @@ func WithBlindIndexNormalizer(table, column string, f func(string) string) Optio
 // blindIndexes are a connector's per-index keys, by table and column.
 type blindIndexes map[[2]string]*blindindex.Index
 
-// newBlindIndexes derives the key of every blind index in the map from
-// the master key in BLIND_INDEX_MASTER_KEY. A map without blind indexes
-// needs no master key.
+// WrappedMasterKey is a blind-index master key wrapped by the KMS and
+// stored in the schema map (blind_index_master_key), instead of
+// BLIND_INDEX_MASTER_KEY in the environment. Each connector unwraps it
+// once, at its first connection, through the same provider and observers
+// as data keys: the unwrap is audited, and cutting the KMS access cuts
+// new connectors off. Make one with NewWrappedMasterKey.
+type WrappedMasterKey struct {
+	// Wrapped is the key as "v1:<base64>", as key columns hold data keys.
+	Wrapped string
+	// KeyID of the master key that wrapped it, default the map's key_id.
+	KeyID string
+}
+
+type yamlWrappedMasterKey struct {
+	Wrapped string `yaml:"wrapped"`
+	KeyID   string `yaml:"key_id"`
+}
+
+// masterKeyContext is the encryption context of a wrapped blind-index
+// master key.
+var masterKeyContext = envelope.Context{"purpose": "kmspostgres blind index master key"}
+
+// NewWrappedMasterKey makes a random blind-index master key and wraps it
+// under keyID, for the schema map's blind_index_master_key. Options:
+// WithProvider, WithObserver.
+func NewWrappedMasterKey(ctx context.Context, keyID string, opts ...CommonOption) (*WrappedMasterKey, error) {
+	var cc connectorConfig
+	for _, o := range opts {
+		o.applyConnector(&cc)
+	}
+	k, err := envelope.NewDataKey()
+	if err != nil {
+		return nil, err
+	}
+	w, err := newKeyring(cc.kms).wrap(ctx, keyID, 1, masterKeyContext, k)
+	if err != nil {
+		return nil, err
+	}
+	return &WrappedMasterKey{Wrapped: w, KeyID: keyID}, nil
+}
+
+// validateMasterKey checks the map's wrapped master key and fills in its
+// key id.
+func (s *Schema) validateMasterKey() error {
+	w := s.BlindIndexMasterKey
+	if w == nil {
+		return nil
+	}
+	if _, err := envelope.ParseWrappedKey(w.Wrapped); err != nil {
+		return s.invalid("blind_index_master_key: %v", err)
+	}
+	if w.KeyID == "" {
+		w.KeyID = s.KeyID
+	}
+	if w.KeyID == "" {
+		return s.invalid("blind_index_master_key: empty key id; set key_id")
+	}
+	return nil
+}
+
+// hasBlindIndex reports whether any column of the map has a blind index.
+func (s *Schema) hasBlindIndex() bool {
+	for _, t := range s.Tables {
+		for _, c := range t.Columns {
+			if c != nil && c.BlindIndex != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// newBlindIndexes applies the Go normalizers and derives the key of every
+// blind index in the map from the master key in BLIND_INDEX_MASTER_KEY.
+// With a wrapped master key in the map it returns nil: the connector
+// unwraps it at its first connection (loadBlind). A map without blind
+// indexes needs no master key.
 func newBlindIndexes(s *Schema, normalize map[[2]string]func(string) string) (blindIndexes, error) {
-	out := blindIndexes{}
 	for _, tc := range slices.SortedFunc(maps.Keys(normalize), func(a, b [2]string) int { return strings.Compare(a[0]+"."+a[1], b[0]+"."+b[1]) }) {
 		t := s.Tables[tc[0]]
 		if t == nil || t.Columns[tc[1]] == nil || t.Columns[tc[1]].BlindIndex == nil {
@@ -133,24 +207,31 @@ func newBlindIndexes(s *Schema, normalize map[[2]string]func(string) string) (bl
 		}
 		t.Columns[tc[1]].BlindIndex.normalize = normalize[tc]
 	}
-	var master blindindex.MasterKey
-	loaded := false
+	if !s.hasBlindIndex() {
+		return blindIndexes{}, nil
+	}
+	if s.BlindIndexMasterKey != nil {
+		return nil, nil
+	}
+	k, ok, err := blindindex.MasterKeyFromEnv()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrSchema, err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: the map has blind indexes but %s is not set; set it to 64 hex characters (the blind_index gem's BLIND_INDEX_MASTER_KEY), or put a KMS-wrapped key in blind_index_master_key", ErrSchema, blindindex.EnvMasterKey)
+	}
+	return indexesFrom(s, k)
+}
+
+// indexesFrom derives every index key of the map from master.
+func indexesFrom(s *Schema, master blindindex.MasterKey) (blindIndexes, error) {
+	out := blindIndexes{}
 	for _, tn := range slices.Sorted(maps.Keys(s.Tables)) {
 		t := s.Tables[tn]
 		for _, cn := range slices.Sorted(maps.Keys(t.Columns)) {
 			b := t.Columns[cn].BlindIndex
 			if b == nil {
 				continue
-			}
-			if !loaded {
-				k, ok, err := blindindex.MasterKeyFromEnv()
-				if err != nil {
-					return nil, fmt.Errorf("%w: %w", ErrSchema, err)
-				}
-				if !ok {
-					return nil, fmt.Errorf("%w: %s.%s has a blind_index but %s is not set; set it to 64 hex characters (the blind_index gem's BLIND_INDEX_MASTER_KEY)", ErrSchema, tn, cn, blindindex.EnvMasterKey)
-				}
-				master, loaded = k, true
 			}
 			key, err := master.IndexKey(tn, b.Column)
 			if err != nil {
@@ -164,6 +245,35 @@ func newBlindIndexes(s *Schema, normalize map[[2]string]func(string) string) (bl
 		}
 	}
 	return out, nil
+}
+
+// loadBlind unwraps the map's wrapped master key, once per connector, and
+// derives the index keys. A failure is returned (and retried at the next
+// connection).
+func (c *Connector) loadBlind(ctx context.Context) error {
+	c.blindMu.Lock()
+	defer c.blindMu.Unlock()
+	if c.blind != nil {
+		return nil
+	}
+	w := c.schema.BlindIndexMasterKey
+	wk, err := envelope.ParseWrappedKey(w.Wrapped)
+	if err != nil {
+		return fmt.Errorf("%w: blind_index_master_key: %w", ErrSchema, err)
+	}
+	k, err := c.keyring.unwrap(ctx, w.KeyID, wk.Version, masterKeyContext, wk.Ciphertext)
+	if err != nil {
+		return fmt.Errorf("kmspostgres: unwrapping the blind-index master key: %w", err)
+	}
+	if len(k) != blindindex.KeySize {
+		return fmt.Errorf("%w: the blind-index master key is %d bytes, not %d", ErrDecrypt, len(k), blindindex.KeySize)
+	}
+	ix, err := indexesFrom(c.schema, blindindex.MasterKey(k))
+	if err != nil {
+		return err
+	}
+	c.blind = ix
+	return nil
 }
 
 // checkBlindIndexes checks the index columns of a relation's blind indexes

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -24,7 +25,8 @@ type Connector struct {
 	plans   *lru.Cache[string, planEntry] // by SQL text
 	catalog *catalog
 	ids     *idCache
-	blind   blindIndexes // per-index keys, by table and column
+	blind   blindIndexes // per-index keys, by table and column; nil until loadBlind
+	blindMu sync.Mutex
 
 	// kmsConcurrency bounds the KMS calls one statement makes at once.
 	kmsConcurrency int
@@ -97,6 +99,9 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 
 // Connect opens a connection.
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
+	if err := c.loadBlind(ctx); err != nil {
+		return nil, err
+	}
 	ic, err := c.inner.Connect(ctx)
 	if err != nil {
 		return nil, err

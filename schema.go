@@ -25,6 +25,9 @@ type Schema struct {
 	KeyID string
 	// Tables by name as written in the map: "users", "billing.invoices".
 	Tables map[string]*Table
+	// BlindIndexMasterKey, when set, is used instead of the
+	// BLIND_INDEX_MASTER_KEY environment variable.
+	BlindIndexMasterKey *WrappedMasterKey
 
 	source string // the file name, for error messages
 	byName map[string]*Table
@@ -91,8 +94,9 @@ func LoadSchema(path string) (*Schema, error) {
 }
 
 type yamlSchema struct {
-	KeyID  string                `yaml:"key_id"`
-	Tables map[string]*yamlTable `yaml:"tables"`
+	KeyID               string                `yaml:"key_id"`
+	Tables              map[string]*yamlTable `yaml:"tables"`
+	BlindIndexMasterKey *yamlWrappedMasterKey `yaml:"blind_index_master_key"`
 }
 
 type yamlTable struct {
@@ -158,6 +162,9 @@ func ParseSchema(name string, data []byte) (*Schema, error) {
 		return nil, fmt.Errorf("%w: %s: %v", ErrSchema, name, err)
 	}
 	s := &Schema{KeyID: expandEnv(y.KeyID), Tables: map[string]*Table{}, source: name}
+	if m := y.BlindIndexMasterKey; m != nil {
+		s.BlindIndexMasterKey = &WrappedMasterKey{Wrapped: expandEnv(m.Wrapped), KeyID: expandEnv(m.KeyID)}
+	}
 	for tn, yt := range y.Tables {
 		if yt == nil {
 			yt = &yamlTable{}
@@ -216,6 +223,9 @@ func (s *Schema) Validate() error {
 	}
 	if len(s.Tables) == 0 {
 		return s.invalid("no tables")
+	}
+	if err := s.validateMasterKey(); err != nil {
+		return err
 	}
 	s.byName = map[string]*Table{}
 	for _, tn := range slices.Sorted(maps.Keys(s.Tables)) {

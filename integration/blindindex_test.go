@@ -18,6 +18,7 @@ import (
 
 	"github.com/kmspostgres/kmspostgres"
 	"github.com/kmspostgres/kmspostgres/blindindex"
+	"github.com/kmspostgres/kmspostgres/providers/testkey"
 )
 
 const bidxDDL = `
@@ -403,4 +404,57 @@ func TestBlindIndexReindex(t *testing.T) {
 		t.Fatalf("reindex all: %d, %v", n, err)
 	}
 	wantNames(t, lookup("u5@example.com"), "u5")
+}
+
+// TestBlindIndexWrappedMasterKey: a master key wrapped by the KMS and
+// stored in the map is unwrapped once per connector, audited, and an
+// encrypt-only (or cut-off) KMS access refuses new connectors.
+func TestBlindIndexWrappedMasterKey(t *testing.T) {
+	t.Setenv(blindindex.EnvMasterKey, "")
+	ctx := context.Background()
+	w, err := kmspostgres.NewWrappedMasterKey(ctx, "insecure-test-key", kmspostgres.WithProvider(testkey.New()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(w.Wrapped, "v1:") {
+		t.Fatalf("wrapped key %q", w.Wrapped)
+	}
+	yaml := bidxMap + "blind_index_master_key: {wrapped: \"" + w.Wrapped + "\"}\n"
+	e := newEnv(t, bidxDDL, yaml)
+	e.exec("INSERT INTO users (name, email) VALUES ('a', 'a@example.com'), ('b', 'b@example.com')")
+	wantNames(t, e.names("SELECT name FROM users WHERE email = $1", "b@example.com"), "b")
+	e.db.SetMaxOpenConns(4)
+	for range 8 {
+		wantNames(t, e.names("SELECT name FROM users WHERE email = $1", "a@example.com"), "a")
+	}
+	n := 0
+	for _, ev := range e.events.Events() {
+		if ev.Context["purpose"] != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d unwraps of the master key, want 1 per connector", n)
+	}
+	// Encrypt-only access to the KMS: no new connector can search.
+	yamlEnc := bidxMap + "blind_index_master_key: {wrapped: \"" + w.Wrapped + "\", key_id: " + testkey.EncryptOnlyKeyID + "}\n"
+	if err := os.WriteFile(e.schema, []byte(yamlEnc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cEnc, err := kmspostgres.NewConnector(e.dsn(), kmspostgres.WithProvider(testkey.New()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(cEnc)
+	defer db.Close()
+	if _, err := db.Exec("SELECT 1"); !errors.Is(err, kmspostgres.ErrPermission) {
+		t.Fatalf("encrypt-only master key: %v, want ErrPermission", err)
+	}
+	// A map with blind indexes and neither key is refused at open.
+	if err := os.WriteFile(e.schema, []byte(bidxMap), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kmspostgres.NewConnector(e.dsn()); !errors.Is(err, kmspostgres.ErrSchema) {
+		t.Fatalf("no master key: %v", err)
+	}
 }

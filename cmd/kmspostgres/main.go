@@ -35,7 +35,7 @@ func main() {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	usage := func() int {
-		fmt.Fprintln(stderr, "usage: kmspostgres check [-dsn DSN]\n       kmspostgres rewrap [-dsn DSN] [-all] [-batch N] TABLE...\n       kmspostgres reindex [-dsn DSN] [-all] [-batch N] TABLE...")
+		fmt.Fprintln(stderr, "usage: kmspostgres check [-dsn DSN]\n       kmspostgres rewrap [-dsn DSN] [-all] [-batch N] TABLE...\n       kmspostgres reindex [-dsn DSN] [-all] [-batch N] TABLE...\n       kmspostgres blind-index-key KEY_ID")
 		return 2
 	}
 	if len(args) == 0 {
@@ -48,6 +48,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	batch := fs.Int("batch", 0, "rows per round (rewrap default 500, reindex default 100)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
+	}
+	if args[0] == "blind-index-key" {
+		if fs.NArg() != 1 {
+			return usage()
+		}
+		w, err := kmspostgres.NewWrappedMasterKey(ctx, fs.Arg(0))
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "blind_index_master_key: {wrapped: %q, key_id: %q}\n", w.Wrapped, w.KeyID)
+		return 0
 	}
 	if *dsn == "" {
 		fmt.Fprintln(stderr, "kmspostgres: no DSN: pass -dsn or set DATABASE_URL")
