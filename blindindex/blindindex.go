@@ -10,6 +10,10 @@
 // A blind index leaks equality: anyone who reads the table sees which rows
 // share a value, and how often each value occurs. Argon2id makes guessing
 // values from a leaked index key slow; HMAC-SHA256 does not.
+//
+// Index values carry no version prefix, so that they stay the gem's: a new
+// version of an index is a new index column (the gem's email_bidx_v2),
+// whose name is part of its key.
 package blindindex
 
 import (

@@ -120,6 +120,7 @@ func TestBlindIndexReads(t *testing.T) {
 				{"SELECT name FROM users WHERE email = $1 AND ssn = $2", []any{"alice@example.com", "111-11-1111"}, []string{"alice"}},
 				{"SELECT name FROM users WHERE email = $1 AND ssn = $2", []any{"alice@example.com", "222-22-2222"}, nil},
 				{"SELECT email FROM users WHERE ssn = $1", []any{"222-22-2222"}, []string{"bob@example.com"}},
+				{"SELECT name FROM users WHERE ssn = ANY($1)", []any{[]string{"222-22-2222", "111-11-1111"}}, []string{"alice", "bob"}},
 				{"SELECT name FROM users WHERE id IN (SELECT id FROM users WHERE email = $1)", []any{"bob@example.com"}, []string{"bob"}},
 				{"WITH u AS (SELECT id, name FROM users WHERE email = $1) SELECT name FROM u", []any{"alice@example.com"}, []string{"alice"}},
 				{"SELECT u.name FROM users u WHERE EXISTS (SELECT 1 FROM users v WHERE v.id = u.id AND v.email = $1)", []any{"bob@example.com"}, []string{"bob"}},
@@ -316,6 +317,14 @@ func TestBlindIndexCatalog(t *testing.T) {
 		_, err := e.db.Exec("INSERT INTO users (name, email) VALUES ('x', 'y')")
 		if !errors.Is(err, kmspostgres.ErrSchema) || !strings.Contains(err.Error(), want) {
 			t.Errorf("%v, want ErrSchema with %q", err, want)
+		}
+		// kmspostgres check says the same.
+		c, err := kmspostgres.NewConnector(e.dsn(), kmspostgres.WithProvider(e.kms))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Check(context.Background()); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Check: %v, want %q", err, want)
 		}
 	}
 }
