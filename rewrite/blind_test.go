@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	pg "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/proto"
 )
 
 // blindCatalog is testCatalog with blind indexes on users.email (text)
@@ -205,6 +206,9 @@ func FuzzRewriteBlind(f *testing.F) {
 		if perr != nil {
 			t.Fatalf("plan SQL does not parse: %q: %v", p.SQL, perr)
 		}
+		if otherSchema(tree) {
+			return // the oracle knows tables by name only: other.users is not encrypted
+		}
 		checkAt := map[int]bool{}
 		if p.Out != nil {
 			for _, c := range p.Out.Checks {
@@ -241,4 +245,17 @@ func FuzzRewriteBlind(f *testing.F) {
 			}
 		}
 	})
+}
+
+// otherSchema reports whether a tree names a relation in a schema other
+// than public.
+func otherSchema(tree *pg.ParseResult) bool {
+	found := false
+	walkMessages(tree, func(m proto.Message) bool {
+		if rv, ok := m.(*pg.RangeVar); ok && rv.Schemaname != "" && rv.Schemaname != "public" {
+			found = true
+		}
+		return !found
+	})
+	return found
 }
