@@ -254,6 +254,7 @@ func TestBlindIndexTamper(t *testing.T) {
 		"SELECT name FROM users WHERE email = $1",
 		"SELECT name, email FROM users WHERE email = $1",
 		"SELECT name FROM users WHERE email = ANY($1)",
+		"SELECT name FROM users WHERE (email = $1 OR email = 'nobody@example.com') AND id > 0",
 	} {
 		arg := any("alice@example.com")
 		if strings.Contains(q, "ANY") {

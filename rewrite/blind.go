@@ -226,9 +226,8 @@ func (a *analyzer) blindChecks(sel *pg.SelectStmt, groups []*group) ([]*group, [
 	}
 	conj(sel.WhereClause)
 	for _, n := range terms {
-		x := n.GetAExpr()
-		p := a.blind.positive[x]
-		if x == nil || p == nil || len(p.lookups) == 0 {
+		p := a.positiveTerm(n)
+		if p == nil || len(p.lookups) == 0 {
 			continue
 		}
 		e := p.enc
@@ -250,6 +249,31 @@ func (a *analyzer) blindChecks(sel *pg.SelectStmt, groups []*group) ([]*group, [
 		sel.TargetList = append(sel.TargetList, resTarget("__kmspg_c"+strconv.Itoa(i), colRef(c.enc.base, c.enc.column)))
 	}
 	return groups, checks
+}
+
+// positiveTerm returns the blind-index predicate a WHERE term is: one
+// positive comparison, or an OR of positive comparisons of the same
+// column (their operands together); nil otherwise.
+func (a *analyzer) positiveTerm(n *pg.Node) *blindPred {
+	if x := n.GetAExpr(); x != nil {
+		return a.blind.positive[x]
+	}
+	b := n.GetBoolExpr()
+	if b == nil || b.Boolop != pg.BoolExprType_OR_EXPR {
+		return nil
+	}
+	var out *blindPred
+	for _, arg := range b.Args {
+		p := a.positiveTerm(arg)
+		if p == nil || out != nil && (p.enc.src != out.enc.src || p.enc.column != out.enc.column) {
+			return nil
+		}
+		if out == nil {
+			out = &blindPred{enc: p.enc}
+		}
+		out.lookups = append(out.lookups, p.lookups...)
+	}
+	return out
 }
 
 type pendingCheck struct {
