@@ -199,3 +199,46 @@ func (r *reindexer) batch(ctx context.Context, last []string) (n int, next []str
 	}
 	return len(batch), next, nil
 }
+
+// BlindIndexInfo describes one blind index of the map as the database has
+// it, for `kmspostgres check`.
+type BlindIndexInfo struct {
+	Table, Column string // the encrypted column, as in the map
+	IndexColumn   string
+	Algorithm     string
+	// Unique: a UNIQUE index (without predicate) is on the index column
+	// alone, so that duplicates are refused and ON CONFLICT (column) works.
+	Unique bool
+}
+
+// BlindIndexes lists the map's blind indexes and whether each has a
+// UNIQUE index in the database.
+func (c *Connector) BlindIndexes(ctx context.Context) ([]BlindIndexInfo, error) {
+	var out []BlindIndexInfo
+	for _, tn := range slices.Sorted(maps.Keys(c.schema.Tables)) {
+		t := c.schema.Tables[tn]
+		for _, cn := range slices.Sorted(maps.Keys(t.Columns)) {
+			if b := t.Columns[cn].BlindIndex; b != nil {
+				out = append(out, BlindIndexInfo{Table: tn, Column: cn, IndexColumn: b.Column, Algorithm: b.Algorithm.String()})
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	dc, err := c.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer dc.Close()
+	pc := dc.(*Conn).inner.Conn()
+	for i := range out {
+		err := pc.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+			WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND a.attname = $2)`,
+			out[i].Table, out[i].IndexColumn).Scan(&out[i].Unique)
+		if err != nil {
+			return nil, fmt.Errorf("kmspostgres: reading the indexes of %s: %w", out[i].Table, err)
+		}
+	}
+	return out, nil
+}

@@ -468,3 +468,23 @@ func TestBlindIndexWrappedMasterKey(t *testing.T) {
 		t.Fatalf("no master key: %v", err)
 	}
 }
+
+func TestBlindIndexUniqueReport(t *testing.T) {
+	t.Setenv(blindindex.EnvMasterKey, testMasterKey)
+	e := newEnv(t, bidxDDL, bidxMap)
+	c, err := kmspostgres.NewConnector(e.dsn(), kmspostgres.WithProvider(e.kms))
+	if err != nil {
+		t.Fatal(err)
+	}
+	infos, err := c.BlindIndexes(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []kmspostgres.BlindIndexInfo{
+		{Table: "users", Column: "email", IndexColumn: "email_bidx", Algorithm: "hmac_sha256", Unique: true},
+		{Table: "users", Column: "ssn", IndexColumn: "ssn_lookup", Algorithm: "hmac_sha256", Unique: false},
+	}
+	if !slices.Equal(infos, want) {
+		t.Fatalf("got %+v\nwant %+v", infos, want)
+	}
+}

@@ -77,6 +77,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		fmt.Fprintf(stdout, "ok: %s\n", c.Schema())
+		infos, err := c.BlindIndexes(ctx)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		for _, b := range infos {
+			unique := "UNIQUE index"
+			if !b.Unique {
+				unique = "no UNIQUE index (if the values are unique: CREATE UNIQUE INDEX ON " + b.Table + " (" + b.IndexColumn + "))"
+			}
+			fmt.Fprintf(stdout, "blind index %s.%s: column %s, %s, %s\n", b.Table, b.Column, b.IndexColumn, b.Algorithm, unique)
+		}
 		return 0
 	case "rewrap":
 		if fs.NArg() == 0 {
