@@ -285,6 +285,31 @@ func TestBlindIndexTamper(t *testing.T) {
 			t.Errorf("error quotes plaintext: %v", err)
 		}
 	}
+	// RETURNING of a DELETE or UPDATE by the encrypted column: the forged
+	// row is not returned in plaintext; the caller's transaction rolls back.
+	for _, q := range []string{"DELETE FROM users WHERE email = $1 RETURNING id, email", "UPDATE users SET name = name || '!' WHERE email = $1 RETURNING name, email"} {
+		tx, err := e.db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows, err := tx.Query(q, "alice@example.com")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for rows.Next() {
+			var a, b string
+			rows.Scan(&a, &b)
+			got = append(got, a+" "+b)
+		}
+		err = rows.Err()
+		rows.Close()
+		tx.Rollback()
+		if !errors.Is(err, kmspostgres.ErrBlindIndexMismatch) || slices.ContainsFunc(got, func(s string) bool { return strings.Contains(s, "mallory") }) {
+			t.Errorf("%s: rows %q, err %v; want ErrBlindIndexMismatch and no plaintext of mallory's row", q, got, err)
+		}
+	}
+	wantNames(t, e.names("SELECT name FROM users WHERE id > 0"), "alice", "mallory")
 	// Mallory's own lookup no longer finds the row (its index is wrong),
 	// and nothing else changed for untouched rows.
 	wantNames(t, e.names("SELECT name FROM users WHERE email = $1", "mallory@example.com"))

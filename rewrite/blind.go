@@ -210,22 +210,7 @@ func refuseBlindWrite(t *Table, col, enc string) error {
 // returned row by value.
 func (a *analyzer) blindChecks(sel *pg.SelectStmt, groups []*group) ([]*group, []pendingCheck) {
 	var checks []pendingCheck
-	var terms []*pg.Node
-	var conj func(n *pg.Node)
-	conj = func(n *pg.Node) {
-		if b := n.GetBoolExpr(); b != nil && b.Boolop == pg.BoolExprType_AND_EXPR {
-			for _, arg := range b.Args {
-				conj(arg)
-			}
-			return
-		}
-		terms = append(terms, n)
-	}
-	if sel.WhereClause == nil {
-		return groups, nil
-	}
-	conj(sel.WhereClause)
-	for _, n := range terms {
+	for _, n := range conjuncts(sel.WhereClause) {
 		p := a.positiveTerm(n)
 		if p == nil || len(p.lookups) == 0 {
 			continue
@@ -372,4 +357,59 @@ func (a Arg) String() string {
 		return fmt.Sprintf("{%d %d L%d}", a.Orig, a.Slot, a.Lookup)
 	}
 	return fmt.Sprintf("{%d %d}", a.Orig, a.Slot)
+}
+
+// conjuncts returns the top-level AND terms of a WHERE clause.
+func conjuncts(n *pg.Node) []*pg.Node {
+	if n == nil {
+		return nil
+	}
+	if b := n.GetBoolExpr(); b != nil && b.Boolop == pg.BoolExprType_AND_EXPR {
+		var out []*pg.Node
+		for _, arg := range b.Args {
+			out = append(out, conjuncts(arg)...)
+		}
+		return out
+	}
+	return []*pg.Node{n}
+}
+
+// returningChecks adds to the RETURNING list of a DELETE, or of an UPDATE
+// that writes no encrypted column, the checks of its WHERE clause's
+// blind-index equalities, when it returns encrypted columns: a row whose
+// index value was forged is then not returned in plaintext (the statement
+// has run; the error says so, and a transaction can be rolled back).
+func (a *analyzer) returningChecks(list *[]*pg.Node, where *pg.Node, out *Output) {
+	if out == nil {
+		return
+	}
+	pos := out.Visible
+	for _, s := range out.Sources {
+		pos += 1 + len(s.PKAt)
+	}
+	var checks []pendingCheck
+	var srcs []int
+	for _, n := range conjuncts(where) {
+		p := a.positiveTerm(n)
+		if p == nil || len(p.lookups) == 0 {
+			continue
+		}
+		e := p.enc
+		g := a.newGroup(e.table, e.table.Encrypted[e.column].Key)
+		appendHidden(list, g, e.src)
+		s := Source{Table: e.table, Key: g.key, KeyAt: pos}
+		pos++
+		for range g.pkNames {
+			s.PKAt = append(s.PKAt, pos)
+			pos++
+		}
+		srcs = append(srcs, len(out.Sources))
+		out.Sources = append(out.Sources, s)
+		checks = append(checks, pendingCheck{enc: e, group: g, lookups: p.lookups})
+	}
+	for i, c := range checks {
+		*list = append(*list, resTarget("__kmspg_c"+strconv.Itoa(i), colRef(c.enc.base, c.enc.column)))
+		out.Checks = append(out.Checks, Check{At: pos, Source: srcs[i], Table: c.enc.table, Column: c.enc.column, Lookups: c.lookups})
+		pos++
+	}
 }

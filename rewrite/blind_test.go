@@ -113,6 +113,8 @@ var blindCases = []string{
 	"UPDATE users SET email_bidx = $1 WHERE id = $2",
 	"DELETE FROM users WHERE email = $1 RETURNING id",
 	"DELETE FROM users WHERE email IN ($1, $2)",
+	"DELETE FROM users u WHERE u.email = $1 AND org_id = $2 RETURNING u.id, u.email",
+	"UPDATE users SET name = $1 WHERE email = $2 RETURNING *",
 }
 
 func TestBlindGolden(t *testing.T) {

@@ -780,6 +780,7 @@ func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
 		if err != nil || out == nil {
 			return &Plan{Passthrough: true}, err
 		}
+		a.returningChecks(&upd.ReturningList, upd.WhereClause, out)
 		return &Plan{Out: out}, nil
 	}
 	if err := checkUpdateShape(upd, t, cells[0].name); err != nil {
@@ -977,5 +978,6 @@ func (a *analyzer) delete(stmt *pg.Node, del *pg.DeleteStmt) (*Plan, error) {
 	if err != nil || out == nil {
 		return &Plan{Passthrough: true}, err
 	}
+	a.returningChecks(&del.ReturningList, del.WhereClause, out)
 	return &Plan{Out: out}, nil
 }
