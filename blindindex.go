@@ -3,6 +3,7 @@ package kmspostgres
 import (
 	"context"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -625,4 +626,81 @@ func (c *Connector) uniqueError(pe *pgconn.PgError) error {
 		}
 	}
 	return pe
+}
+
+// checkCell is what an UPDATE's row finder reads for one blind-index
+// check: the row's key column and the stored cell.
+type checkCell struct {
+	key  *string
+	cell any
+}
+
+// verify checks, before an UPDATE writes them, that the locked rows hold
+// the values its WHERE clause's blind-index equalities name. The cell key
+// is the one just unwrapped for the row when the UPDATE keeps the row's
+// key, else the row's key is unwrapped for the check: a forged index value
+// must not make the UPDATE write another row.
+func (u *updateKeyer) verify(locked []updRow, keys map[string][]rowKey) error {
+	up := u.up
+	if len(up.Checks) == 0 {
+		return nil
+	}
+	operands := make([][]string, len(up.Checks))
+	for i, ch := range up.Checks {
+		ix, err := u.c.connector.index(ch.Table, ch.Column)
+		if err != nil {
+			return err
+		}
+		for _, li := range ch.Lookups {
+			ops, err := lookupOperands(u.p.Lookups[li], u.args)
+			if err != nil {
+				return err
+			}
+			for _, op := range ops {
+				pt, err := envelope.Text.Encode(op)
+				if err != nil {
+					return &CellError{Table: ch.Table.Name, Column: ch.Column, Err: err}
+				}
+				operands[i] = append(operands[i], ix.Normalize(string(pt)))
+			}
+		}
+	}
+	for _, r := range locked {
+		for i, ch := range up.Checks {
+			cc := r.checks[i]
+			bad := &CellError{Table: u.ti.table.Name, Column: ch.Column, PK: pkLabel(u.ti.table, r.pk), Err: ErrBlindIndexMismatch}
+			if cc.cell == nil || cc.key == nil {
+				return bad
+			}
+			var ck *envelope.CellKey
+			for ki, k := range up.Keys {
+				if k.Key == ch.Source && !k.Fresh && keys[r.id][ki].wrapped == *cc.key {
+					ck = keys[r.id][ki].ck
+				}
+			}
+			if ck == nil {
+				rk, err := u.c.openKey(u.ctx, u.ti, ch.Source, r.pk, *cc.key)
+				if errors.Is(err, ErrPermission) {
+					err = fmt.Errorf("%w (checking that the row holds the value its blind index says needs decrypt rights)", err)
+				}
+				if err != nil {
+					return err
+				}
+				ck = rk.ck
+			}
+			v, err := openCell(u.ti, ch.Column, ck, cc.cell)
+			if err != nil {
+				return cellError(u.ti, ch.Column, r.pk, err)
+			}
+			ix, err := u.c.connector.index(ch.Table, ch.Column)
+			if err != nil {
+				return err
+			}
+			s, _ := v.(string)
+			if !slices.Contains(operands[i], ix.Normalize(s)) {
+				return bad
+			}
+		}
+	}
+	return nil
 }

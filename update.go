@@ -65,6 +65,8 @@ type updRow struct {
 	pk   []string
 	id   string // pk joined, to match a row across the two reads
 	keys []*string
+	// checks per up.Checks: the key column and the stored cell.
+	checks []checkCell
 }
 
 // updateKeyer keys the rows of one UPDATE: read them, key each, lock them,
@@ -142,6 +144,9 @@ func (u *updateKeyer) run() (string, []driver.NamedValue, error) {
 	if err != nil {
 		return "", nil, err
 	}
+	if err := u.verify(locked, keys); err != nil {
+		return "", nil, err
+	}
 	slots, err := u.slots(locked, keys)
 	if err != nil {
 		return "", nil, err
@@ -164,14 +169,17 @@ func (u *updateKeyer) selectRows(sql string) ([]updRow, error) {
 	}
 	npk, nk := len(u.up.Table.PrimaryKey), len(u.up.Keys)
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (updRow, error) {
-		r := updRow{pk: make([]string, npk), keys: make([]*string, nk)}
-		dest := make([]any, 0, 2+npk+nk)
+		r := updRow{pk: make([]string, npk), keys: make([]*string, nk), checks: make([]checkCell, len(u.up.Checks))}
+		dest := make([]any, 0, 2+npk+nk+2*len(r.checks))
 		dest = append(dest, &r.ctid, &r.toid)
 		for i := range r.pk {
 			dest = append(dest, &r.pk[i])
 		}
 		for i := range r.keys {
 			dest = append(dest, &r.keys[i])
+		}
+		for i := range r.checks {
+			dest = append(dest, &r.checks[i].key, &r.checks[i].cell)
 		}
 		err := row.Scan(dest...)
 		r.id = strings.Join(r.pk, "\x00")

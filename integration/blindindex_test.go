@@ -310,6 +310,30 @@ func TestBlindIndexTamper(t *testing.T) {
 		}
 	}
 	wantNames(t, e.names("SELECT name FROM users WHERE id > 0"), "alice", "mallory")
+	// An UPDATE of encrypted columns by the encrypted column checks each
+	// locked row before writing: under the row's own key (email alone) and
+	// under a fresh key (email and ssn), which needs an unwrap to check.
+	for _, q := range []string{"UPDATE users SET email = $1 WHERE email = $2", "UPDATE users SET email = $1, ssn = NULL WHERE email = $2"} {
+		_, err := e.db.Exec(q, "alice@new.example", "alice@example.com")
+		if !errors.Is(err, kmspostgres.ErrBlindIndexMismatch) {
+			t.Errorf("%s: %v, want ErrBlindIndexMismatch", q, err)
+		}
+	}
+	// Nothing was written.
+	var emails []string
+	rows, err := e.db.Query("SELECT email FROM users WHERE id > 0 ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var s string
+		rows.Scan(&s)
+		emails = append(emails, s)
+	}
+	rows.Close()
+	if !slices.Equal(emails, []string{"alice@example.com", "mallory@example.com"}) {
+		t.Fatalf("emails after refused updates: %q", emails)
+	}
 	// Mallory's own lookup no longer finds the row (its index is wrong),
 	// and nothing else changed for untouched rows.
 	wantNames(t, e.names("SELECT name FROM users WHERE email = $1", "mallory@example.com"))

@@ -413,3 +413,22 @@ func (a *analyzer) returningChecks(list *[]*pg.Node, where *pg.Node, out *Output
 		pos++
 	}
 }
+
+// updateChecks adds to the row finder of an UPDATE that writes encrypted
+// columns the key column and the encrypted column of each blind-index
+// equality among its WHERE clause's AND terms, so that the driver can
+// verify each locked row by value before writing it.
+func (a *analyzer) updateChecks(up *Update, sel *pg.SelectStmt, where *pg.Node, t *Table) {
+	pos := len(sel.TargetList)
+	for _, n := range conjuncts(where) {
+		p := a.positiveTerm(n)
+		if p == nil || len(p.lookups) == 0 || p.enc.table != t {
+			continue
+		}
+		e := p.enc
+		key := t.Encrypted[e.column].Key
+		sel.TargetList = append(sel.TargetList, resTarget("", colRef(e.base, t.Keys[key].Column)), resTarget("", colRef(e.base, e.column)))
+		up.Checks = append(up.Checks, Check{At: pos + 1, Source: key, Table: t, Column: e.column, Lookups: p.lookups})
+		pos += 2
+	}
+}

@@ -63,6 +63,9 @@ func describeBlind(p *Plan) string {
 	}
 	if p.Update != nil {
 		fmt.Fprintf(&b, "\n  update indexes=%v", p.Update.Indexes)
+		for _, c := range p.Update.Checks {
+			fmt.Fprintf(&b, "\n  update check: %s.%s at %d key %d lookups=%v", c.Table.Name, c.Column, c.At, c.Source, c.Lookups)
+		}
 	}
 	return b.String()
 }
@@ -110,6 +113,7 @@ var blindCases = []string{
 	"UPDATE users SET email = $1 WHERE id = $2",
 	"UPDATE users SET email = NULL WHERE email = $1",
 	"UPDATE users SET name = $1 WHERE email = $2",
+	"UPDATE users SET phone = $1 WHERE email = $2 AND org_id = $3",
 	"UPDATE users SET email_bidx = $1 WHERE id = $2",
 	"DELETE FROM users WHERE email = $1 RETURNING id",
 	"DELETE FROM users WHERE email IN ($1, $2)",

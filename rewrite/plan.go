@@ -139,6 +139,12 @@ type Update struct {
 	// Indexes are the blind-index values the UPDATE writes, one value for
 	// every row (Column is the encrypted column).
 	Indexes []Cell
+	// Checks are blind-index equalities of the WHERE clause to verify on
+	// each locked row before it is written: LockSQL and SelectSQL return,
+	// after the key columns of Keys, the key column (text) then the
+	// encrypted column of each check. Check.At is the encrypted column's
+	// position, Check.Source the table key index.
+	Checks []Check
 }
 
 // UpdateKey is a key of the table that the UPDATE writes under.

@@ -911,6 +911,7 @@ func (a *analyzer) rowFinder(up *Update, upd *pg.UpdateStmt, rv *pg.RangeVar, t 
 	for _, k := range up.Keys {
 		sel.TargetList = append(sel.TargetList, resTarget("", colRef(qual, t.Keys[k.Key].Column)))
 	}
+	a.updateChecks(up, sel, upd.WhereClause, t)
 	lock := proto.Clone(sel).(*pg.SelectStmt)
 	lock.LockingClause = []*pg.Node{{Node: &pg.Node_LockingClause{LockingClause: &pg.LockingClause{
 		Strength: pg.LockClauseStrength_LCS_FORNOKEYUPDATE, WaitPolicy: pg.LockWaitPolicy_LockWaitBlock}}}}
