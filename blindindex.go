@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/kmspostgres/kmspostgres/blindindex"
@@ -703,4 +704,72 @@ func (u *updateKeyer) verify(locked []updRow, keys map[string][]rowKey) error {
 		}
 	}
 	return nil
+}
+
+// prepareVerified runs a DELETE's or UPDATE's blind-index check: in a
+// transaction (the caller's, or one the driver opens and finish ends), it
+// reads and locks the rows the statement selects, unwraps each row's key,
+// checks that its value matches the query's operands (refusing the whole
+// statement on a forged index value), and restricts the statement to the
+// rows read.
+func (c *Conn) prepareVerified(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue) (string, []driver.NamedValue, func(error) error, error) {
+	finish, err := c.ensureTx(ctx)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	q, a, err := c.verifyRows(ctx, p, args)
+	if err != nil {
+		return "", nil, nil, finish(err)
+	}
+	return q, a, finish, nil
+}
+
+func (c *Conn) verifyRows(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue) (string, []driver.NamedValue, error) {
+	v := p.Verify
+	lk, err := c.connector.lookups(p, args)
+	if err != nil {
+		return "", nil, err
+	}
+	sargs, err := planArgs(v.SelectArgs, args, nil, lk)
+	if err != nil {
+		return "", nil, err
+	}
+	qargs := make([]any, len(sargs))
+	for i, a := range sargs {
+		qargs[i] = a.Value
+	}
+	ti := c.connector.catalog.info(v.Table)
+	u := &updateKeyer{c: c, ctx: ctx, p: p, up: &rewrite.Update{Table: v.Table, Checks: v.Checks}, ti: ti, args: args}
+	rows, err := c.inner.Conn().Query(ctx, v.SelectSQL, qargs...)
+	if err != nil {
+		return "", nil, err
+	}
+	npk := len(v.Table.PrimaryKey)
+	locked, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (updRow, error) {
+		r := updRow{pk: make([]string, npk), checks: make([]checkCell, len(v.Checks))}
+		dest := []any{&r.ctid, &r.toid}
+		for i := range r.pk {
+			dest = append(dest, &r.pk[i])
+		}
+		for i := range r.checks {
+			dest = append(dest, &r.checks[i].key, &r.checks[i].cell)
+		}
+		err := row.Scan(dest...)
+		r.id = strings.Join(r.pk, "\x00")
+		return r, err
+	})
+	if err != nil {
+		return "", nil, err
+	}
+	if err := u.verify(locked, nil); err != nil {
+		return "", nil, err
+	}
+	slots := make([]any, v.Slots)
+	ctids, toids := make([]string, len(locked)), make([]string, len(locked))
+	for i, r := range locked {
+		ctids[i], toids[i] = r.ctid, r.toid
+	}
+	slots[v.CtidSlot], slots[v.TableoidSlot] = ctids, toids
+	a, err := planArgs(p.Args, args, slots, lk)
+	return p.SQL, a, err
 }

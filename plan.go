@@ -184,6 +184,8 @@ func (c *Conn) statement(ctx context.Context, p *rewrite.Plan, args []driver.Nam
 		return q, a, nil, err
 	case p.Update != nil:
 		return c.prepareUpdate(ctx, p, args)
+	case p.Verify != nil:
+		return c.prepareVerified(ctx, p, args)
 	}
 	lk, err := c.connector.lookups(p, args)
 	if err != nil {

@@ -292,18 +292,19 @@ func TestBlindIndexTamper(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rows, err := tx.Query(q, "alice@example.com")
-		if err != nil {
-			t.Fatal(err)
-		}
+		// The rows are checked before the statement runs (err from Query)
+		// and again in RETURNING (err from the rows).
 		var got []string
-		for rows.Next() {
-			var a, b string
-			rows.Scan(&a, &b)
-			got = append(got, a+" "+b)
+		rows, err := tx.Query(q, "alice@example.com")
+		if err == nil {
+			for rows.Next() {
+				var a, b string
+				rows.Scan(&a, &b)
+				got = append(got, a+" "+b)
+			}
+			err = rows.Err()
+			rows.Close()
 		}
-		err = rows.Err()
-		rows.Close()
 		tx.Rollback()
 		if !errors.Is(err, kmspostgres.ErrBlindIndexMismatch) || slices.ContainsFunc(got, func(s string) bool { return strings.Contains(s, "mallory") }) {
 			t.Errorf("%s: rows %q, err %v; want ErrBlindIndexMismatch and no plaintext of mallory's row", q, got, err)
@@ -319,6 +320,15 @@ func TestBlindIndexTamper(t *testing.T) {
 			t.Errorf("%s: %v, want ErrBlindIndexMismatch", q, err)
 		}
 	}
+	// So does an UPDATE of plain columns, or a DELETE, by the encrypted
+	// column: the rows are read, locked and checked before it runs.
+	for _, q := range []string{"UPDATE users SET name = name || ' (verified)' WHERE email = $1", "DELETE FROM users WHERE email = $1"} {
+		_, err := e.db.Exec(q, "alice@example.com")
+		if !errors.Is(err, kmspostgres.ErrBlindIndexMismatch) {
+			t.Errorf("%s: %v, want ErrBlindIndexMismatch", q, err)
+		}
+	}
+	wantNames(t, e.names("SELECT name FROM users WHERE id > 0"), "alice", "mallory")
 	// Nothing was written.
 	var emails []string
 	rows, err := e.db.Query("SELECT email FROM users WHERE id > 0 ORDER BY id")

@@ -5,6 +5,7 @@ import (
 	"strconv"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/proto"
 )
 
 // BlindIndex is the blind-index column of an encrypted column: a keyed
@@ -431,4 +432,58 @@ func (a *analyzer) updateChecks(up *Update, sel *pg.SelectStmt, where *pg.Node, 
 		up.Checks = append(up.Checks, Check{At: pos + 1, Source: key, Table: t, Column: e.column, Lookups: p.lookups})
 		pos += 2
 	}
+}
+
+// preVerify plans the check of a DELETE's or UPDATE's rows when its WHERE
+// clause has blind-index equalities on the target table t: a SELECT … FOR
+// UPDATE of the rows with their key and encrypted columns, and a WHERE
+// restricted to the rows the driver found to match by value.
+func (a *analyzer) preVerify(rv *pg.RangeVar, t *Table, with *pg.WithClause, from []*pg.Node, where **pg.Node) (*Verify, error) {
+	if t == nil || *where == nil {
+		return nil, nil
+	}
+	qual := qualOf(rv)
+	sel := &pg.SelectStmt{
+		TargetList:  []*pg.Node{resTarget("", castText(colRef(qual, "ctid"))), resTarget("", castText(colRef(qual, "tableoid")))},
+		FromClause:  []*pg.Node{{Node: &pg.Node_RangeVar{RangeVar: proto.Clone(rv).(*pg.RangeVar)}}},
+		WhereClause: proto.Clone(*where).(*pg.Node),
+		LockingClause: []*pg.Node{{Node: &pg.Node_LockingClause{LockingClause: &pg.LockingClause{
+			Strength: pg.LockClauseStrength_LCS_FORUPDATE, WaitPolicy: pg.LockWaitPolicy_LockWaitBlock,
+			LockedRels: []*pg.Node{{Node: &pg.Node_RangeVar{RangeVar: &pg.RangeVar{Relname: qual, Inh: true, Relpersistence: "p", Location: -1}}}}}}}},
+	}
+	for _, f := range from {
+		sel.FromClause = append(sel.FromClause, proto.Clone(f).(*pg.Node))
+	}
+	if with != nil {
+		sel.WithClause = proto.Clone(with).(*pg.WithClause)
+	}
+	for _, p := range t.PrimaryKey {
+		sel.TargetList = append(sel.TargetList, resTarget("", castText(colRef(qual, p))))
+	}
+	v := &Verify{Table: t, CtidSlot: 0, TableoidSlot: 1, Slots: 2}
+	for _, n := range conjuncts(*where) {
+		p := a.positiveTerm(n)
+		if p == nil || len(p.lookups) == 0 || p.enc.table != t || p.enc.base != qual {
+			continue
+		}
+		key := t.Encrypted[p.enc.column].Key
+		sel.TargetList = append(sel.TargetList, resTarget("", colRef(qual, t.Keys[key].Column)), resTarget("", colRef(qual, p.enc.column)))
+		v.Checks = append(v.Checks, Check{At: len(sel.TargetList) - 1, Source: key, Table: t, Column: p.enc.column, Lookups: p.lookups})
+	}
+	if len(v.Checks) == 0 {
+		return nil, nil
+	}
+	node := &pg.Node{Node: &pg.Node_SelectStmt{SelectStmt: sel}}
+	v.SelectArgs = renumber(node)
+	var err error
+	if v.SelectSQL, err = deparse(a.version, node); err != nil {
+		return nil, &ParseError{Err: err}
+	}
+	// … AND (q.ctid, q.tableoid) IN (SELECT * FROM unnest($ctids::tid[], $toids::oid[]))
+	in := parseOne("SELECT 1 WHERE (q.ctid, q.tableoid) IN (SELECT * FROM unnest($" + strconv.Itoa(slotBase+1) + "::text[]::tid[], $" + strconv.Itoa(slotBase+2) + "::text[]::oid[]))").GetSelectStmt().WhereClause
+	sub := in.GetSubLink()
+	row := sub.Testexpr.GetRowExpr()
+	row.Args[0], row.Args[1] = colRef(qual, "ctid"), colRef(qual, "tableoid")
+	*where = pg.MakeBoolExprNode(pg.BoolExprType_AND_EXPR, []*pg.Node{*where, in}, -1)
+	return v, nil
 }

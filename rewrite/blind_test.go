@@ -61,6 +61,12 @@ func describeBlind(p *Plan) string {
 			fmt.Fprintf(&b, "\n  row indexes=%v", r.Indexes)
 		}
 	}
+	if v := p.Verify; v != nil {
+		fmt.Fprintf(&b, "\nverify: %s\n  selargs=%v slots=%d", v.SelectSQL, v.SelectArgs, v.Slots)
+		for _, c := range v.Checks {
+			fmt.Fprintf(&b, "\n  verify check: %s.%s at %d key %d lookups=%v", c.Table.Name, c.Column, c.At, c.Source, c.Lookups)
+		}
+	}
 	if p.Update != nil {
 		fmt.Fprintf(&b, "\n  update indexes=%v", p.Update.Indexes)
 		for _, c := range p.Update.Checks {

@@ -29,6 +29,26 @@ type Plan struct {
 	// Lookups are the blind-index values the statement compares with
 	// (Arg.Lookup refers to them).
 	Lookups []Lookup
+	// Verify: a DELETE or UPDATE (of no encrypted column) by a
+	// blind-indexed column; the rows it would change are read, locked and
+	// checked first, and SQL changes only those.
+	Verify *Verify
+}
+
+// Verify is the check of the rows a DELETE or UPDATE selects by blind
+// index, before it runs. SelectSQL (taking SelectArgs) returns ctid::text,
+// tableoid::text, the primary key as text, then for each check its key
+// column and encrypted column (Check.At is the latter, Check.Source the
+// table key index), and locks the rows. SQL takes the ctids and tableoids
+// of the rows that passed in slots CtidSlot and TableoidSlot.
+type Verify struct {
+	Table        *Table
+	SelectSQL    string
+	SelectArgs   []Arg
+	Checks       []Check
+	CtidSlot     int
+	TableoidSlot int
+	Slots        int
 }
 
 // Arg is where one parameter of a rewritten statement comes from: the

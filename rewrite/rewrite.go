@@ -777,11 +777,18 @@ func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
 			return nil, refuse(t, t.Keys[k].Column, "setting a key column on its own would leave the row's encrypted columns unreadable", "set every column under the key too, or leave the key column alone")
 		}
 		out, err := a.returning(&upd.ReturningList, retScope)
-		if err != nil || out == nil {
-			return &Plan{Passthrough: true}, err
+		if err != nil {
+			return nil, err
 		}
 		a.returningChecks(&upd.ReturningList, upd.WhereClause, out)
-		return &Plan{Out: out}, nil
+		v, err := a.preVerify(rv, t, upd.WithClause, upd.FromClause, &upd.WhereClause)
+		if err != nil {
+			return nil, err
+		}
+		if out == nil && v == nil {
+			return &Plan{Passthrough: true}, nil
+		}
+		return &Plan{Out: out, Verify: v}, nil
 	}
 	if err := checkUpdateShape(upd, t, cells[0].name); err != nil {
 		return nil, err
@@ -966,7 +973,7 @@ func (a *analyzer) joinPerRowValues(up *Update, upd *pg.UpdateStmt, t *Table, ce
 }
 
 func (a *analyzer) delete(stmt *pg.Node, del *pg.DeleteStmt) (*Plan, error) {
-	cs, target, _, err := a.target(del.Relation, del.WithClause)
+	cs, target, t, err := a.target(del.Relation, del.WithClause)
 	if err != nil {
 		return nil, err
 	}
@@ -976,9 +983,16 @@ func (a *analyzer) delete(stmt *pg.Node, del *pg.DeleteStmt) (*Plan, error) {
 		return nil, err
 	}
 	out, err := a.returning(&del.ReturningList, sc)
-	if err != nil || out == nil {
-		return &Plan{Passthrough: true}, err
+	if err != nil {
+		return nil, err
 	}
 	a.returningChecks(&del.ReturningList, del.WhereClause, out)
-	return &Plan{Out: out}, nil
+	v, err := a.preVerify(del.Relation, t, del.WithClause, del.UsingClause, &del.WhereClause)
+	if err != nil {
+		return nil, err
+	}
+	if out == nil && v == nil {
+		return &Plan{Passthrough: true}, nil
+	}
+	return &Plan{Out: out, Verify: v}, nil
 }
