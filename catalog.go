@@ -529,6 +529,9 @@ func (c *catalog) loadRelation(ctx context.Context, conn *pgx.Conn, entry *Table
 	if err := c.checkColumns(t, entry, attrs, rel.oid); err != nil {
 		return fail(err)
 	}
+	if err := c.checkBlindIndexes(t, entry, attrs); err != nil {
+		return fail(err)
+	}
 	if err := c.checkComputed(ctx, conn, t, rel, attrs); err != nil {
 		if _, ok := err.(computedError); ok {
 			return fail(err.(computedError).error)

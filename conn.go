@@ -114,6 +114,8 @@ func (c *Conn) staleCheck(err error) error {
 		switch pe.Code {
 		case "42703", "42P01", "42804": // undefined column, undefined table, datatype mismatch
 			c.connector.invalidate()
+		case "23505":
+			return c.connector.uniqueError(pe)
 		}
 	}
 	return err
@@ -135,6 +137,12 @@ func (c *Conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	}
 	rows, err := c.query(ctx, p.Out, q, a, finish)
 	c.afterStatement(p)
+	if err == nil {
+		if err = c.attachChecks(rows, p, args); err != nil {
+			rows.Close()
+			return nil, err
+		}
+	}
 	return rows, c.staleCheck(err)
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -24,6 +25,8 @@ type Connector struct {
 	plans   *lru.Cache[planKey, planEntry]
 	catalog *catalog
 	ids     *idCache
+	blind   blindIndexes // per-index keys, by table and column; nil until loadBlind
+	blindMu sync.Mutex
 
 	// kmsConcurrency bounds the KMS calls one statement makes at once.
 	kmsConcurrency int
@@ -93,6 +96,10 @@ func newConnector(pgcfg *pgx.ConnConfig, schemaPath string, opts []Option) (*Con
 			return nil, err
 		}
 	}
+	blind, err := newBlindIndexes(schema, cfg.normalize)
+	if err != nil {
+		return nil, err
+	}
 	var stdOpts []stdlib.OptionOpenDB
 	if cfg.connConfig != nil {
 		stdOpts = append(stdOpts, stdlib.OptionBeforeConnect(cfg.connConfig))
@@ -117,6 +124,7 @@ func newConnector(pgcfg *pgx.ConnConfig, schemaPath string, opts []Option) (*Con
 		plans:          lru.New[planKey, planEntry](2048),
 		catalog:        newCatalog(schema, cfg.catalogTTL),
 		ids:            newIDCache(32),
+		blind:          blind,
 		kmsConcurrency: min(cfg.kmsCalls, StatementKMSConcurrency),
 		window:         256,
 	}
@@ -128,6 +136,9 @@ func newConnector(pgcfg *pgx.ConnConfig, schemaPath string, opts []Option) (*Con
 
 // Connect opens a connection.
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
+	if err := c.loadBlind(ctx); err != nil {
+		return nil, err
+	}
 	ic, err := c.inner.Connect(ctx)
 	if err != nil {
 		return nil, err

@@ -57,6 +57,9 @@ func (r *rows) decrypt() error {
 	if err := r.openCells(w); err != nil {
 		return err
 	}
+	if err := r.verify(w); err != nil {
+		return err
+	}
 	r.openedCells()
 	return nil
 }

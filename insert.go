@@ -39,7 +39,16 @@ func (c *Conn) prepareInsert(ctx context.Context, p *rewrite.Plan, args []driver
 		return "", nil, err
 	}
 	c.sealedInsert(ctx, ip, slots)
-	a, err := planArgs(p.Args, args, slots)
+	for _, row := range ip.Rows {
+		if err := c.connector.indexCells(ip.Table, row.Indexes, args, slots); err != nil {
+			return "", nil, err
+		}
+	}
+	lk, err := c.connector.lookups(p, args)
+	if err != nil {
+		return "", nil, err
+	}
+	a, err := planArgs(p.Args, args, slots, lk)
 	return p.SQL, a, err
 }
 

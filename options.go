@@ -40,6 +40,7 @@ type connectorConfig struct {
 	kmsCalls   int  // KMS calls in flight per connector
 	limit      DecryptLimit
 	haltFile   *string
+	normalize  map[[2]string]func(string) string // blind-index normalizers by table and column
 }
 
 type boxConfig struct {

@@ -140,6 +140,7 @@ func (c *Conn) crossCheck(ctx context.Context, p *rewrite.Plan) error {
 	for _, s := range p.Out.Sources {
 		hidden += 1 + len(s.PKAt)
 	}
+	hidden += len(p.Out.Checks)
 	if len(sd.Fields) != p.Out.Visible+hidden {
 		return fmt.Errorf("kmspostgres: internal: the server describes %d result columns, the plan expects %d; refusing to run", len(sd.Fields), p.Out.Visible+hidden)
 	}
@@ -163,11 +164,13 @@ func (c *Conn) crossCheck(ctx context.Context, p *rewrite.Plan) error {
 // planArgs builds the arguments of a rewritten statement: each parameter
 // takes the caller's argument or the value the driver computed for its
 // slot, as the plan says.
-func planArgs(p []rewrite.Arg, args []driver.NamedValue, slots []any) ([]driver.NamedValue, error) {
+func planArgs(p []rewrite.Arg, args []driver.NamedValue, slots, lookups []any) ([]driver.NamedValue, error) {
 	out := make([]driver.NamedValue, len(p))
 	for i, a := range p {
 		var v any
-		if a.Slot >= 0 {
+		if a.Lookup > 0 {
+			v = lookups[a.Lookup-1]
+		} else if a.Slot >= 0 {
 			v = slots[a.Slot]
 		} else {
 			if a.Orig >= len(args) {
@@ -190,7 +193,13 @@ func (c *Conn) statement(ctx context.Context, p *rewrite.Plan, args []driver.Nam
 		return q, a, nil, err
 	case p.Update != nil:
 		return c.prepareUpdate(ctx, p, args)
+	case p.Verify != nil:
+		return c.prepareVerified(ctx, p, args)
 	}
-	a, err := planArgs(p.Args, args, nil)
+	lk, err := c.connector.lookups(p, args)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	a, err := planArgs(p.Args, args, nil, lk)
 	return p.SQL, a, nil, err
 }

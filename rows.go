@@ -36,6 +36,8 @@ type rows struct {
 	keys map[rowKeyID]*envelope.CellKey // unwrapped for the current window
 	aads [][]byte                       // per visible column, made on first use
 	done bool
+	// checks are the operands of the plan's blind-index checks.
+	checks blindChecks
 }
 
 var (

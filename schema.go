@@ -29,6 +29,9 @@ type Schema struct {
 	Tables map[string]*Table
 	// Cache, when set, turns on the data-key cache (see CacheConfig).
 	Cache *CacheConfig
+	// BlindIndexMasterKey, when set, is used instead of the
+	// BLIND_INDEX_MASTER_KEY environment variable.
+	BlindIndexMasterKey *WrappedMasterKey
 
 	source string // the file name, for error messages
 	byName map[string]*Table
@@ -87,6 +90,8 @@ type Column struct {
 	Key string
 	// Type is the plaintext type, default envelope.Text.
 	Type envelope.Type
+	// BlindIndex, when set, makes the column searchable by equality.
+	BlindIndex *BlindIndex
 }
 
 // LoadSchema reads and validates a schema map file.
@@ -99,9 +104,10 @@ func LoadSchema(path string) (*Schema, error) {
 }
 
 type yamlSchema struct {
-	KeyID  string                `yaml:"key_id"`
-	Cache  *yamlCache            `yaml:"cache"`
-	Tables map[string]*yamlTable `yaml:"tables"`
+	KeyID               string                `yaml:"key_id"`
+	Cache               *yamlCache            `yaml:"cache"`
+	Tables              map[string]*yamlTable `yaml:"tables"`
+	BlindIndexMasterKey *yamlWrappedMasterKey `yaml:"blind_index_master_key"`
 }
 
 type yamlCache struct {
@@ -131,8 +137,9 @@ type yamlKeyVersion struct {
 }
 
 type yamlColumn struct {
-	Key  string `yaml:"key"`
-	Type string `yaml:"type"`
+	Key        string          `yaml:"key"`
+	Type       string          `yaml:"type"`
+	BlindIndex *yamlBlindIndex `yaml:"blind_index"`
 }
 
 type stringList []string
@@ -193,6 +200,9 @@ func ParseSchema(name string, data []byte) (*Schema, error) {
 		}
 		s.Cache = &CacheConfig{MaxAge: age, MaxUses: y.Cache.MaxUses, MaxKeys: y.Cache.MaxKeys}
 	}
+	if m := y.BlindIndexMasterKey; m != nil {
+		s.BlindIndexMasterKey = &WrappedMasterKey{Wrapped: expandEnv(m.Wrapped), KeyID: expandEnv(m.KeyID)}
+	}
 	for tn, yt := range y.Tables {
 		if yt == nil {
 			yt = &yamlTable{}
@@ -226,6 +236,11 @@ func ParseSchema(name string, data []byte) (*Schema, error) {
 				}
 				c.Type = typ
 			}
+			bi, err := blindIndexFromYAML(yc.BlindIndex)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %s: table %s, column %s: %v", ErrSchema, name, tn, cn, err)
+			}
+			c.BlindIndex = bi
 			t.Columns[cn] = c
 		}
 		s.Tables[tn] = t
@@ -239,12 +254,14 @@ func ParseSchema(name string, data []byte) (*Schema, error) {
 // The fields of each level of the schema map, in the order the README
 // lists them.
 var (
-	schemaFields  = []string{"key_id", "cache", "tables"}
+	schemaFields  = []string{"key_id", "cache", "blind_index_master_key", "tables"}
+	masterFields  = []string{"wrapped", "key_id"}
+	blindFields   = []string{"column", "algorithm", "expression"}
 	cacheFields   = []string{"max_age", "max_uses", "max_keys"}
 	tableFields   = []string{"primary_key", "keys", "columns", "migrating"}
 	keyFields     = []string{"column", "key_id", "version", "context", "previous_versions"}
 	versionFields = []string{"key_id", "context"}
-	columnFields  = []string{"key", "type"}
+	columnFields  = []string{"key", "type", "blind_index"}
 )
 
 // yamlTypeNames turns the decoder's internal type names into words, for
@@ -284,6 +301,11 @@ func checkFields(doc *yaml.Node) error {
 			return err
 		}
 	}
+	if mk := mapValue(root, "blind_index_master_key"); mk != nil {
+		if err := fields(mk, "blind_index_master_key", "in blind_index_master_key", masterFields); err != nil {
+			return err
+		}
+	}
 	tables := mapValue(root, "tables")
 	if tables == nil || isNull(tables) {
 		return nil
@@ -312,7 +334,13 @@ func checkFields(doc *yaml.Node) error {
 		}
 		if cols := mapValue(t, "columns"); cols != nil {
 			return entries(cols, "columns "+in, func(cn string, c *yaml.Node) error {
-				return fields(c, "table "+tn+", column "+cn, "in table "+tn+", column "+cn, columnFields)
+				if err := fields(c, "table "+tn+", column "+cn, "in table "+tn+", column "+cn, columnFields); err != nil {
+					return err
+				}
+				if bi := mapValue(c, "blind_index"); bi != nil {
+					return fields(bi, "table "+tn+", column "+cn+", blind_index", "in table "+tn+", column "+cn+", blind_index", blindFields)
+				}
+				return nil
 			})
 		}
 		return nil
@@ -399,6 +427,9 @@ func (s *Schema) Validate() error {
 	}
 	if err := s.Cache.validate(); err != nil {
 		return s.invalid("cache: %v", err)
+	}
+	if err := s.validateMasterKey(); err != nil {
+		return err
 	}
 	s.byName = map[string]*Table{}
 	for _, tn := range slices.Sorted(maps.Keys(s.Tables)) {
@@ -557,7 +588,7 @@ func (s *Schema) validateColumn(t *Table, cn string, c *Column, pk map[string]bo
 	if !c.Type.Valid() {
 		return s.invalid("table %s, column %s: unknown type %v", tn, cn, c.Type)
 	}
-	return nil
+	return s.validateBlindIndex(t, c, pk, keyCols)
 }
 
 var placeholder = regexp.MustCompile(`\{([^{}]*)\}`)

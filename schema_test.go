@@ -142,7 +142,7 @@ func TestSchemaMessages(t *testing.T) {
 		{"table field", "key_id: k\ntables:\n  users:\n    colums:\n      email: {}\n",
 			"svc.yaml: line 4: unknown field colums in table users; valid fields: primary_key, keys, columns, migrating"},
 		{"top field", "key_id: k\ntable: {}\n",
-			"svc.yaml: line 2: unknown field table at the top level; valid fields: key_id, cache, tables"},
+			"svc.yaml: line 2: unknown field table at the top level; valid fields: key_id, cache, blind_index_master_key, tables"},
 		{"column field", "key_id: k\ntables: {users: {columns: {email: {tpye: text}}}}",
 			"line 2: unknown field tpye in table users, column email; valid fields: key, type"},
 		{"key field", "key_id: k\ntables:\n  users:\n    keys:\n      kms_key: {verison: 2}\n    columns: {email: {}}\n",

@@ -69,6 +69,8 @@ type updRow struct {
 	// others, per key: the columns under it that the UPDATE leaves alone
 	// hold values.
 	others []bool
+	// checks per up.Checks: the key column and the stored cell.
+	checks []checkCell
 }
 
 // updateKeyer keys the rows of one UPDATE: read them, key each, lock them,
@@ -89,7 +91,11 @@ type updateKeyer struct {
 func (c *Conn) newUpdateKeyer(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue) (*updateKeyer, error) {
 	up := p.Update
 	u := &updateKeyer{c: c, ctx: ctx, p: p, up: up, ti: c.connector.catalog.info(up.Table), args: args}
-	sargs, err := planArgs(up.SelectArgs, args, nil)
+	lk, err := c.connector.lookups(p, args)
+	if err != nil {
+		return nil, err
+	}
+	sargs, err := planArgs(up.SelectArgs, args, nil, lk)
 	if err != nil {
 		return nil, err
 	}
@@ -153,12 +159,22 @@ func (u *updateKeyer) run() (string, []driver.NamedValue, error) {
 	if err != nil {
 		return "", nil, err
 	}
+	if err := u.verify(locked, keys); err != nil {
+		return "", nil, err
+	}
 	slots, err := u.slots(locked, keys)
 	if err != nil {
 		return "", nil, err
 	}
 	u.c.sealedUpdate(u.ctx, u.up, slots)
-	a, err := planArgs(u.p.Args, u.args, slots)
+	if err := u.c.connector.indexCells(u.up.Table, u.up.Indexes, u.args, slots); err != nil {
+		return "", nil, err
+	}
+	lk, err := u.c.connector.lookups(u.p, u.args)
+	if err != nil {
+		return "", nil, err
+	}
+	a, err := planArgs(u.p.Args, u.args, slots, lk)
 	return u.p.SQL, a, err
 }
 
@@ -169,8 +185,8 @@ func (u *updateKeyer) selectRows(sql string) ([]updRow, error) {
 	}
 	npk, nk := len(u.up.Table.PrimaryKey), len(u.up.Keys)
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (updRow, error) {
-		r := updRow{pk: make([]string, npk), keys: make([]*string, nk), others: make([]bool, nk)}
-		dest := make([]any, 0, 2+npk+2*nk)
+		r := updRow{pk: make([]string, npk), keys: make([]*string, nk), others: make([]bool, nk), checks: make([]checkCell, len(u.up.Checks))}
+		dest := make([]any, 0, 2+npk+2*nk+2*len(r.checks))
 		dest = append(dest, &r.ctid, &r.toid)
 		for i := range r.pk {
 			dest = append(dest, &r.pk[i])
@@ -180,6 +196,9 @@ func (u *updateKeyer) selectRows(sql string) ([]updRow, error) {
 		}
 		for i := range r.others {
 			dest = append(dest, &r.others[i])
+		}
+		for i := range r.checks {
+			dest = append(dest, &r.checks[i].key, &r.checks[i].cell)
 		}
 		err := row.Scan(dest...)
 		r.id = strings.Join(r.pk, "\x00")

@@ -23,6 +23,7 @@ type encRef struct {
 	table  *Table
 	column string  // "*" for a whole-row reference
 	src    *keySrc // nil for set operations, which expose by position
+	base   string  // the table's name in scope when read from the table itself, else ""
 }
 
 // keySrc builds the expressions that read a row's wrapped key and primary
@@ -87,7 +88,8 @@ type group struct {
 	pkNames []string
 	table   *Table
 	key     int
-	outs    []int // the output positions this group serves
+	outs    []int   // the output positions this group serves
+	src     *keySrc // where its columns are read, for plain selects
 }
 
 type selInfo struct {
@@ -101,6 +103,7 @@ type analyzer struct {
 	hidden  int
 	version int32  // of the parse tree, for deparsing
 	touched string // a relation that made touches true, for messages
+	blind   blindState
 }
 
 func (a *analyzer) newGroup(t *Table, key int) *group {
@@ -129,8 +132,11 @@ func baseRel(t *Table, qual string) *rel {
 		for _, k := range t.Keys {
 			o.keyCol = o.keyCol || k.Column == c
 		}
+		if _, bidx := isBlindCol(t, c); bidx {
+			o.keyCol = true // left out of *, like key columns
+		}
 		if ec, ok := t.Encrypted[c]; ok {
-			o.enc = &encRef{table: t, column: c, src: srcs[ec.Key]}
+			o.enc = &encRef{table: t, column: c, src: srcs[ec.Key], base: qual}
 		}
 		r.cols = append(r.cols, o)
 	}
@@ -270,6 +276,9 @@ func misuse(e *encRef, where string) error {
 	case "GROUP BY", "DISTINCT", "DISTINCT ON":
 		fix = "group in the application after reading the rows"
 	}
+	if _, ok := e.table.Blind[e.column]; ok {
+		reason += "; " + blindCan
+	}
 	return refuse(e.table, e.column, reason, fix)
 }
 
@@ -303,6 +312,11 @@ func (a *analyzer) checkExpr(n *pg.Node, sc *scope, where string) error {
 			return false
 		case *pg.Node_NullTest:
 			if _, ok := x.NullTest.Arg.GetNode().(*pg.Node_ColumnRef); ok {
+				return false
+			}
+		case *pg.Node_AExpr:
+			if handled, e := a.blindExpr(x.AExpr, sc); handled {
+				err = e
 				return false
 			}
 		case *pg.Node_SubLink:
@@ -936,6 +950,7 @@ func (a *analyzer) exposeTargets(tl *[]*pg.Node, outs []*out) []*group {
 		g := bySrc[o.enc.src]
 		if g == nil {
 			g = a.newGroup(o.enc.table, o.enc.src.key)
+			g.src = o.enc.src
 			bySrc[o.enc.src] = g
 			appendHidden(tl, g, o.enc.src)
 			groups = append(groups, g)

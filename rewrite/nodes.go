@@ -151,7 +151,9 @@ func renumber(m proto.Message) []Arg {
 	args := make([]Arg, len(nums))
 	for i, old := range nums {
 		newNum[old] = int32(i + 1)
-		if old > slotBase {
+		if old > lookupBase {
+			args[i] = Arg{Orig: -1, Slot: -1, Lookup: int(old - lookupBase)}
+		} else if old > slotBase {
 			args[i] = Arg{Orig: -1, Slot: int(old - slotBase - 1)}
 		} else {
 			args[i] = Arg{Orig: int(old - 1), Slot: -1}

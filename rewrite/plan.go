@@ -30,14 +30,39 @@ type Plan struct {
 
 	Insert *Insert
 	Update *Update
+	// Lookups are the blind-index values the statement compares with
+	// (Arg.Lookup refers to them).
+	Lookups []Lookup
+	// Verify: a DELETE or UPDATE (of no encrypted column) by a
+	// blind-indexed column; the rows it would change are read, locked and
+	// checked first, and SQL changes only those.
+	Verify *Verify
+}
+
+// Verify is the check of the rows a DELETE or UPDATE selects by blind
+// index, before it runs. SelectSQL (taking SelectArgs) returns ctid::text,
+// tableoid::text, the primary key as text, then for each check its key
+// column and encrypted column (Check.At is the latter, Check.Source the
+// table key index), and locks the rows. SQL takes the ctids and tableoids
+// of the rows that passed in slots CtidSlot and TableoidSlot.
+type Verify struct {
+	Table        *Table
+	SelectSQL    string
+	SelectArgs   []Arg
+	Checks       []Check
+	CtidSlot     int
+	TableoidSlot int
+	Slots        int
 }
 
 // Arg is where one parameter of a rewritten statement comes from: the
 // caller's argument Orig (0-based) when Slot < 0, else the value the driver
-// computes for Slot.
+// computes for Slot; when Lookup > 0, the blind-index value of
+// Plan.Lookups[Lookup-1] instead.
 type Arg struct {
-	Orig int
-	Slot int
+	Orig   int
+	Slot   int
+	Lookup int
 }
 
 // Output maps result columns to their decryption.
@@ -46,6 +71,9 @@ type Output struct {
 	Names   []string // their names, for cross-checks
 	Cols    []OutCol // len Visible
 	Sources []Source // row keys, read from hidden columns after the visible ones
+	// Checks are encrypted columns read after the Sources' hidden columns
+	// to verify blind-index matches (see Check).
+	Checks []Check
 }
 
 // OutCol is one visible result column.
@@ -101,6 +129,9 @@ type InsertRow struct {
 	// KeySlot per Table.Keys: the slot of the wrapped key, -1 when the row
 	// writes no column under that key.
 	KeySlot []int
+	// Indexes are the blind-index values the row writes: Column is the
+	// encrypted column, Slot the slot of its index value.
+	Indexes []Cell
 }
 
 // Cell is a value for an encrypted column and the slot of its ciphertext.
@@ -131,6 +162,15 @@ type Update struct {
 	// row exactly on partitioned and inherited tables alike.
 	TableoidSlot int
 	Slots        int
+	// Indexes are the blind-index values the UPDATE writes, one value for
+	// every row (Column is the encrypted column).
+	Indexes []Cell
+	// Checks are blind-index equalities of the WHERE clause to verify on
+	// each locked row before it is written: LockSQL and SelectSQL return,
+	// after the key columns of Keys, the key column (text) then the
+	// encrypted column of each check. Check.At is the encrypted column's
+	// position, Check.Source the table key index.
+	Checks []Check
 }
 
 // UpdateKey is a key of the table that the UPDATE writes under.

@@ -112,6 +112,10 @@ func rewriteTree(sql string, tree *pg.ParseResult, cat Catalog) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	if p.Passthrough && a.blind.rewrote {
+		p.Passthrough = false // it compares blind indexes: run the rewritten SQL
+	}
+	p.Lookups = a.blind.lookups
 	if p.Passthrough {
 		// Checked and needing nothing: the caller's SQL runs as written.
 		p.SQL = sql
@@ -327,11 +331,17 @@ func (a *analyzer) topSelect(stmt *pg.Node, sel *pg.SelectStmt) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !hasEnc(info.outs) {
+	groups := a.expose(sel, info)
+	var checks []pendingCheck
+	if checkable(sel) {
+		groups, checks = a.blindChecks(sel, groups)
+	}
+	if !hasEnc(info.outs) && len(checks) == 0 {
 		return &Plan{Passthrough: true}, nil
 	}
-	groups := a.expose(sel, info)
-	return &Plan{Out: output(info.outs, groups)}, nil
+	out := output(info.outs, groups)
+	addChecks(out, groups, checks)
+	return &Plan{Out: out}, nil
 }
 
 // returning analyses a RETURNING list over sc and, when it reads encrypted
@@ -487,6 +497,9 @@ func (a *analyzer) insert(stmt *pg.Node, ins *pg.InsertStmt) (*Plan, error) {
 			if isKeyCol(t, rt.Name) >= 0 {
 				return nil, refuse(t, rt.Name, "the driver writes key columns itself", "leave "+rt.Name+" out of the INSERT")
 			}
+			if enc, ok := isBlindCol(t, rt.Name); ok {
+				return nil, refuseBlindWrite(t, rt.Name, enc)
+			}
 		}
 		cols = append(cols, rt.Name)
 	}
@@ -504,6 +517,9 @@ func (a *analyzer) insert(stmt *pg.Node, ins *pg.InsertStmt) (*Plan, error) {
 		for _, c := range cols {
 			if isKeyCol(t, c) >= 0 {
 				return nil, refuse(t, c, "an INSERT without a column list would write the key column", "list the columns")
+			}
+			if enc, ok := isBlindCol(t, c); ok {
+				return nil, refuseBlindWrite(t, c, enc)
 			}
 		}
 	}
@@ -614,6 +630,10 @@ func (a *analyzer) insertValues(ins *pg.InsertStmt, t *Table, cols []string, imp
 	for _, k := range keys {
 		ins.Cols = append(ins.Cols, &pg.Node{Node: &pg.Node_ResTarget{ResTarget: &pg.ResTarget{Name: t.Keys[k].Column, Location: -1}}})
 	}
+	indexed := blindWritten(t, cols)
+	for _, c := range indexed {
+		ins.Cols = append(ins.Cols, &pg.Node{Node: &pg.Node_ResTarget{ResTarget: &pg.ResTarget{Name: t.Blind[c].Column, Location: -1}}})
+	}
 	generated := false
 	for _, rowNode := range src.ValuesLists {
 		list := rowNode.GetList()
@@ -693,6 +713,7 @@ func (a *analyzer) insertValues(ins *pg.InsertStmt, t *Table, cols []string, imp
 			list.Items = append(list.Items, slotParam(ip.Slots))
 			ip.Slots++
 		}
+		ip.addIndexes(&row, list, indexed)
 		ip.Rows = append(ip.Rows, row)
 	}
 	if generated && t.PKGen == PKIdentityAlways && ins.Override != pg.OverridingKind_OVERRIDING_SYSTEM_VALUE {
@@ -724,8 +745,10 @@ func (a *analyzer) onConflict(ins *pg.InsertStmt, t *Table, target *rel, cs *sco
 				continue
 			}
 			if t != nil {
-				if _, enc := t.Encrypted[ie.Name]; enc {
-					return refuse(t, ie.Name, "an encrypted column cannot be a conflict target: its ciphertexts are never equal", "use a plain unique column")
+				if bi, ok := t.Blind[ie.Name]; ok {
+					ie.Name = bi.Column // its unique blind index decides
+				} else if _, enc := t.Encrypted[ie.Name]; enc {
+					return refuse(t, ie.Name, "an encrypted column cannot be a conflict target: its ciphertexts are never equal", "use a plain unique column, or give the column a blind index with a UNIQUE index on it")
 				}
 			}
 			inferCols = append(inferCols, ie.Name)
@@ -791,6 +814,11 @@ func (a *analyzer) onConflict(ins *pg.InsertStmt, t *Table, target *rel, cs *sco
 		}
 		kc := t.Keys[k].Column
 		oc.TargetList = append(oc.TargetList, resTarget(kc, colRef("excluded", kc)))
+		for _, c := range t.Keys[k].Columns {
+			if bi, ok := t.Blind[c]; ok {
+				oc.TargetList = append(oc.TargetList, resTarget(bi.Column, colRef("excluded", bi.Column)))
+			}
+		}
 	}
 	return nil
 }
@@ -818,6 +846,9 @@ func (a *analyzer) setTarget(t *Table, rt *pg.ResTarget, sc *scope, where string
 	isPK := slices.Contains(t.PrimaryKey, rt.Name)
 	if _, multi := rt.Val.GetNode().(*pg.Node_MultiAssignRef); multi && (enc || k >= 0 || isPK) {
 		return 0, ec, refuse(t, rt.Name, "multiple-column assignment is not supported for encrypted, key or primary-key columns", "assign each column on its own")
+	}
+	if encCol, ok := isBlindCol(t, rt.Name); ok {
+		return 0, ec, refuseBlindWrite(t, rt.Name, encCol)
 	}
 	switch {
 	case isPK:
@@ -860,10 +891,18 @@ func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
 			return nil, refuse(t, t.Keys[k].Column, "setting a key column on its own would leave the row's encrypted columns unreadable", "set every column under the key too, or leave the key column alone")
 		}
 		out, err := a.returning(&upd.ReturningList, retScope)
-		if err != nil || out == nil {
-			return &Plan{Passthrough: true}, err
+		if err != nil {
+			return nil, err
 		}
-		return &Plan{Out: out}, nil
+		a.returningChecks(&upd.ReturningList, upd.WhereClause, out)
+		v, err := a.preVerify(rv, t, upd.WithClause, upd.FromClause, &upd.WhereClause)
+		if err != nil {
+			return nil, err
+		}
+		if out == nil && v == nil {
+			return &Plan{Passthrough: true}, nil
+		}
+		return &Plan{Out: out, Verify: v}, nil
 	}
 	if err := checkUpdateShape(upd, t, cells[0].name); err != nil {
 		return nil, err
@@ -872,6 +911,7 @@ func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	updateIndexes(up, upd, t, cells)
 	if err := a.rowFinder(up, upd, rv, t); err != nil {
 		return nil, err
 	}
@@ -1018,6 +1058,7 @@ func (a *analyzer) rowFinder(up *Update, upd *pg.UpdateStmt, rv *pg.RangeVar, t 
 		}
 		sel.TargetList = append(sel.TargetList, resTarget("", any))
 	}
+	a.updateChecks(up, sel, upd.WhereClause, t)
 	lock := proto.Clone(sel).(*pg.SelectStmt)
 	lock.LockingClause = []*pg.Node{{Node: &pg.Node_LockingClause{LockingClause: &pg.LockingClause{
 		Strength: pg.LockClauseStrength_LCS_FORNOKEYUPDATE, WaitPolicy: pg.LockWaitPolicy_LockWaitBlock}}}}
@@ -1072,7 +1113,7 @@ func (a *analyzer) joinPerRowValues(up *Update, upd *pg.UpdateStmt, t *Table, ce
 }
 
 func (a *analyzer) delete(stmt *pg.Node, del *pg.DeleteStmt) (*Plan, error) {
-	cs, target, _, err := a.target(del.Relation, del.WithClause)
+	cs, target, t, err := a.target(del.Relation, del.WithClause)
 	if err != nil {
 		return nil, err
 	}
@@ -1082,8 +1123,16 @@ func (a *analyzer) delete(stmt *pg.Node, del *pg.DeleteStmt) (*Plan, error) {
 		return nil, err
 	}
 	out, err := a.returning(&del.ReturningList, sc)
-	if err != nil || out == nil {
-		return &Plan{Passthrough: true}, err
+	if err != nil {
+		return nil, err
 	}
-	return &Plan{Out: out}, nil
+	a.returningChecks(&del.ReturningList, del.WhereClause, out)
+	v, err := a.preVerify(del.Relation, t, del.WithClause, del.UsingClause, &del.WhereClause)
+	if err != nil {
+		return nil, err
+	}
+	if out == nil && v == nil {
+		return &Plan{Passthrough: true}, nil
+	}
+	return &Plan{Out: out, Verify: v}, nil
 }

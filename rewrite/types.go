@@ -22,8 +22,9 @@ type Table struct {
 	Columns    []string // every column, in table order
 	Encrypted  map[string]EncColumn
 	Keys       []Key
-	PKGen      PKGen  // how a missing single-column primary key is made
-	Sequence   string // the sequence behind PKSequence and identity columns
+	Blind      map[string]BlindIndex // blind indexes by encrypted column
+	PKGen      PKGen                 // how a missing single-column primary key is made
+	Sequence   string                // the sequence behind PKSequence and identity columns
 }
 
 // EncColumn is one encrypted column.

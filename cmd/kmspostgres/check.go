@@ -67,6 +67,9 @@ func checkFlags(fs *flag.FlagSet) func(context.Context, *cmdEnv) int {
 			}
 		} else {
 			printReport(e.stdout, r)
+			if code := printBlindIndexes(ctx, e, c); code != exitOK {
+				return code
+			}
 		}
 		if !r.OK() {
 			return exitProblem

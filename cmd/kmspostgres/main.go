@@ -7,6 +7,8 @@
 //	kmspostgres decrypt [-dsn DSN] -yes [flags as encrypt] TABLE...
 //	kmspostgres reencrypt [-dsn DSN] [-after PK] [flags as encrypt] TABLE...
 //	kmspostgres context-hash [-dsn DSN] [-key NAME] [-device PATH] TABLE PK
+//	kmspostgres reindex [-dsn DSN] [-all] [-batch N] TABLE...
+//	kmspostgres blind-index-key KEY_ID
 //	kmspostgres help [COMMAND]
 //
 // check resolves the schema map against the database, looks at the data
@@ -63,6 +65,8 @@ Usage:
   kmspostgres decrypt      [-dsn DSN] -yes [-dry-run] [-batch N] [-concurrency N] [-kms-rps R] [-json] TABLE...
   kmspostgres reencrypt    [-dsn DSN] [-dry-run] [-after PK] [-batch N] [-concurrency N] [-kms-rps R] [-json] TABLE...
   kmspostgres context-hash [-dsn DSN] [-key NAME] [-device PATH] TABLE PK
+  kmspostgres reindex      [-dsn DSN] [-all] [-batch N] TABLE...
+  kmspostgres blind-index-key KEY_ID
   kmspostgres help [COMMAND]
 
 Commands:
@@ -75,6 +79,9 @@ Commands:
   decrypt       the way back out: every row back to plaintext, online
   reencrypt     a fresh data key for every row, every cell re-encrypted
   context-hash  the Vault audit HMAC of a row's encryption context
+  reindex       fill or recompute blind-index columns, in locked batches
+  blind-index-key
+                make a blind-index master key wrapped by a KMS key
 
 The DSN comes from -dsn, else DATABASE_URL: a pgx connection string with
 kms_schema=<schema map file> (or KMSPOSTGRES_SCHEMA set). Flags may come
@@ -94,6 +101,7 @@ Examples:
   kmspostgres encrypt users -kms-rps 200  # adopting: encrypt the plaintext rows
   kmspostgres decrypt -yes users          # the way back out
   kmspostgres context-hash users 42       # find row 42 in a Vault audit log
+  kmspostgres reindex users               # fill a new blind index
 `
 
 // command is one subcommand: its help text, and a run function that gets
@@ -160,12 +168,14 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 var commands = map[string]command{
-	"check":        {help: checkHelp, flags: checkFlags},
-	"rewrap":       {help: rewrapHelp, flags: rewrapFlags},
-	"encrypt":      {help: encryptHelp, flags: encryptFlags},
-	"decrypt":      {help: decryptHelp, flags: decryptFlags},
-	"reencrypt":    {help: reencryptHelp, flags: reencryptFlags},
-	"context-hash": {help: contextHashHelp, flags: contextHashFlags},
+	"check":           {help: checkHelp, flags: checkFlags},
+	"rewrap":          {help: rewrapHelp, flags: rewrapFlags},
+	"encrypt":         {help: encryptHelp, flags: encryptFlags},
+	"decrypt":         {help: decryptHelp, flags: decryptFlags},
+	"reencrypt":       {help: reencryptHelp, flags: reencryptFlags},
+	"context-hash":    {help: contextHashHelp, flags: contextHashFlags},
+	"reindex":         {help: reindexHelp, flags: reindexFlags},
+	"blind-index-key": {help: blindIndexKeyHelp, flags: blindIndexKeyFlags},
 }
 
 func main() {
@@ -201,7 +211,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if strings.HasPrefix(name, "-") {
 			fmt.Fprintf(stderr, "kmspostgres: the command comes first (check, rewrap, encrypt, …), then flags such as %s; run 'kmspostgres help'\n", name)
 		} else {
-			fmt.Fprintf(stderr, "kmspostgres: unknown command %q (commands: check, rewrap, encrypt, decrypt, reencrypt, context-hash); run 'kmspostgres help'\n", name)
+			fmt.Fprintf(stderr, "kmspostgres: unknown command %q (commands: check, rewrap, encrypt, decrypt, reencrypt, context-hash, reindex, blind-index-key); run 'kmspostgres help'\n", name)
 		}
 		return exitUsage
 	}

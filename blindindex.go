@@ -1,0 +1,775 @@
+package kmspostgres
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/kmspostgres/kmspostgres/blindindex"
+	"github.com/kmspostgres/kmspostgres/envelope"
+	"github.com/kmspostgres/kmspostgres/rewrite"
+)
+
+// BlindIndex makes an encrypted column searchable by equality: the driver
+// stores a keyed digest of the column's normalized plaintext in a plain
+// index column beside it, and rewrites WHERE col = … to compare that column.
+// See the README, "Searching encrypted columns", for what it leaks.
+type BlindIndex struct {
+	// Column is the index column, default "<column>_bidx"; text (base64)
+	// or bytea (raw 32 bytes). Its name is part of the per-index key.
+	Column string
+	// Algorithm is blindindex.Argon2id (the default, as the blind_index
+	// gem's) or blindindex.HMACSHA256.
+	Algorithm blindindex.Algorithm
+	// Expression names a normalizer: "", "lower", "trim", "lower_trim".
+	Expression string
+	// Normalize, when set (in Go only), is used instead of Expression.
+	Normalize func(string) string
+
+	normalize blindindex.Normalizer // resolved by Validate
+}
+
+type yamlBlindIndex struct {
+	Column     string `yaml:"column"`
+	Algorithm  string `yaml:"algorithm"`
+	Expression string `yaml:"expression"`
+}
+
+// blindIndexFromYAML converts the map's blind_index entry.
+func blindIndexFromYAML(y *yamlBlindIndex) (*BlindIndex, error) {
+	if y == nil {
+		return nil, nil
+	}
+	b := &BlindIndex{Column: y.Column, Expression: y.Expression}
+	if y.Algorithm != "" {
+		a, err := blindindex.ParseAlgorithm(y.Algorithm)
+		if err != nil {
+			return nil, err
+		}
+		b.Algorithm = a
+	}
+	return b, nil
+}
+
+// validateBlindIndex checks a column's blind index and fills in its
+// defaults: the index column, the algorithm and the normalizer.
+func (s *Schema) validateBlindIndex(t *Table, c *Column, pk map[string]bool, keyCols map[string]string) error {
+	b := c.BlindIndex
+	if b == nil {
+		return nil
+	}
+	tn, cn := t.Name, c.Name
+	if c.Type != envelope.Text {
+		return s.invalid("table %s, column %s: blind_index works on text columns only (this one is %v)", tn, cn, c.Type)
+	}
+	if b.Column == "" {
+		b.Column = cn + "_bidx"
+	}
+	if !identRe.MatchString(b.Column) {
+		return s.invalid("table %s, column %s: blind_index column %q is not a plain SQL identifier", tn, cn, b.Column)
+	}
+	switch {
+	case pk[b.Column]:
+		return s.invalid("table %s, column %s: blind_index column %s is a primary-key column", tn, cn, b.Column)
+	case keyCols[b.Column] != "":
+		return s.invalid("table %s, column %s: blind_index column %s is a key column", tn, cn, b.Column)
+	case t.Columns[b.Column] != nil:
+		return s.invalid("table %s, column %s: blind_index column %s is an encrypted column", tn, cn, b.Column)
+	}
+	for on, other := range t.Columns {
+		if other != c && other != nil && other.BlindIndex != nil && other.BlindIndex.Column == b.Column {
+			return s.invalid("table %s: columns %s and %s share the blind_index column %s", tn, min(cn, on), max(cn, on), b.Column)
+		}
+	}
+	if b.Algorithm == 0 {
+		b.Algorithm = blindindex.Argon2id
+	}
+	if b.Algorithm != blindindex.Argon2id && b.Algorithm != blindindex.HMACSHA256 {
+		return s.invalid("table %s, column %s: blind_index algorithm %v: use argon2id or hmac_sha256", tn, cn, b.Algorithm)
+	}
+	if b.Normalize != nil {
+		b.normalize = b.Normalize
+		return nil
+	}
+	n, err := blindindex.ParseExpression(b.Expression)
+	if err != nil {
+		return s.invalid("table %s, column %s: %v", tn, cn, err)
+	}
+	b.normalize = n
+	return nil
+}
+
+// WithBlindIndexNormalizer normalizes the values of the blind index of
+// table.column (as written in the schema map) with f instead of the map's
+// expression, before indexing and before lookups: for normalizations the
+// map cannot name (Unicode case folding, stripping phone-number
+// punctuation). f must be deterministic; changing it means rebuilding the
+// index.
+func WithBlindIndexNormalizer(table, column string, f func(string) string) Option {
+	return connectorOption(func(c *connectorConfig) {
+		if c.normalize == nil {
+			c.normalize = map[[2]string]func(string) string{}
+		}
+		c.normalize[[2]string{table, column}] = f
+	})
+}
+
+// blindIndexes are a connector's per-index keys, by table and column.
+type blindIndexes map[[2]string]*blindindex.Index
+
+// WrappedMasterKey is a blind-index master key wrapped by the KMS and
+// stored in the schema map (blind_index_master_key), instead of
+// BLIND_INDEX_MASTER_KEY in the environment. Each connector unwraps it
+// once, at its first connection, through the same provider and observers
+// as data keys: the unwrap is audited, and cutting the KMS access cuts
+// new connectors off. Make one with NewWrappedMasterKey.
+type WrappedMasterKey struct {
+	// Wrapped is the key as "v1:<base64>", as key columns hold data keys.
+	Wrapped string
+	// KeyID of the master key that wrapped it, default the map's key_id.
+	KeyID string
+}
+
+type yamlWrappedMasterKey struct {
+	Wrapped string `yaml:"wrapped"`
+	KeyID   string `yaml:"key_id"`
+}
+
+// masterKeyContext is the encryption context of a wrapped blind-index
+// master key.
+var masterKeyContext = envelope.Context{"purpose": "kmspostgres blind index master key"}
+
+// NewWrappedMasterKey makes a random blind-index master key and wraps it
+// under keyID, for the schema map's blind_index_master_key. Options:
+// WithProvider, WithObserver.
+func NewWrappedMasterKey(ctx context.Context, keyID string, opts ...CommonOption) (*WrappedMasterKey, error) {
+	var cc connectorConfig
+	for _, o := range opts {
+		o.applyConnector(&cc)
+	}
+	k, err := envelope.NewDataKey()
+	if err != nil {
+		return nil, err
+	}
+	w, err := newKeyring(cc.kms).wrap(ctx, keyID, 1, masterKeyContext, k)
+	if err != nil {
+		return nil, err
+	}
+	return &WrappedMasterKey{Wrapped: w, KeyID: keyID}, nil
+}
+
+// validateMasterKey checks the map's wrapped master key and fills in its
+// key id.
+func (s *Schema) validateMasterKey() error {
+	w := s.BlindIndexMasterKey
+	if w == nil {
+		return nil
+	}
+	if _, err := envelope.ParseWrappedKey(w.Wrapped); err != nil {
+		return s.invalid("blind_index_master_key: %v", err)
+	}
+	if w.KeyID == "" {
+		w.KeyID = s.KeyID
+	}
+	if w.KeyID == "" {
+		return s.invalid("blind_index_master_key: empty key id; set key_id")
+	}
+	return nil
+}
+
+// hasBlindIndex reports whether any column of the map has a blind index.
+func (s *Schema) hasBlindIndex() bool {
+	for _, t := range s.Tables {
+		for _, c := range t.Columns {
+			if c != nil && c.BlindIndex != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// newBlindIndexes applies the Go normalizers and derives the key of every
+// blind index in the map from the master key in BLIND_INDEX_MASTER_KEY.
+// With a wrapped master key in the map it returns nil: the connector
+// unwraps it at its first connection (loadBlind). A map without blind
+// indexes needs no master key.
+func newBlindIndexes(s *Schema, normalize map[[2]string]func(string) string) (blindIndexes, error) {
+	for _, tc := range slices.SortedFunc(maps.Keys(normalize), func(a, b [2]string) int { return strings.Compare(a[0]+"."+a[1], b[0]+"."+b[1]) }) {
+		t := s.Tables[tc[0]]
+		if t == nil || t.Columns[tc[1]] == nil || t.Columns[tc[1]].BlindIndex == nil {
+			return nil, fmt.Errorf("%w: WithBlindIndexNormalizer(%q, %q): the schema map has no blind index there", ErrSchema, tc[0], tc[1])
+		}
+		t.Columns[tc[1]].BlindIndex.normalize = normalize[tc]
+	}
+	if !s.hasBlindIndex() {
+		return blindIndexes{}, nil
+	}
+	if s.BlindIndexMasterKey != nil {
+		return nil, nil
+	}
+	k, ok, err := blindindex.MasterKeyFromEnv()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrSchema, err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: the map has blind indexes but %s is not set; set it to 64 hex characters (the blind_index gem's BLIND_INDEX_MASTER_KEY), or put a KMS-wrapped key in blind_index_master_key", ErrSchema, blindindex.EnvMasterKey)
+	}
+	return indexesFrom(s, k)
+}
+
+// indexesFrom derives every index key of the map from master.
+func indexesFrom(s *Schema, master blindindex.MasterKey) (blindIndexes, error) {
+	out := blindIndexes{}
+	for _, tn := range slices.Sorted(maps.Keys(s.Tables)) {
+		t := s.Tables[tn]
+		for _, cn := range slices.Sorted(maps.Keys(t.Columns)) {
+			b := t.Columns[cn].BlindIndex
+			if b == nil {
+				continue
+			}
+			key, err := master.IndexKey(tn, b.Column)
+			if err != nil {
+				return nil, err
+			}
+			ix, err := blindindex.New(key, b.Algorithm, b.normalize)
+			if err != nil {
+				return nil, err
+			}
+			out[[2]string{tn, cn}] = ix
+		}
+	}
+	return out, nil
+}
+
+// loadBlind unwraps the map's wrapped master key, once per connector, and
+// derives the index keys. A failure is returned (and retried at the next
+// connection).
+func (c *Connector) loadBlind(ctx context.Context) error {
+	c.blindMu.Lock()
+	defer c.blindMu.Unlock()
+	if c.blind != nil {
+		return nil
+	}
+	w := c.schema.BlindIndexMasterKey
+	wk, err := envelope.ParseWrappedKey(w.Wrapped)
+	if err != nil {
+		return fmt.Errorf("%w: blind_index_master_key: %w", ErrSchema, err)
+	}
+	k, err := c.keyring.unwrap(ctx, w.KeyID, wk.Version, masterKeyContext, wk.Ciphertext)
+	if err != nil {
+		return fmt.Errorf("kmspostgres: unwrapping the blind-index master key: %w", err)
+	}
+	if len(k) != blindindex.KeySize {
+		return fmt.Errorf("%w: the blind-index master key is %d bytes, not %d", ErrDecrypt, len(k), blindindex.KeySize)
+	}
+	ix, err := indexesFrom(c.schema, blindindex.MasterKey(k))
+	if err != nil {
+		return err
+	}
+	c.blind = ix
+	return nil
+}
+
+// checkBlindIndexes checks the index columns of a relation's blind indexes
+// (they exist, are text or bytea, have no default) and records them for
+// the rewriter.
+func (c *catalog) checkBlindIndexes(t *rewrite.Table, entry *Table, attrs map[string]attr) error {
+	for _, cn := range slices.Sorted(maps.Keys(entry.Columns)) {
+		b := entry.Columns[cn].BlindIndex
+		if b == nil {
+			continue
+		}
+		a, ok := attrs[b.Column]
+		if !ok {
+			return c.mismatch(t.Name, "blind-index column %s (of %s) does not exist; add it: ALTER TABLE %s ADD COLUMN %s text (and CREATE UNIQUE INDEX ON %s (%s) if values are unique)", b.Column, cn, t.Name, b.Column, t.Name, b.Column)
+		}
+		bytea := false
+		switch a.typ {
+		case "text", "character varying":
+		case "bytea":
+			bytea = true
+		default:
+			return c.mismatch(t.Name, "blind-index column %s is %s; it must be text (base64) or bytea (raw)", b.Column, a.typ)
+		}
+		if a.hasDef {
+			return c.mismatch(t.Name, "blind-index column %s has a default or is generated; drop it, the driver writes blind-index columns", b.Column)
+		}
+		if t.Blind == nil {
+			t.Blind = map[string]rewrite.BlindIndex{}
+		}
+		t.Blind[cn] = rewrite.BlindIndex{Column: b.Column, Bytea: bytea}
+	}
+	return nil
+}
+
+// index returns the blind index of table.column.
+func (c *Connector) index(t *rewrite.Table, column string) (*blindindex.Index, error) {
+	ix := c.blind[[2]string{t.Name, column}]
+	if ix == nil {
+		return nil, fmt.Errorf("kmspostgres: %s.%s: no blind index key (the schema map changed under the plan)", t.Name, column)
+	}
+	return ix, nil
+}
+
+// indexValue computes the stored index value of one plaintext value: nil
+// (NULL) stays nil; text index columns get base64, bytea columns raw
+// bytes. The value is encoded as the cell's plaintext is, so that writes
+// and lookups agree.
+func (c *Connector) indexValue(t *rewrite.Table, column string, v any) (any, error) {
+	if v == nil {
+		return nil, nil
+	}
+	ix, err := c.index(t, column)
+	if err != nil {
+		return nil, err
+	}
+	pt, err := envelope.Text.Encode(v)
+	if err != nil {
+		return nil, &CellError{Table: t.Name, Column: column, Err: err}
+	}
+	if t.Blind[column].Bytea {
+		return ix.Sum(pt), nil
+	}
+	return ix.Text(pt), nil
+}
+
+// indexCells fills the slots of the index values a statement writes.
+func (c *Connector) indexCells(t *rewrite.Table, cells []rewrite.Cell, args []driver.NamedValue, slots []any) error {
+	for _, cell := range cells {
+		v, err := valueOf(cell.Value, args)
+		if err != nil {
+			return err
+		}
+		if slots[cell.Slot], err = c.indexValue(t, cell.Column, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lookupOperands resolves the operands of a plan's lookups: one value, or
+// the elements of an array argument (NULL elements and NULL values drop
+// out: they match nothing).
+func lookupOperands(l rewrite.Lookup, args []driver.NamedValue) ([]any, error) {
+	v, err := valueOf(l.Value, args)
+	if err != nil || v == nil {
+		return nil, err
+	}
+	if !l.Array {
+		return []any{v}, nil
+	}
+	var out []any
+	if b, ok := v.([]byte); ok {
+		v = string(b)
+	}
+	switch a := v.(type) {
+	case string: // an array in PostgreSQL's text form, as pq.Array gives it
+		elems, err := parseTextArray(a)
+		if err != nil {
+			return nil, &rewrite.RefusalError{Table: l.Table.Name, Column: l.Column, Reason: "= ANY on a blind-indexed column: " + err.Error(), Fix: "pass a []string or pq.Array of one"}
+		}
+		for _, s := range elems {
+			if s != nil {
+				out = append(out, *s)
+			}
+		}
+	case []string:
+		for _, s := range a {
+			out = append(out, s)
+		}
+	case []*string:
+		for _, s := range a {
+			if s != nil {
+				out = append(out, *s)
+			}
+		}
+	case []any:
+		for _, s := range a {
+			if s, err := resolveValue(s); err != nil {
+				return nil, err
+			} else if s != nil {
+				out = append(out, s)
+			}
+		}
+	default:
+		return nil, &rewrite.RefusalError{Table: l.Table.Name, Column: l.Column, Reason: fmt.Sprintf("= ANY on a blind-indexed column takes a []string, not %T", v), Fix: "pass the values as a []string"}
+	}
+	return out, nil
+}
+
+// lookups computes the index values a plan compares with.
+func (c *Connector) lookups(p *rewrite.Plan, args []driver.NamedValue) ([]any, error) {
+	if len(p.Lookups) == 0 {
+		return nil, nil
+	}
+	out := make([]any, len(p.Lookups))
+	for i, l := range p.Lookups {
+		ops, err := lookupOperands(l, args)
+		if err != nil {
+			return nil, err
+		}
+		if !l.Array {
+			if len(ops) == 1 {
+				out[i], err = c.indexValue(l.Table, l.Column, ops[0])
+			}
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
+		bytea := l.Table.Blind[l.Column].Bytea
+		texts, raws := make([]string, len(ops)), make([][]byte, len(ops))
+		for j, op := range ops {
+			iv, err := c.indexValue(l.Table, l.Column, op)
+			if err != nil {
+				return nil, err
+			}
+			if bytea {
+				raws[j] = iv.([]byte)
+			} else {
+				texts[j] = iv.(string)
+			}
+		}
+		if bytea {
+			out[i] = raws
+		} else {
+			out[i] = texts
+		}
+	}
+	return out, nil
+}
+
+// ErrBlindIndexMismatch reports a result row whose blind-index value
+// matched the query but whose decrypted value does not: the index column
+// was written by something other than the driver (copied from another
+// row, say). The statement fails rather than return the row. It wraps
+// ErrDecrypt; use errors.Is.
+var ErrBlindIndexMismatch = fmt.Errorf("%w: a row's blind index does not match its value (was the index column written past the driver?)", ErrDecrypt)
+
+// blindChecks holds, per check of a result, the normalized operands a
+// row's decrypted value must be among.
+type blindChecks [][]string
+
+// attachChecks gives a result set the operands of its plan's checks.
+func (c *Conn) attachChecks(dr driver.Rows, p *rewrite.Plan, args []driver.NamedValue) error {
+	r, ok := dr.(*rows)
+	if !ok || p.Out == nil || len(p.Out.Checks) == 0 {
+		return nil
+	}
+	r.checks = make(blindChecks, len(p.Out.Checks))
+	for i, ch := range p.Out.Checks {
+		ix, err := c.connector.index(ch.Table, ch.Column)
+		if err != nil {
+			return err
+		}
+		for _, li := range ch.Lookups {
+			ops, err := lookupOperands(p.Lookups[li], args)
+			if err != nil {
+				return err
+			}
+			for _, op := range ops {
+				pt, err := envelope.Text.Encode(op)
+				if err != nil {
+					return &CellError{Table: ch.Table.Name, Column: ch.Column, Err: err}
+				}
+				r.checks[i] = append(r.checks[i], ix.Normalize(string(pt)))
+			}
+		}
+	}
+	return nil
+}
+
+// verify decrypts, for every row of the window, the columns the plan's
+// checks name and fails the result set on a row whose value is not among
+// the query's operands: its index value was not computed from its value.
+func (r *rows) verify(w *windowKeys) error {
+	if len(r.out.Checks) == 0 {
+		return nil
+	}
+	if r.checks == nil {
+		return fmt.Errorf("kmspostgres: internal: blind-index checks without operands; refusing the result")
+	}
+	for ri, row := range r.buf {
+		for ci, ch := range r.out.Checks {
+			si := ch.Source
+			ti := w.infos[si]
+			pk := w.pks[ri][si]
+			bad := cellError(ti, ch.Column, pk, ErrBlindIndexMismatch)
+			id := w.ids[ri][si]
+			if row[ch.At] == nil || id == (rowKeyID{}) {
+				return bad // NULL matches no equality
+			}
+			ck := r.keys[id]
+			if ck == nil {
+				return cellError(ti, ch.Column, pk, w.pending[id].err)
+			}
+			v, err := openCell(ti, ch.Column, envelope.CellAAD(ti.table.Name, ch.Column), ck, row[ch.At])
+			if err != nil {
+				return cellError(ti, ch.Column, pk, err)
+			}
+			ix, err := r.c.connector.index(ti.table, ch.Column)
+			if err != nil {
+				return err
+			}
+			s, _ := v.(string)
+			if !slices.Contains(r.checks[ci], ix.Normalize(s)) {
+				return bad
+			}
+			row[ch.At] = nil // no plaintext kept beyond the check
+		}
+	}
+	return nil
+}
+
+// parseTextArray parses a one-dimensional array in PostgreSQL's text
+// form: {a,"b c",NULL,"d\"e"}. NULL elements come back nil.
+func parseTextArray(s string) ([]*string, error) {
+	if len(s) < 2 || s[0] != '{' || s[len(s)-1] != '}' {
+		return nil, fmt.Errorf("the array is not in {…} form")
+	}
+	body := s[1 : len(s)-1]
+	var out []*string
+	if strings.TrimSpace(body) == "" {
+		return out, nil
+	}
+	for i := 0; ; {
+		for i < len(body) && body[i] == ' ' {
+			i++
+		}
+		var b strings.Builder
+		quoted := i < len(body) && body[i] == '"'
+		if quoted {
+			i++
+			for ; i < len(body) && body[i] != '"'; i++ {
+				if body[i] == '\\' && i+1 < len(body) {
+					i++
+				}
+				b.WriteByte(body[i])
+			}
+			if i >= len(body) {
+				return nil, fmt.Errorf("unterminated quoted element")
+			}
+			i++
+		} else {
+			for ; i < len(body) && body[i] != ','; i++ {
+				if body[i] == '{' || body[i] == '"' || body[i] == '\\' {
+					return nil, fmt.Errorf("only one-dimensional arrays of plain or quoted elements are read")
+				}
+				b.WriteByte(body[i])
+			}
+		}
+		e := b.String()
+		if !quoted {
+			e = strings.TrimSpace(e)
+		}
+		if !quoted && strings.EqualFold(e, "NULL") {
+			out = append(out, nil)
+		} else {
+			out = append(out, &e)
+		}
+		for i < len(body) && body[i] == ' ' {
+			i++
+		}
+		if i == len(body) {
+			return out, nil
+		}
+		if body[i] != ',' {
+			return nil, fmt.Errorf("unexpected %q after an element", body[i])
+		}
+		i++
+	}
+}
+
+// UniqueError reports that a statement would store, in an encrypted
+// column with a UNIQUE index on its blind index, a value another row
+// already holds. Unwrap returns the server's *pgconn.PgError (whose detail
+// shows the index value, never the plaintext).
+type UniqueError struct {
+	Table, Column string // the encrypted column, as in the schema map
+	Index         string // the unique index or constraint
+	Err           error
+}
+
+func (e *UniqueError) Error() string {
+	return "kmspostgres: " + e.Table + "." + e.Column + ": another row already holds this value (unique index " + e.Index + " on its blind index)"
+}
+
+func (e *UniqueError) Unwrap() error { return e.Err }
+
+// uniqueError names the encrypted column behind a unique violation on a
+// blind-index column, or returns pe as it is.
+func (c *Connector) uniqueError(pe *pgconn.PgError) error {
+	col, ok := strings.CutPrefix(pe.Detail, "Key (")
+	if !ok {
+		return pe
+	}
+	col, _, ok = strings.Cut(col, ")=(")
+	if !ok {
+		return pe
+	}
+	for _, tn := range slices.Sorted(maps.Keys(c.schema.Tables)) {
+		t := c.schema.Tables[tn]
+		if !strings.EqualFold(tn, pe.TableName) && !strings.HasSuffix(strings.ToLower(tn), "."+strings.ToLower(pe.TableName)) {
+			continue
+		}
+		for _, cn := range slices.Sorted(maps.Keys(t.Columns)) {
+			if b := t.Columns[cn].BlindIndex; b != nil && b.Column == col {
+				return &UniqueError{Table: tn, Column: cn, Index: pe.ConstraintName, Err: pe}
+			}
+		}
+	}
+	return pe
+}
+
+// checkCell is what an UPDATE's row finder reads for one blind-index
+// check: the row's key column and the stored cell.
+type checkCell struct {
+	key  *string
+	cell any
+}
+
+// verify checks, before an UPDATE writes them, that the locked rows hold
+// the values its WHERE clause's blind-index equalities name. The cell key
+// is the one just unwrapped for the row when the UPDATE keeps the row's
+// key, else the row's key is unwrapped for the check: a forged index value
+// must not make the UPDATE write another row.
+func (u *updateKeyer) verify(locked []updRow, keys map[string][]rowKey) error {
+	up := u.up
+	if len(up.Checks) == 0 {
+		return nil
+	}
+	operands := make([][]string, len(up.Checks))
+	for i, ch := range up.Checks {
+		ix, err := u.c.connector.index(ch.Table, ch.Column)
+		if err != nil {
+			return err
+		}
+		for _, li := range ch.Lookups {
+			ops, err := lookupOperands(u.p.Lookups[li], u.args)
+			if err != nil {
+				return err
+			}
+			for _, op := range ops {
+				pt, err := envelope.Text.Encode(op)
+				if err != nil {
+					return &CellError{Table: ch.Table.Name, Column: ch.Column, Err: err}
+				}
+				operands[i] = append(operands[i], ix.Normalize(string(pt)))
+			}
+		}
+	}
+	for _, r := range locked {
+		for i, ch := range up.Checks {
+			cc := r.checks[i]
+			bad := &CellError{Table: u.ti.table.Name, Column: ch.Column, PK: pkLabel(u.ti.table, r.pk), Err: ErrBlindIndexMismatch}
+			if cc.cell == nil || cc.key == nil {
+				return bad
+			}
+			var ck *envelope.CellKey
+			for ki, k := range up.Keys {
+				if k.Key == ch.Source && !k.Fresh && keys[r.id][ki].wrapped == *cc.key {
+					ck = keys[r.id][ki].ck
+				}
+			}
+			if ck == nil {
+				rk, err := u.c.openKey(u.ctx, u.ti, ch.Source, r.pk, *cc.key)
+				if errors.Is(err, ErrPermission) {
+					err = fmt.Errorf("%w (checking that the row holds the value its blind index says needs decrypt rights)", err)
+				}
+				if err != nil {
+					return err
+				}
+				ck = rk.ck
+			}
+			v, err := openCell(u.ti, ch.Column, envelope.CellAAD(u.ti.table.Name, ch.Column), ck, cc.cell)
+			if err != nil {
+				return cellError(u.ti, ch.Column, r.pk, err)
+			}
+			ix, err := u.c.connector.index(ch.Table, ch.Column)
+			if err != nil {
+				return err
+			}
+			s, _ := v.(string)
+			if !slices.Contains(operands[i], ix.Normalize(s)) {
+				return bad
+			}
+		}
+	}
+	return nil
+}
+
+// prepareVerified runs a DELETE's or UPDATE's blind-index check: in a
+// transaction (the caller's, or one the driver opens and finish ends), it
+// reads and locks the rows the statement selects, unwraps each row's key,
+// checks that its value matches the query's operands (refusing the whole
+// statement on a forged index value), and restricts the statement to the
+// rows read.
+func (c *Conn) prepareVerified(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue) (string, []driver.NamedValue, func(error) error, error) {
+	finish, err := c.ensureTx(ctx)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	q, a, err := c.verifyRows(ctx, p, args)
+	if err != nil {
+		return "", nil, nil, finish(err)
+	}
+	return q, a, finish, nil
+}
+
+func (c *Conn) verifyRows(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue) (string, []driver.NamedValue, error) {
+	v := p.Verify
+	lk, err := c.connector.lookups(p, args)
+	if err != nil {
+		return "", nil, err
+	}
+	sargs, err := planArgs(v.SelectArgs, args, nil, lk)
+	if err != nil {
+		return "", nil, err
+	}
+	qargs := make([]any, len(sargs))
+	for i, a := range sargs {
+		qargs[i] = a.Value
+	}
+	ti := c.connector.catalog.info(v.Table)
+	u := &updateKeyer{c: c, ctx: ctx, p: p, up: &rewrite.Update{Table: v.Table, Checks: v.Checks}, ti: ti, args: args}
+	rows, err := c.inner.Conn().Query(ctx, v.SelectSQL, qargs...)
+	if err != nil {
+		return "", nil, err
+	}
+	npk := len(v.Table.PrimaryKey)
+	locked, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (updRow, error) {
+		r := updRow{pk: make([]string, npk), checks: make([]checkCell, len(v.Checks))}
+		dest := []any{&r.ctid, &r.toid}
+		for i := range r.pk {
+			dest = append(dest, &r.pk[i])
+		}
+		for i := range r.checks {
+			dest = append(dest, &r.checks[i].key, &r.checks[i].cell)
+		}
+		err := row.Scan(dest...)
+		r.id = strings.Join(r.pk, "\x00")
+		return r, err
+	})
+	if err != nil {
+		return "", nil, err
+	}
+	if err := u.verify(locked, nil); err != nil {
+		return "", nil, err
+	}
+	slots := make([]any, v.Slots)
+	ctids, toids := make([]string, len(locked)), make([]string, len(locked))
+	for i, r := range locked {
+		ctids[i], toids[i] = r.ctid, r.toid
+	}
+	slots[v.CtidSlot], slots[v.TableoidSlot] = ctids, toids
+	a, err := planArgs(p.Args, args, slots, lk)
+	return p.SQL, a, err
+}

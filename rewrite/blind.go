@@ -1,0 +1,489 @@
+package rewrite
+
+import (
+	"fmt"
+	"strconv"
+
+	pg "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/proto"
+)
+
+// BlindIndex is the blind-index column of an encrypted column: a keyed
+// digest of its normalized plaintext that the database can compare.
+type BlindIndex struct {
+	Column string
+	Bytea  bool // stored as bytea (raw 32 bytes) rather than text (base64)
+}
+
+// Lookup is a value the driver computes for a blind-index comparison: the
+// index value, under Table.Column's index, of Value, or with Array of each
+// element of the array Value.
+type Lookup struct {
+	Table  *Table
+	Column string
+	Value  Value
+	Array  bool
+}
+
+// Check asks the driver to verify, for every result row, that the
+// encrypted column read at result position At (with the row key of
+// Sources[Source]) holds one of the operands of Lookups once normalized:
+// a blind-index value copied from another row then fails the query
+// rather than returning that row for a value it does not hold.
+type Check struct {
+	At      int
+	Source  int
+	Table   *Table
+	Column  string
+	Lookups []int // indexes into Plan.Lookups
+}
+
+// blindCan says what a blind index can and cannot do, for refusals.
+const blindCan = "its blind index answers only equality (=, <>, IN, NOT IN, = ANY, IS [NOT] NULL against parameters or literals), not LIKE, ranges, ORDER BY, functions or comparisons with other columns"
+
+// lookupBase marks parameters that take a blind-index value computed by
+// the driver (Plan.Lookups); renumber turns them into Arg.Lookup.
+const lookupBase = 200000
+
+func lookupParam(i int) *pg.Node { return pg.MakeParamRefNode(int32(lookupBase+1+i), -1) }
+
+type blindState struct {
+	rewrote bool // a comparison moved to an index column
+	lookups []Lookup
+	// positive are the rewritten predicates a matching row must satisfy
+	// by value (=, IN, = ANY), for checks.
+	positive map[*pg.A_Expr]*blindPred
+}
+
+type blindPred struct {
+	enc     *encRef
+	lookups []int
+}
+
+func (a *analyzer) addLookup(e *encRef, v Value, array bool) int {
+	a.blind.lookups = append(a.blind.lookups, Lookup{Table: e.table, Column: e.column, Value: v, Array: array})
+	return len(a.blind.lookups) - 1
+}
+
+// blindCol returns the encrypted column with a blind index that n names
+// directly, if any.
+func (a *analyzer) blindCol(n *pg.Node, sc *scope) *encRef {
+	cr := n.GetColumnRef()
+	if cr == nil {
+		return nil
+	}
+	names, star := fieldNames(cr)
+	if star {
+		return nil
+	}
+	o := a.resolve(sc, names)
+	if o == nil || o.enc == nil {
+		return nil
+	}
+	if _, ok := o.enc.table.Blind[o.enc.column]; !ok {
+		return nil
+	}
+	return o.enc
+}
+
+func opName(x *pg.A_Expr) string {
+	if len(x.Name) == 0 {
+		return ""
+	}
+	return x.Name[len(x.Name)-1].GetString_().GetSval()
+}
+
+// blindExpr rewrites an equality on a blind-indexed column into the same
+// comparison of its index column with driver-computed index values:
+//
+//	email = $1            → t.email_bidx = $lookup
+//	$1 = email            → t.email_bidx = $lookup
+//	email IN ($1, 'a')    → t.email_bidx IN ($lookup, $lookup)
+//	email = ANY($1)       → t.email_bidx = ANY($lookup array)
+//
+// and <>, NOT IN, <> ALL alike. handled is false when x compares no
+// blind-indexed column; any other use of one is refused.
+func (a *analyzer) blindExpr(x *pg.A_Expr, sc *scope) (handled bool, err error) {
+	le, re := a.blindCol(x.Lexpr, sc), a.blindCol(x.Rexpr, sc)
+	if le == nil && re == nil {
+		return false, nil
+	}
+	e, other := le, x.Rexpr
+	if le == nil {
+		e, other = re, x.Lexpr
+	}
+	op := opName(x)
+	refuseHere := func(reason string) error {
+		return refuse(e.table, e.column, reason+"; "+blindCan, "compare it with a parameter or a literal, or filter in the application")
+	}
+	if le != nil && re != nil {
+		return true, refuseHere("comparing two encrypted columns is not supported: their blind indexes use different keys")
+	}
+	if e.base == "" {
+		return true, refuse(e.table, e.column, "a blind-index comparison must name the table's own column, not one passed through a subquery, CTE or set operation",
+			"move the condition into the subquery or CTE that reads the table")
+	}
+	bi := e.table.Blind[e.column]
+	idx := colRef(e.base, bi.Column)
+	a.blind.rewrote = true
+	switch {
+	case x.Kind == pg.A_Expr_Kind_AEXPR_OP && (op == "=" || op == "<>"):
+		v, ok := literal(other)
+		if !ok {
+			return true, refuseHere("only a parameter or a literal can be compared with it")
+		}
+		x.Lexpr, x.Rexpr = idx, a.lookupOperand(e, v)
+		a.notePositive(x, op == "=", e)
+	case x.Kind == pg.A_Expr_Kind_AEXPR_IN && le != nil && (op == "=" || op == "<>"):
+		list := x.Rexpr.GetList()
+		if list == nil {
+			return true, refuseHere("IN takes a list of parameters or literals here")
+		}
+		for i, item := range list.Items {
+			v, ok := literal(item)
+			if !ok {
+				return true, refuseHere("IN takes only parameters and literals here")
+			}
+			list.Items[i] = a.lookupOperand(e, v)
+		}
+		x.Lexpr = idx
+		a.notePositive(x, op == "=", e)
+	case (x.Kind == pg.A_Expr_Kind_AEXPR_OP_ANY && op == "=" || x.Kind == pg.A_Expr_Kind_AEXPR_OP_ALL && op == "<>") && le != nil:
+		v, ok := literal(other)
+		if !ok || v.Kind != ValParam {
+			return true, refuseHere("= ANY and <> ALL take an array parameter here ($1, what sqlc generates for slices)")
+		}
+		x.Lexpr, x.Rexpr = idx, lookupParam(a.addLookup(e, v, true))
+		a.notePositive(x, op == "=", e)
+	default:
+		return true, refuseHere("this comparison cannot run on ciphertext")
+	}
+	return true, nil
+}
+
+// lookupOperand is the node that replaces an operand: NULL stays NULL,
+// anything else becomes a lookup parameter.
+func (a *analyzer) lookupOperand(e *encRef, v Value) *pg.Node {
+	if v.Kind == ValNull {
+		return nullConst()
+	}
+	return lookupParam(a.addLookup(e, v, false))
+}
+
+// notePositive records the lookups a rewritten positive predicate added
+// (those since the last call), for checks.
+func (a *analyzer) notePositive(x *pg.A_Expr, positive bool, e *encRef) {
+	if !positive {
+		return
+	}
+	if a.blind.positive == nil {
+		a.blind.positive = map[*pg.A_Expr]*blindPred{}
+	}
+	p := &blindPred{enc: e}
+	// The lookups of x are those that name its parameters.
+	walk(x, func(n *pg.Node) bool {
+		if pr, ok := n.Node.(*pg.Node_ParamRef); ok && pr.ParamRef.Number > lookupBase {
+			p.lookups = append(p.lookups, int(pr.ParamRef.Number-lookupBase-1))
+		}
+		return true
+	})
+	a.blind.positive[x] = p
+}
+
+// isBlindCol reports whether col is the blind-index column of some
+// encrypted column of t, and which.
+func isBlindCol(t *Table, col string) (string, bool) {
+	for enc, bi := range t.Blind {
+		if bi.Column == col {
+			return enc, true
+		}
+	}
+	return "", false
+}
+
+func refuseBlindWrite(t *Table, col, enc string) error {
+	return refuse(t, col, "the driver writes blind-index columns itself (this one indexes "+enc+")", "write "+enc+" and leave "+col+" out")
+}
+
+// blindChecks adds to a top-level SELECT the encrypted columns that its
+// WHERE clause's blind-index equalities (top-level AND terms) compare, as
+// hidden columns after the row keys, so that the driver can verify each
+// returned row by value.
+func (a *analyzer) blindChecks(sel *pg.SelectStmt, groups []*group) ([]*group, []pendingCheck) {
+	var checks []pendingCheck
+	for _, n := range conjuncts(sel.WhereClause) {
+		p := a.positiveTerm(n)
+		if p == nil || len(p.lookups) == 0 {
+			continue
+		}
+		e := p.enc
+		var g *group
+		for _, have := range groups {
+			if have.src == e.src {
+				g = have // the row key is read already
+			}
+		}
+		if g == nil {
+			g = a.newGroup(e.table, e.table.Encrypted[e.column].Key)
+			g.src = e.src
+			appendHidden(&sel.TargetList, g, e.src)
+			groups = append(groups, g)
+		}
+		checks = append(checks, pendingCheck{enc: e, group: g, lookups: p.lookups})
+	}
+	for i, c := range checks {
+		sel.TargetList = append(sel.TargetList, resTarget("__kmspg_c"+strconv.Itoa(i), colRef(c.enc.base, c.enc.column)))
+	}
+	return groups, checks
+}
+
+// positiveTerm returns the blind-index predicate a WHERE term is: one
+// positive comparison, or an OR of positive comparisons of the same
+// column (their operands together); nil otherwise.
+func (a *analyzer) positiveTerm(n *pg.Node) *blindPred {
+	if x := n.GetAExpr(); x != nil {
+		return a.blind.positive[x]
+	}
+	b := n.GetBoolExpr()
+	if b == nil || b.Boolop != pg.BoolExprType_OR_EXPR {
+		return nil
+	}
+	var out *blindPred
+	for _, arg := range b.Args {
+		p := a.positiveTerm(arg)
+		if p == nil || out != nil && (p.enc.src != out.enc.src || p.enc.column != out.enc.column) {
+			return nil
+		}
+		if out == nil {
+			out = &blindPred{enc: p.enc}
+		}
+		out.lookups = append(out.lookups, p.lookups...)
+	}
+	return out
+}
+
+type pendingCheck struct {
+	enc     *encRef
+	group   *group
+	lookups []int
+}
+
+// addChecks places the checks in the output after its hidden key columns.
+func addChecks(o *Output, groups []*group, checks []pendingCheck) {
+	pos := o.Visible
+	for _, s := range o.Sources {
+		pos += 1 + len(s.PKAt)
+	}
+	for _, c := range checks {
+		src := -1
+		for gi, g := range groups {
+			if g == c.group {
+				src = gi
+			}
+		}
+		o.Checks = append(o.Checks, Check{At: pos, Source: src, Table: c.enc.table, Column: c.enc.column, Lookups: c.lookups})
+		pos++
+	}
+}
+
+// checkable reports whether hidden columns can be added to a SELECT
+// without changing its rows: no set operation, grouping, DISTINCT,
+// window or function call (an aggregate would need them grouped).
+func checkable(sel *pg.SelectStmt) bool {
+	if sel.Op != pg.SetOperation_SETOP_NONE || len(sel.GroupClause) > 0 || sel.HavingClause != nil ||
+		len(sel.DistinctClause) > 0 || len(sel.WindowClause) > 0 || len(sel.ValuesLists) > 0 {
+		return false
+	}
+	ok := true
+	for _, t := range sel.TargetList {
+		walk(t, func(n *pg.Node) bool {
+			switch n.Node.(type) {
+			case *pg.Node_FuncCall, *pg.Node_SubLink:
+				ok = false
+			}
+			return ok
+		})
+	}
+	return ok
+}
+
+// blindWritten lists the blind-indexed columns among cols, in order.
+func blindWritten(t *Table, cols []string) []string {
+	var out []string
+	for _, c := range cols {
+		if _, ok := t.Blind[c]; ok {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// addIndexes appends to a VALUES row the index value of each indexed
+// column it writes: a slot for a value, NULL for NULL.
+func (ip *Insert) addIndexes(row *InsertRow, list *pg.List, indexed []string) {
+	for _, c := range indexed {
+		var cell *Cell
+		for i := range row.Cells {
+			if row.Cells[i].Column == c {
+				cell = &row.Cells[i]
+			}
+		}
+		if cell == nil {
+			list.Items = append(list.Items, nullConst())
+			continue
+		}
+		row.Indexes = append(row.Indexes, Cell{Column: c, Key: cell.Key, Value: cell.Value, Slot: ip.Slots})
+		list.Items = append(list.Items, slotParam(ip.Slots))
+		ip.Slots++
+	}
+}
+
+// updateIndexes sets the index column of each indexed column an UPDATE
+// writes, to one value for every row (the value is the same).
+func updateIndexes(up *Update, upd *pg.UpdateStmt, t *Table, cells []setCell) {
+	for _, c := range cells {
+		bi, ok := t.Blind[c.name]
+		if !ok {
+			continue
+		}
+		up.Indexes = append(up.Indexes, Cell{Column: c.name, Key: c.ec.Key, Value: c.val, Slot: up.Slots})
+		upd.TargetList = append(upd.TargetList, resTarget(bi.Column, slotParam(up.Slots)))
+		up.Slots++
+	}
+}
+
+// String prints an Arg as {Orig Slot}, with the lookup when there is one.
+func (a Arg) String() string {
+	if a.Lookup > 0 {
+		return fmt.Sprintf("{%d %d L%d}", a.Orig, a.Slot, a.Lookup)
+	}
+	return fmt.Sprintf("{%d %d}", a.Orig, a.Slot)
+}
+
+// conjuncts returns the top-level AND terms of a WHERE clause.
+func conjuncts(n *pg.Node) []*pg.Node {
+	if n == nil {
+		return nil
+	}
+	if b := n.GetBoolExpr(); b != nil && b.Boolop == pg.BoolExprType_AND_EXPR {
+		var out []*pg.Node
+		for _, arg := range b.Args {
+			out = append(out, conjuncts(arg)...)
+		}
+		return out
+	}
+	return []*pg.Node{n}
+}
+
+// returningChecks adds to the RETURNING list of a DELETE, or of an UPDATE
+// that writes no encrypted column, the checks of its WHERE clause's
+// blind-index equalities, when it returns encrypted columns: a row whose
+// index value was forged is then not returned in plaintext (the statement
+// has run; the error says so, and a transaction can be rolled back).
+func (a *analyzer) returningChecks(list *[]*pg.Node, where *pg.Node, out *Output) {
+	if out == nil {
+		return
+	}
+	pos := out.Visible
+	for _, s := range out.Sources {
+		pos += 1 + len(s.PKAt)
+	}
+	var checks []pendingCheck
+	var srcs []int
+	for _, n := range conjuncts(where) {
+		p := a.positiveTerm(n)
+		if p == nil || len(p.lookups) == 0 {
+			continue
+		}
+		e := p.enc
+		g := a.newGroup(e.table, e.table.Encrypted[e.column].Key)
+		appendHidden(list, g, e.src)
+		s := Source{Table: e.table, Key: g.key, KeyAt: pos}
+		pos++
+		for range g.pkNames {
+			s.PKAt = append(s.PKAt, pos)
+			pos++
+		}
+		srcs = append(srcs, len(out.Sources))
+		out.Sources = append(out.Sources, s)
+		checks = append(checks, pendingCheck{enc: e, group: g, lookups: p.lookups})
+	}
+	for i, c := range checks {
+		*list = append(*list, resTarget("__kmspg_c"+strconv.Itoa(i), colRef(c.enc.base, c.enc.column)))
+		out.Checks = append(out.Checks, Check{At: pos, Source: srcs[i], Table: c.enc.table, Column: c.enc.column, Lookups: c.lookups})
+		pos++
+	}
+}
+
+// updateChecks adds to the row finder of an UPDATE that writes encrypted
+// columns the key column and the encrypted column of each blind-index
+// equality among its WHERE clause's AND terms, so that the driver can
+// verify each locked row by value before writing it.
+func (a *analyzer) updateChecks(up *Update, sel *pg.SelectStmt, where *pg.Node, t *Table) {
+	pos := len(sel.TargetList)
+	for _, n := range conjuncts(where) {
+		p := a.positiveTerm(n)
+		if p == nil || len(p.lookups) == 0 || p.enc.table != t {
+			continue
+		}
+		e := p.enc
+		key := t.Encrypted[e.column].Key
+		sel.TargetList = append(sel.TargetList, resTarget("", colRef(e.base, t.Keys[key].Column)), resTarget("", colRef(e.base, e.column)))
+		up.Checks = append(up.Checks, Check{At: pos + 1, Source: key, Table: t, Column: e.column, Lookups: p.lookups})
+		pos += 2
+	}
+}
+
+// preVerify plans the check of a DELETE's or UPDATE's rows when its WHERE
+// clause has blind-index equalities on the target table t: a SELECT … FOR
+// UPDATE of the rows with their key and encrypted columns, and a WHERE
+// restricted to the rows the driver found to match by value.
+func (a *analyzer) preVerify(rv *pg.RangeVar, t *Table, with *pg.WithClause, from []*pg.Node, where **pg.Node) (*Verify, error) {
+	if t == nil || *where == nil {
+		return nil, nil
+	}
+	qual := qualOf(rv)
+	sel := &pg.SelectStmt{
+		TargetList:  []*pg.Node{resTarget("", castText(colRef(qual, "ctid"))), resTarget("", castText(colRef(qual, "tableoid")))},
+		FromClause:  []*pg.Node{{Node: &pg.Node_RangeVar{RangeVar: proto.Clone(rv).(*pg.RangeVar)}}},
+		WhereClause: proto.Clone(*where).(*pg.Node),
+		LockingClause: []*pg.Node{{Node: &pg.Node_LockingClause{LockingClause: &pg.LockingClause{
+			Strength: pg.LockClauseStrength_LCS_FORUPDATE, WaitPolicy: pg.LockWaitPolicy_LockWaitBlock,
+			LockedRels: []*pg.Node{{Node: &pg.Node_RangeVar{RangeVar: &pg.RangeVar{Relname: qual, Inh: true, Relpersistence: "p", Location: -1}}}}}}}},
+	}
+	for _, f := range from {
+		sel.FromClause = append(sel.FromClause, proto.Clone(f).(*pg.Node))
+	}
+	if with != nil {
+		sel.WithClause = proto.Clone(with).(*pg.WithClause)
+	}
+	for _, p := range t.PrimaryKey {
+		sel.TargetList = append(sel.TargetList, resTarget("", castText(colRef(qual, p))))
+	}
+	v := &Verify{Table: t, CtidSlot: 0, TableoidSlot: 1, Slots: 2}
+	for _, n := range conjuncts(*where) {
+		p := a.positiveTerm(n)
+		if p == nil || len(p.lookups) == 0 || p.enc.table != t || p.enc.base != qual {
+			continue
+		}
+		key := t.Encrypted[p.enc.column].Key
+		sel.TargetList = append(sel.TargetList, resTarget("", colRef(qual, t.Keys[key].Column)), resTarget("", colRef(qual, p.enc.column)))
+		v.Checks = append(v.Checks, Check{At: len(sel.TargetList) - 1, Source: key, Table: t, Column: p.enc.column, Lookups: p.lookups})
+	}
+	if len(v.Checks) == 0 {
+		return nil, nil
+	}
+	node := &pg.Node{Node: &pg.Node_SelectStmt{SelectStmt: sel}}
+	v.SelectArgs = renumber(node)
+	var err error
+	if v.SelectSQL, err = deparse(a.version, node); err != nil {
+		return nil, &ParseError{Err: err}
+	}
+	// … AND (q.ctid, q.tableoid) IN (SELECT * FROM unnest($ctids::tid[], $toids::oid[]))
+	in := parseOne("SELECT 1 WHERE (q.ctid, q.tableoid) IN (SELECT * FROM unnest($" + strconv.Itoa(slotBase+1) + "::text[]::tid[], $" + strconv.Itoa(slotBase+2) + "::text[]::oid[]))").GetSelectStmt().WhereClause
+	sub := in.GetSubLink()
+	row := sub.Testexpr.GetRowExpr()
+	row.Args[0], row.Args[1] = colRef(qual, "ctid"), colRef(qual, "tableoid")
+	*where = pg.MakeBoolExprNode(pg.BoolExprType_AND_EXPR, []*pg.Node{*where, in}, -1)
+	return v, nil
+}

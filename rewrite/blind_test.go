@@ -1,0 +1,276 @@
+package rewrite
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	pg "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/proto"
+)
+
+// blindCatalog is testCatalog with blind indexes on users.email (text)
+// and users.phone (bytea, under its own key).
+type blindCatalog struct{ testCatalog }
+
+var busers = &Table{
+	Name: "users", Schema: "public", Relname: "users", PrimaryKey: []string{"id"},
+	Columns:   []string{"id", "org_id", "name", "email", "phone", "encrypted_kms_key", "encrypted_kms_key_phone", "email_bidx", "phone_bidx"},
+	Encrypted: map[string]EncColumn{"email": {Key: 0}, "phone": {Key: 1, Bytea: true}},
+	Keys: []Key{{Name: "kms_key", Column: "encrypted_kms_key", Columns: []string{"email"}},
+		{Name: "kms_key_phone", Column: "encrypted_kms_key_phone", Columns: []string{"phone"}}},
+	Blind: map[string]BlindIndex{"email": {Column: "email_bidx"}, "phone": {Column: "phone_bidx", Bytea: true}},
+	PKGen: PKSequence, Sequence: "public.users_id_seq",
+}
+
+func (blindCatalog) Encrypted(schema, name string) (*Table, error) {
+	if name == "users" && (schema == "" || schema == "public") {
+		return busers, nil
+	}
+	return testCatalog{}.Encrypted(schema, name)
+}
+
+func (blindCatalog) Columns(schema, name string) ([]string, error) {
+	if name == "users" {
+		return busers.Columns, nil
+	}
+	return testCatalog{}.Columns(schema, name)
+}
+
+func describeBlind(p *Plan) string {
+	s := describe(p)
+	if p.Passthrough {
+		return s
+	}
+	var b strings.Builder
+	b.WriteString(s)
+	for i, l := range p.Lookups {
+		fmt.Fprintf(&b, "\nlookup L%d: %s.%s value=%v array=%v", i+1, l.Table.Name, l.Column, l.Value, l.Array)
+	}
+	if p.Out != nil {
+		for _, c := range p.Out.Checks {
+			fmt.Fprintf(&b, "\ncheck: %s.%s at %d src%d lookups=%v", c.Table.Name, c.Column, c.At, c.Source, c.Lookups)
+		}
+	}
+	if p.Insert != nil {
+		for _, r := range p.Insert.Rows {
+			fmt.Fprintf(&b, "\n  row indexes=%v", r.Indexes)
+		}
+	}
+	if v := p.Verify; v != nil {
+		fmt.Fprintf(&b, "\nverify: %s\n  selargs=%v slots=%d", v.SelectSQL, v.SelectArgs, v.Slots)
+		for _, c := range v.Checks {
+			fmt.Fprintf(&b, "\n  verify check: %s.%s at %d key %d lookups=%v", c.Table.Name, c.Column, c.At, c.Source, c.Lookups)
+		}
+	}
+	if p.Update != nil {
+		fmt.Fprintf(&b, "\n  update indexes=%v", p.Update.Indexes)
+		for _, c := range p.Update.Checks {
+			fmt.Fprintf(&b, "\n  update check: %s.%s at %d key %d lookups=%v", c.Table.Name, c.Column, c.At, c.Source, c.Lookups)
+		}
+	}
+	return b.String()
+}
+
+var blindCases = []string{
+	// Reads.
+	"SELECT id FROM users WHERE email = $1",
+	"SELECT id, email FROM users WHERE email = $1",
+	"SELECT * FROM users WHERE $1 = email AND org_id = $2",
+	"SELECT id FROM users WHERE email = 'a@x' OR email = $1",
+	"SELECT id FROM users WHERE (email = $1 OR email IN ($2, $3)) AND org_id = $4",
+	"SELECT id FROM users WHERE email = $1 OR phone = $2",
+	"SELECT id FROM users WHERE email = $1 OR org_id = $2",
+	"SELECT id, name FROM users u WHERE u.email IN ($1, 'b@x', NULL)",
+	"SELECT id FROM users WHERE email = ANY($1)",
+	"SELECT id FROM users WHERE email = ANY($1::text[])",
+	"SELECT id FROM users WHERE email <> $1",
+	"SELECT id FROM users WHERE email NOT IN ($1, $2)",
+	"SELECT id FROM users WHERE email <> ALL($1)",
+	"SELECT id FROM users WHERE email IS NULL",
+	"SELECT id FROM users WHERE phone = $1 AND email = $2",
+	"SELECT count(*) FROM users WHERE email = $1",
+	"SELECT id FROM orgs WHERE id IN (SELECT org_id FROM users WHERE email = $1)",
+	"WITH u AS (SELECT id, email FROM users WHERE email = $1) SELECT id, email FROM u",
+	"SELECT o.name, u.email FROM orgs o JOIN users u ON u.org_id = o.id AND u.email = $1",
+	"SELECT id FROM users WHERE email = $1::text",
+	// Refusals: what a blind index cannot do.
+	"SELECT id FROM users WHERE email LIKE $1",
+	"SELECT id FROM users WHERE email > $1",
+	"SELECT id FROM users WHERE email BETWEEN $1 AND $2",
+	"SELECT id FROM users ORDER BY email",
+	"SELECT id FROM users WHERE lower(email) = $1",
+	"SELECT id FROM users WHERE email = name",
+	"SELECT a.id FROM users a JOIN users b ON a.email = b.email",
+	"SELECT id FROM users WHERE email = ANY('{a,b}')",
+	"WITH u AS (SELECT id, email FROM users) SELECT id FROM u WHERE email = $1",
+	"SELECT id FROM users WHERE email_bidx = $1",
+	// Writes.
+	"INSERT INTO users (name, email) VALUES ($1, $2)",
+	"INSERT INTO users (name, email, phone) VALUES ($1, $2, $3), ('b', NULL, 'p')",
+	"INSERT INTO users (id, name, email) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email, name = EXCLUDED.name",
+	"INSERT INTO users (name, email) VALUES ($1, $2) ON CONFLICT (email) DO NOTHING",
+	"INSERT INTO users (name, email) VALUES ($1, $2) ON CONFLICT (email) DO UPDATE SET name = EXCLUDED.name",
+	"INSERT INTO users (name, email, email_bidx) VALUES ($1, $2, $3)",
+	"UPDATE users SET email = $1 WHERE id = $2",
+	"UPDATE users SET email = NULL WHERE email = $1",
+	"UPDATE users SET name = $1 WHERE email = $2",
+	"UPDATE users SET phone = $1 WHERE email = $2 AND org_id = $3",
+	"UPDATE users SET email_bidx = $1 WHERE id = $2",
+	"DELETE FROM users WHERE email = $1 RETURNING id",
+	"DELETE FROM users WHERE email IN ($1, $2)",
+	"DELETE FROM users u WHERE u.email = $1 AND org_id = $2 RETURNING u.id, u.email",
+	"UPDATE users SET name = $1 WHERE email = $2 RETURNING *",
+}
+
+func TestBlindGolden(t *testing.T) {
+	var b strings.Builder
+	for _, sql := range blindCases {
+		p, err := Rewrite(sql, blindCatalog{})
+		fmt.Fprintf(&b, "== %s\n", sql)
+		if err != nil {
+			fmt.Fprintf(&b, "error: %v (unsupported=%v)\n\n", err, errors.Is(err, ErrUnsupported))
+			continue
+		}
+		b.WriteString(describeBlind(p) + "\n\n")
+	}
+	path := filepath.Join("testdata", "blind.golden")
+	if *update {
+		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(strings.Split(string(want), "\n"), strings.Split(b.String(), "\n")); diff != "" {
+		t.Fatalf("rewrite output differs (-want +got):\n%s\nrun go test ./rewrite -update and review the diff", diff)
+	}
+}
+
+// TestBlindNoPlainComparison: no rewritten statement still has an
+// encrypted column as an operand of a comparison; every comparison moved
+// to its index column.
+func TestBlindNoPlainComparison(t *testing.T) {
+	checked := 0
+	for _, sql := range blindCases {
+		p, err := Rewrite(sql, blindCatalog{})
+		if err != nil || p.Passthrough {
+			continue
+		}
+		for _, s := range []string{p.SQL, updateSelect(p)} {
+			if s == "" {
+				continue
+			}
+			tree, err := pg.Parse(s)
+			if err != nil {
+				t.Fatalf("%s: rewritten SQL does not parse: %v", sql, err)
+			}
+			walk(tree, func(n *pg.Node) bool {
+				x := n.GetAExpr()
+				if x == nil {
+					return true
+				}
+				checked++
+				for _, side := range []*pg.Node{x.Lexpr, x.Rexpr} {
+					if cr := side.GetColumnRef(); cr != nil {
+						names, _ := fieldNames(cr)
+						if last := names[len(names)-1]; last == "email" || last == "phone" {
+							t.Errorf("%s: rewritten %q compares %s", sql, s, last)
+						}
+					}
+				}
+				return true
+			})
+		}
+	}
+	if checked < 20 {
+		t.Fatalf("only %d comparisons checked", checked)
+	}
+}
+func updateSelect(p *Plan) string {
+	if p.Update == nil {
+		return ""
+	}
+	return p.Update.SelectSQL
+}
+
+// FuzzRewriteBlind is FuzzRewrite's oracle over a catalog with blind
+// indexes: whatever the SQL, the database never computes on an encrypted
+// column (comparisons moved to index columns), and every bare encrypted
+// result column is decrypted or is a check column the driver verifies.
+func FuzzRewriteBlind(f *testing.F) {
+	for _, c := range append(append([]string{}, blindCases...), cases...) {
+		f.Add(c)
+	}
+	f.Fuzz(func(t *testing.T, sql string) {
+		p, err := Rewrite(sql, blindCatalog{})
+		if err != nil {
+			var pe *ParseError
+			if !errors.Is(err, ErrUnsupported) && !errors.As(err, &pe) {
+				t.Fatalf("unexpected error kind: %v", err)
+			}
+			return
+		}
+		tree, perr := pg.Parse(p.SQL)
+		if perr != nil {
+			t.Fatalf("plan SQL does not parse: %q: %v", p.SQL, perr)
+		}
+		if otherSchema(tree) {
+			return // the oracle knows tables by name only: other.users is not encrypted
+		}
+		checkAt := map[int]bool{}
+		if p.Out != nil {
+			for _, c := range p.Out.Checks {
+				checkAt[c.At] = true
+			}
+		}
+		for _, rs := range tree.Stmts {
+			if !touchesTestTables(rs.Stmt) {
+				continue
+			}
+			if refs := unprotectedRefs(rs.Stmt); len(refs) > 0 {
+				t.Fatalf("the database would compute on encrypted columns %v: %q", refs, sql)
+			}
+			sel := rs.Stmt.GetSelectStmt()
+			if sel == nil || sel.Op != pg.SetOperation_SETOP_NONE {
+				continue
+			}
+			quals := encQualifiers(rs.Stmt)
+			for i, n := range sel.TargetList {
+				cr := n.GetResTarget().GetVal().GetColumnRef()
+				names, star := fieldNames(cr)
+				if cr == nil || star || !isEnc(names, quals) || (len(names) == 1 && !directlyEncrypted(sel.FromClause)) || checkAt[i] {
+					continue
+				}
+				if p.Out == nil || i >= p.Out.Visible || p.Out.Cols[i].Table == nil {
+					t.Fatalf("result column %d (%s) is encrypted but not decrypted: %q", i, names[len(names)-1], sql)
+				}
+			}
+		}
+		// Every lookup parameter the SQL takes is planned.
+		for _, a := range p.Args {
+			if a.Lookup > len(p.Lookups) {
+				t.Fatalf("arg %v refers to lookup %d of %d", a, a.Lookup, len(p.Lookups))
+			}
+		}
+	})
+}
+
+// otherSchema reports whether a tree names a relation in a schema other
+// than public.
+func otherSchema(tree *pg.ParseResult) bool {
+	found := false
+	walkMessages(tree, func(m proto.Message) bool {
+		if rv, ok := m.(*pg.RangeVar); ok && rv.Schemaname != "" && rv.Schemaname != "public" {
+			found = true
+		}
+		return !found
+	})
+	return found
+}
