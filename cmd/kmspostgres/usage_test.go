@@ -72,7 +72,7 @@ func TestUsage(t *testing.T) {
 		{args: []string{"check", "-h"}, code: 0, stdout: "Exit codes: 0 no problem found"},
 		{args: []string{"rewrap", "--help"}, code: 0, stdout: "-batch int"},
 		{args: []string{"rewrap", "users", "-h"}, code: 0, stdout: "Examples:"},
-		{args: []string{"nope"}, code: 2, stderr: "kmspostgres: unknown command \"nope\" (commands: check, rewrap, encrypt, decrypt, reencrypt, context-hash); run 'kmspostgres help'\n"},
+		{args: []string{"nope"}, code: 2, stderr: "kmspostgres: unknown command \"nope\" (commands: check, rewrap, encrypt, decrypt, reencrypt, context-hash, reindex, blind-index-key); run 'kmspostgres help'\n"},
 		{args: []string{"help", "nope"}, code: 2, stderr: "kmspostgres: unknown command \"nope\"; run 'kmspostgres help'\n"},
 		{args: []string{"-dsn", "x", "check"}, code: 2, stderr: "kmspostgres: the command comes first (check, rewrap, encrypt, …), then flags such as -dsn; run 'kmspostgres help'\n"},
 		{args: []string{"check", "-nope"}, code: 2, stderr: "kmspostgres check: flag provided but not defined: -nope; run 'kmspostgres check -h'\n"},
