@@ -448,3 +448,29 @@ func TestAttack2DualValuerPK(t *testing.T) {
 		t.Fatalf("a successful INSERT left a row that cannot be read back: %q, %v", s, err)
 	}
 }
+
+// dualInt is a driver.Valuer (→ 42) that is also a pgtype.Int64Valuer (→ 43).
+type dualInt struct{}
+
+func (dualInt) Value() (driver.Value, error) { return int64(42), nil }
+func (dualInt) Int64Value() (pgtype.Int8, error) {
+	return pgtype.Int8{Int64: 43, Valid: true}, nil
+}
+
+// VIOLATION (property 3), the same class for an integer key: the context
+// says id=42, PostgreSQL stores 43.
+func TestAttack2DualValuerIntPK(t *testing.T) {
+	e := newEnv(t, "CREATE TABLE pi (id bigint PRIMARY KEY, s text, encrypted_kms_key text);",
+		"key_id: insecure-test-key\ntables:\n  pi: {columns: {s: {}}}\n")
+	_, err := e.db.Exec("INSERT INTO pi (id, s) VALUES ($1, $2)", dualInt{}, "dual-int-secret")
+	if err != nil {
+		t.Logf("refused: %v", err)
+		return
+	}
+	t.Logf("stored keys: %v", e.rawValues("SELECT id::text FROM pi"))
+	e.assertNoPlaintext("pi", "dual-int-secret")
+	var s string
+	if err := e.db.QueryRow("SELECT s FROM pi").Scan(&s); err != nil || s != "dual-int-secret" {
+		t.Fatalf("a successful INSERT left a row that cannot be read back: %q, %v", s, err)
+	}
+}
