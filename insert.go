@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"database/sql/driver"
 	"fmt"
+	"slices"
+	"strconv"
 
 	"github.com/kmspostgres/kmspostgres/envelope"
 	"github.com/kmspostgres/kmspostgres/rewrite"
@@ -22,6 +24,9 @@ func (c *Conn) prepareInsert(ctx context.Context, p *rewrite.Plan, args []driver
 	if err != nil {
 		return "", nil, err
 	}
+	// insertKeyJobs replaces primary-key arguments with the values their
+	// contexts are built from: a copy, not the caller's slice.
+	args = slices.Clone(args)
 	jobs, err := insertKeyJobs(ip, args, slots, gen)
 	if err != nil {
 		return "", nil, err
@@ -93,6 +98,18 @@ func (c *Conn) generatePKs(ctx context.Context, ip *rewrite.Insert) ([]any, erro
 	return gen, nil
 }
 
+// pkArg is the argument that makes PostgreSQL store a primary key's
+// context text: an int64 for integer columns, the text otherwise.
+func pkArg(text, typ string) any {
+	switch typ {
+	case "smallint", "integer", "bigint":
+		if i, err := strconv.ParseInt(text, 10, 64); err == nil {
+			return i
+		}
+	}
+	return text
+}
+
 // insertKey is one data key an INSERT mints: for a row and a key.
 type insertKey struct {
 	row, key int
@@ -126,6 +143,13 @@ func insertKeyJobs(ip *rewrite.Insert, args []driver.NamedValue, slots, gen []an
 			}
 			if err := pkFits(pk[pi], ip.Table.PKTypes[pi]); err != nil {
 				return nil, &CellError{Table: ip.Table.Name, Column: col, Err: err}
+			}
+			if val.Kind == rewrite.ValParam {
+				// PostgreSQL must store what the context says: pgx would
+				// encode the argument its own way ([]byte into a uuid as
+				// binary, a pgx TextValuer before driver.Valuer), so it
+				// gets the value the context was rendered from.
+				args[val.Param].Value = pkArg(pk[pi], ip.Table.PKTypes[pi])
 			}
 		}
 		for k, ks := range row.KeySlot {
