@@ -219,9 +219,16 @@ func TestRewriteGolden(t *testing.T) {
 		}
 		b.WriteString(describe(p) + "\n\n")
 	}
-	path := filepath.Join("testdata", "rewrite.golden")
+	checkGolden(t, "rewrite.golden", b.String())
+}
+
+// checkGolden compares got with testdata/name, or writes it there with
+// -update.
+func checkGolden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
 	if *update {
-		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -229,7 +236,7 @@ func TestRewriteGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(strings.Split(string(want), "\n"), strings.Split(b.String(), "\n")); diff != "" {
+	if diff := cmp.Diff(strings.Split(string(want), "\n"), strings.Split(got, "\n")); diff != "" {
 		t.Fatalf("rewrite output differs (-want +got):\n%s\nrun go test ./rewrite -update and review the diff", diff)
 	}
 }
