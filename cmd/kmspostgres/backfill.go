@@ -193,6 +193,26 @@ func backfillFlags(fs *flag.FlagSet, verb string, fn backfillRun) func(context.C
 	}
 }
 
+// tablesConnector checks the command line of a command that works on
+// tables in batches (-batch, at least one table, every table in the
+// schema map) and opens the connector; nil with the exit code otherwise.
+func (e *cmdEnv) tablesConnector(batch int) (*kmspostgres.Connector, int) {
+	if batch <= 0 {
+		return nil, e.usageErr("-batch must be at least 1, got %d", batch)
+	}
+	if len(e.args) == 0 {
+		return nil, e.usageErr("name at least one table")
+	}
+	c, code := e.connector()
+	if c == nil {
+		return nil, code
+	}
+	if code := checkTables(e, c, e.args); code != 0 {
+		return nil, code
+	}
+	return c, exitOK
+}
+
 // checkTables refuses, as a usage error, a table not in the schema map.
 func checkTables(e *cmdEnv, c *kmspostgres.Connector, tables []string) int {
 	for _, table := range tables {

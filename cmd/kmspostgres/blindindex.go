@@ -27,17 +27,8 @@ func reindexFlags(fs *flag.FlagSet) func(context.Context, *cmdEnv) int {
 	all := fs.Bool("all", false, "recompute every row's blind indexes, not only missing ones")
 	batch := fs.Int("batch", 100, "rows per round (at least 1)")
 	return func(ctx context.Context, e *cmdEnv) int {
-		if *batch <= 0 {
-			return e.usageErr("-batch must be at least 1, got %d", *batch)
-		}
-		if len(e.args) == 0 {
-			return e.usageErr("name at least one table")
-		}
-		c, code := e.connector()
+		c, code := e.tablesConnector(*batch)
 		if c == nil {
-			return code
-		}
-		if code := checkTables(e, c, e.args); code != 0 {
 			return code
 		}
 		for _, table := range e.args {

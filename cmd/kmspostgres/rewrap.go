@@ -34,17 +34,8 @@ func rewrapFlags(fs *flag.FlagSet) func(context.Context, *cmdEnv) int {
 	all := fs.Bool("all", false, "re-wrap every row, not only rows below the current key version")
 	batch := fs.Int("batch", 500, "rows per round (at least 1)")
 	return func(ctx context.Context, e *cmdEnv) int {
-		if *batch <= 0 {
-			return e.usageErr("-batch must be at least 1, got %d", *batch)
-		}
-		if len(e.args) == 0 {
-			return e.usageErr("name at least one table")
-		}
-		c, code := e.connector()
+		c, code := e.tablesConnector(*batch)
 		if c == nil {
-			return code
-		}
-		if code := checkTables(e, c, e.args); code != 0 {
 			return code
 		}
 		// The layout first: a table missing from the database, or any
