@@ -157,6 +157,11 @@ func (c *Conn) afterPassthrough(p *rewrite.Plan) {
 // afterStatement notes that the session's search_path may have changed,
 // so that plans are looked up under the path names now resolve through.
 func (c *Conn) afterStatement(p *rewrite.Plan) {
+	if p.DropsStatements {
+		// pgx still believes in the statements the server just dropped;
+		// the driver's own catalog queries would fail on them.
+		_ = c.inner.Conn().DeallocateAll(context.Background())
+	}
 	// DDL may create the session's temporary schema, which then comes
 	// first in the path.
 	if p.SetsConfig || p.Invalidates || (p.EndsTx && c.localSet) || c.connector.catalog.callsUserFunction(p.Calls) {

@@ -165,3 +165,31 @@ func TestCatalogCheckInterval(t *testing.T) {
 		})
 	}
 }
+
+// DISCARD ALL drops the session's prepared statements, which pgx (and so
+// the driver's own catalog queries) had cached: the next statements must
+// still run.
+func TestDiscardAllThenStatements(t *testing.T) {
+	e := newEnv(t, usersDDL, usersMap)
+	db := e.open(kmspostgres.WithCatalogCheckInterval(0))
+	defer db.Close()
+	ctx := context.Background()
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "INSERT INTO users (id, email) VALUES (1, $1)", "a@x"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.ExecContext(ctx, "DISCARD ALL"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.ExecContext(ctx, "INSERT INTO users (id, email) VALUES (2, $1)", "b@x"); err != nil {
+		t.Fatalf("after DISCARD ALL: %v", err)
+	}
+	var got string
+	if err := conn.QueryRowContext(ctx, "SELECT email FROM users WHERE id = 2").Scan(&got); err != nil || got != "b@x" {
+		t.Fatalf("after DISCARD ALL: %q %v", got, err)
+	}
+}

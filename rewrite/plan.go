@@ -15,6 +15,9 @@ type Plan struct {
 	SetsConfig, LocalConfig bool
 	// EndsTx: COMMIT, ROLLBACK and the like, which undo SET LOCAL.
 	EndsTx bool
+	// DropsStatements: DISCARD ALL, DISCARD PLANS or DEALLOCATE ALL
+	// removed the session's prepared statements, which pgx caches.
+	DropsStatements bool
 	// Calls lists the functions the statement calls, lower-case, with
 	// their schema when written ("app.f", "lower"): one that is not built
 	// in may change settings too.

@@ -136,6 +136,9 @@ func configEffects(p *Plan, tree *pg.ParseResult) {
 			p.LocalConfig = p.LocalConfig || x.VariableSetStmt.IsLocal
 		case *pg.Node_DiscardStmt:
 			p.SetsConfig = true
+			p.DropsStatements = x.DiscardStmt.Target != pg.DiscardMode_DISCARD_TEMP && x.DiscardStmt.Target != pg.DiscardMode_DISCARD_SEQUENCES
+		case *pg.Node_DeallocateStmt:
+			p.DropsStatements = true
 		case *pg.Node_TransactionStmt:
 			switch x.TransactionStmt.Kind {
 			case pg.TransactionStmtKind_TRANS_STMT_COMMIT, pg.TransactionStmtKind_TRANS_STMT_ROLLBACK,
