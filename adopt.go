@@ -174,7 +174,7 @@ func (c *Connector) backfill(ctx context.Context, table string, mode backfillMod
 		return b.stats, err
 	}
 	defer dc.Close()
-	b.conn = dc.(*Conn).inner.Conn()
+	b.conn = dc.(*Conn).pc
 	b.free = make(chan *pgx.Conn, b.opts.Writers)
 	for range b.opts.Writers {
 		wc, err := c.Connect(ctx)
@@ -182,7 +182,7 @@ func (c *Connector) backfill(ctx context.Context, table string, mode backfillMod
 			return b.stats, err
 		}
 		defer wc.Close()
-		conn := wc.(*Conn).inner.Conn()
+		conn := wc.(*Conn).pc
 		b.wconns = append(b.wconns, conn)
 		b.free <- conn
 	}

@@ -740,7 +740,7 @@ func (c *Conn) verifyRows(ctx context.Context, p *rewrite.Plan, args []driver.Na
 	}
 	ti := c.connector.catalog.info(v.Table)
 	u := &updateKeyer{c: c, ctx: ctx, p: p, up: &rewrite.Update{Table: v.Table, Checks: v.Checks}, ti: ti, args: args}
-	rows, err := c.inner.Conn().Query(ctx, v.SelectSQL, qargs...)
+	rows, err := c.pc.Query(ctx, v.SelectSQL, qargs...)
 	if err != nil {
 		return "", nil, err
 	}

@@ -17,7 +17,10 @@ import (
 //
 // Through sql.Conn.Raw, Conn() reaches the *pgx.Conn, as with pgx's stdlib.
 type Conn struct {
+	// inner is pgx's database/sql connection, nil for the pgx front end
+	// (kmspgx); pc is the pgx connection the engine runs on.
 	inner     *stdlib.Conn
+	pc        *pgx.Conn
 	connector *Connector
 
 	// path is the session's search_path as last read ("" = read it
@@ -40,7 +43,7 @@ var (
 
 // Conn returns the underlying pgx connection. Statements run on it
 // directly bypass encryption.
-func (c *Conn) Conn() *pgx.Conn { return c.inner.Conn() }
+func (c *Conn) Conn() *pgx.Conn { return c.pc }
 
 // Prepare implements driver.Conn.
 func (c *Conn) Prepare(query string) (driver.Stmt, error) {
@@ -73,7 +76,7 @@ func (c *Conn) Ping(ctx context.Context) error { return c.inner.Ping(ctx) }
 func (c *Conn) ResetSession(ctx context.Context) error { return c.inner.ResetSession(ctx) }
 
 // IsValid implements driver.Validator.
-func (c *Conn) IsValid() bool { return !c.inner.Conn().IsClosed() }
+func (c *Conn) IsValid() bool { return !c.pc.IsClosed() }
 
 // CheckNamedValue accepts every argument, as pgx does; pgx encodes plain
 // columns' values and the driver encodes encrypted columns' values by
@@ -160,7 +163,7 @@ func (c *Conn) afterStatement(p *rewrite.Plan) {
 	if p.DropsStatements {
 		// pgx still believes in the statements the server just dropped;
 		// the driver's own catalog queries would fail on them.
-		_ = c.inner.Conn().DeallocateAll(context.Background())
+		_ = c.pc.DeallocateAll(context.Background())
 	}
 	// DDL may create the session's temporary schema, which then comes
 	// first in the path.
@@ -170,10 +173,10 @@ func (c *Conn) afterStatement(p *rewrite.Plan) {
 	// A setting changed inside a transaction (SET LOCAL, or a plain SET
 	// that ROLLBACK or ROLLBACK TO undoes) must be read again when the
 	// transaction or savepoint ends.
-	if p.LocalConfig || (p.SetsConfig && c.inner.Conn().PgConn().TxStatus() != 'I') {
+	if p.LocalConfig || (p.SetsConfig && c.pc.PgConn().TxStatus() != 'I') {
 		c.localSet = true
 	}
-	if p.EndsTx && c.inner.Conn().PgConn().TxStatus() == 'I' {
+	if p.EndsTx && c.pc.PgConn().TxStatus() == 'I' {
 		c.localSet = false
 	}
 }
@@ -193,7 +196,7 @@ func (c *Conn) searchPath(ctx context.Context) string {
 	if c.path != "" {
 		return c.path
 	}
-	if c.inner.Conn().PgConn().TxStatus() == 'E' {
+	if c.pc.PgConn().TxStatus() == 'E' {
 		return "?" // nothing but ROLLBACK runs; do not cache under it
 	}
 	// current_schemas(true) is what names resolve through: "$user"
@@ -201,7 +204,7 @@ func (c *Conn) searchPath(ctx context.Context) string {
 	// when it has one (so plans over temporary tables are not shared with
 	// other connections).
 	var p string
-	if err := c.inner.Conn().QueryRow(ctx, "SELECT current_schemas(true)::text").Scan(&p); err != nil {
+	if err := c.pc.QueryRow(ctx, "SELECT current_schemas(true)::text").Scan(&p); err != nil {
 		return "?"
 	}
 	c.path = "path:" + p

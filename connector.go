@@ -37,6 +37,10 @@ type Connector struct {
 	events  *events  // the driver's own events (observe.go)
 	halt    *halt    // the kill switch (halt.go)
 	breaker *breaker // nil without WithDecryptLimit (breaker.go)
+
+	// The connection hooks, for the pgx front end's pool.
+	beforeConnect func(context.Context, *pgx.ConnConfig) error
+	afterConnect  func(context.Context, *pgx.Conn) error
 }
 
 var (
@@ -104,6 +108,9 @@ func newConnector(pgcfg *pgx.ConnConfig, schemaPath string, opts []Option) (*Con
 	if cfg.connConfig != nil {
 		stdOpts = append(stdOpts, stdlib.OptionBeforeConnect(cfg.connConfig))
 	}
+	if cfg.afterConn != nil {
+		stdOpts = append(stdOpts, stdlib.OptionAfterConnect(cfg.afterConn))
+	}
 	cacheCfg := schema.Cache
 	if cfg.cacheSet {
 		cacheCfg = cfg.cache
@@ -127,6 +134,8 @@ func newConnector(pgcfg *pgx.ConnConfig, schemaPath string, opts []Option) (*Con
 		blind:          blind,
 		kmsConcurrency: min(cfg.kmsCalls, StatementKMSConcurrency),
 		window:         256,
+		beforeConnect:  cfg.connConfig,
+		afterConnect:   cfg.afterConn,
 	}
 	if err := c.setupGuards(cfg); err != nil {
 		return nil, err
@@ -148,7 +157,7 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 		ic.Close()
 		return nil, fmt.Errorf("kmspostgres: unexpected inner connection %T", ic)
 	}
-	conn := &Conn{inner: sc, connector: c}
+	conn := &Conn{inner: sc, pc: sc.Conn(), connector: c}
 	if err := conn.sessionCheck(""); err != nil {
 		sc.Close()
 		return nil, fmt.Errorf("kmspostgres: refusing the connection: %w", err)
@@ -206,7 +215,7 @@ func (c *Connector) Check(ctx context.Context) error {
 		return err
 	}
 	defer dc.Close()
-	if _, err := c.catalog.fresh(ctx, dc.(*Conn).inner.Conn(), true); err != nil {
+	if _, err := c.catalog.fresh(ctx, dc.(*Conn).pc, true); err != nil {
 		return err
 	}
 	return errors.Join(c.catalog.problems()...)

@@ -88,7 +88,7 @@ func (c *Conn) generatePKs(ctx context.Context, ip *rewrite.Insert) ([]any, erro
 	if ip.Table.Sequence == "" {
 		return nil, fmt.Errorf("kmspostgres: %s: no sequence found for the primary key", ip.Table.Name)
 	}
-	ids, err := c.connector.ids.take(ctx, c.inner.Conn(), ip.Table.Sequence, need)
+	ids, err := c.connector.ids.take(ctx, c.pc, ip.Table.Sequence, need)
 	if err != nil {
 		return nil, err
 	}

@@ -34,6 +34,7 @@ type connectorConfig struct {
 	kms        kmsConfig
 	schema     *Schema
 	connConfig func(context.Context, *pgx.ConnConfig) error
+	afterConn  func(context.Context, *pgx.Conn) error
 	catalogTTL time.Duration
 	cache      *CacheConfig
 	cacheSet   bool // WithKeyCache was given: it wins over the schema map
@@ -73,6 +74,13 @@ func WithSchema(s *Schema) Option {
 // (TLS, tracers, runtime parameters).
 func WithConnConfig(f func(context.Context, *pgx.ConnConfig) error) Option {
 	return connectorOption(func(c *connectorConfig) { c.connConfig = f })
+}
+
+// WithAfterConnect runs f on each new pgx connection before the driver
+// uses it (to register types, say), as pgx's stdlib.OptionAfterConnect
+// and pgxpool's AfterConnect do. An error closes the connection.
+func WithAfterConnect(f func(context.Context, *pgx.Conn) error) Option {
+	return connectorOption(func(c *connectorConfig) { c.afterConn = f })
 }
 
 // DefaultCatalogCheckInterval is how long a connector trusts its view of

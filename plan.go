@@ -31,7 +31,7 @@ func (c *Conn) planStatement(ctx context.Context, query string) (*rewrite.Plan, 
 	if err := c.sessionCheck(query); err != nil {
 		return nil, err
 	}
-	conn := c.inner.Conn()
+	conn := c.pc
 	cat := c.connector.catalog
 	// In a failed transaction nothing runs but ROLLBACK; do not query.
 	usable := conn.PgConn().TxStatus() != 'E'
@@ -80,7 +80,7 @@ func (c *Conn) planStatement(ctx context.Context, query string) (*rewrite.Plan, 
 // and the statement is refused, since the driver cannot show what it
 // reaches.
 func (c *Conn) unparsable(ctx context.Context, query string, pe *rewrite.ParseError) error {
-	if _, err := c.inner.Conn().PgConn().Prepare(ctx, "", query, nil); err != nil {
+	if _, err := c.pc.PgConn().Prepare(ctx, "", query, nil); err != nil {
 		return err
 	}
 	return &rewrite.RefusalError{Reason: "the server accepts this statement but the driver's SQL parser cannot read it (" + causeText(pe.Err) + "), so the driver cannot show that it leaves encrypted columns alone",
@@ -94,7 +94,7 @@ var sessionFix = regexp.MustCompile(`(?is)^\s*(SET\s+(SESSION\s+)?(standard_conf
 // sessionCheck refuses statements on a session whose settings make the
 // server read SQL differently from the driver's parser.
 func (c *Conn) sessionCheck(query string) error {
-	pc := c.inner.Conn().PgConn()
+	pc := c.pc.PgConn()
 	scs, enc := pc.ParameterStatus("standard_conforming_strings"), pc.ParameterStatus("client_encoding")
 	if (scs == "" || scs == "on") && (enc == "" || enc == "UTF8") {
 		return nil
@@ -129,10 +129,10 @@ func safeRewrite(query string, cat rewrite.Catalog) (p *rewrite.Plan, err error)
 // from an encrypted column must be one the plan decrypts. The rewriter's
 // analysis is the guard; this catches what it might miss.
 func (c *Conn) crossCheck(ctx context.Context, p *rewrite.Plan) error {
-	if c.inner.Conn().PgConn().TxStatus() == 'E' {
+	if c.pc.PgConn().TxStatus() == 'E' {
 		return nil // the statement will fail anyway
 	}
-	sd, err := c.inner.Conn().PgConn().Prepare(ctx, "", p.SQL, nil)
+	sd, err := c.pc.PgConn().Prepare(ctx, "", p.SQL, nil)
 	if err != nil {
 		return err
 	}

@@ -58,7 +58,7 @@ func (c *Connector) Reindex(ctx context.Context, table string, opts ReindexOptio
 	}
 	defer dc.Close()
 	conn := dc.(*Conn)
-	pc := conn.inner.Conn()
+	pc := conn.pc
 	rt, err := boundCatalog{c: c.catalog, ctx: ctx, conn: pc}.Encrypted(splitTable(table))
 	if err != nil {
 		return 0, err
@@ -231,7 +231,7 @@ func (c *Connector) BlindIndexes(ctx context.Context) ([]BlindIndexInfo, error) 
 		return nil, err
 	}
 	defer dc.Close()
-	pc := dc.(*Conn).inner.Conn()
+	pc := dc.(*Conn).pc
 	for i := range out {
 		err := pc.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
 			WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND a.attname = $2)`,

@@ -79,7 +79,7 @@ func (c *Connector) Rewrap(ctx context.Context, table string, opts RewrapOptions
 	}
 	defer dc.Close()
 	conn := dc.(*Conn)
-	pc := conn.inner.Conn()
+	pc := conn.pc
 	rt, err := boundCatalog{c: c.catalog, ctx: ctx, conn: pc}.Encrypted(splitTable(table))
 	if err != nil {
 		return stats, err

@@ -40,7 +40,7 @@ func (c *Conn) prepareUpdate(ctx context.Context, p *rewrite.Plan, args []driver
 // an UPDATE's lock and write are atomic. finish commits it (or rolls it
 // back on error); inside the caller's transaction it only returns err.
 func (c *Conn) ensureTx(ctx context.Context) (finish func(error) error, err error) {
-	conn := c.inner.Conn()
+	conn := c.pc
 	if conn.PgConn().TxStatus() != 'I' {
 		return func(err error) error { return err }, nil
 	}
@@ -179,7 +179,7 @@ func (u *updateKeyer) run() (string, []driver.NamedValue, error) {
 }
 
 func (u *updateKeyer) selectRows(sql string) ([]updRow, error) {
-	rows, err := u.c.inner.Conn().Query(u.ctx, sql, u.selArgs...)
+	rows, err := u.c.pc.Query(u.ctx, sql, u.selArgs...)
 	if err != nil {
 		return nil, err
 	}
@@ -344,7 +344,7 @@ func (u *updateKeyer) halfEncrypted(r *updRow, k int) error {
 // then refuses it.
 func (u *updateKeyer) adoptLegacy(rows []updRow) (bool, error) {
 	b := &backfiller{c: u.c.connector, mode: modeEncrypt, rt: u.up.Table, ti: u.ti,
-		rel: pgx.Identifier{u.up.Table.Schema, u.up.Table.Relname}.Sanitize(), conn: u.c.inner.Conn(),
+		rel: pgx.Identifier{u.up.Table.Schema, u.up.Table.Relname}.Sanitize(), conn: u.c.pc,
 		opts: BackfillOptions{Concurrency: u.c.connector.kmsConcurrency}}
 	found := false
 	for i, k := range u.up.Keys {
