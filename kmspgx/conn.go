@@ -2,7 +2,6 @@ package kmspgx
 
 import (
 	"context"
-	"errors"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -135,7 +134,7 @@ func (r errRows) Scan(...any) error                            { return r.err }
 func (r errRows) Values() ([]any, error)                       { return nil, r.err }
 func (r errRows) RawValues() [][]byte                          { return nil }
 func (r errRows) Conn() *pgx.Conn                              { return nil }
-func (r errRows) TypeMap() *pgtype.Map                          { return nil }
+func (r errRows) TypeMap() *pgtype.Map                         { return nil }
 
 // row is QueryRow's result.
 type row struct {
@@ -161,5 +160,3 @@ func (r *row) Scan(dest ...any) error {
 	rows.Close()
 	return rows.Err()
 }
-
-var errClosed = errors.New("kmspgx: closed")
