@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // OpenDB is pgx's stdlib.OpenDB for kmspostgres: a *sql.DB over a pgx
@@ -54,4 +56,19 @@ func registeredConfig(name string) (registered, bool) {
 	defer registryMu.Unlock()
 	r, ok := registry[name]
 	return r, ok
+}
+
+// OpenDBFromPool is pgx's stdlib.OpenDBFromPool for kmspostgres: a
+// *sql.DB whose connections are taken from a pgxpool.Pool (each
+// database/sql connection holds one pool connection until it is closed).
+// The schema map comes from WithSchema, else the file KMSPOSTGRES_SCHEMA
+// names. The pool's own hooks apply; WithConnConfig and WithAfterConnect
+// do not, since the pool makes the connections.
+func OpenDBFromPool(pool *pgxpool.Pool, opts ...Option) (*sql.DB, error) {
+	c, err := newConnector(pool.Config().ConnConfig, "", opts)
+	if err != nil {
+		return nil, err
+	}
+	c.inner = stdlib.GetPoolConnector(pool)
+	return sql.OpenDB(c), nil
 }

@@ -3,9 +3,11 @@ package integration
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/kmspostgres/kmspostgres"
 )
@@ -59,5 +61,36 @@ func TestOpenDBAndRegisteredConfig(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Code written for stdlib.OpenDBFromPool switches to
+// kmspostgres.OpenDBFromPool: database/sql over a pgxpool, encrypted.
+func TestOpenDBFromPool(t *testing.T) {
+	e := newEnv(t, usersDDL, usersMap)
+	pool, err := pgxpool.New(context.Background(), e.base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	t.Setenv("KMSPOSTGRES_SCHEMA", e.schema)
+	db, err := kmspostgres.OpenDBFromPool(pool, kmspostgres.WithProvider(e.kms))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec("INSERT INTO users (id, name, email) VALUES (7, 'p', 'pooled@x')"); err != nil {
+		t.Fatal(err)
+	}
+	e.assertNoPlaintext("users", "pooled@x")
+	if got := stringsOf(t, db, "SELECT email FROM users WHERE id = 7"); got != "pooled@x" {
+		t.Fatalf("read %q", got)
+	}
+	if _, err := db.Query("SELECT id FROM users WHERE email = 'pooled@x'"); !errors.Is(err, kmspostgres.ErrUnsupported) {
+		t.Fatalf("filter on an encrypted column: %v", err)
+	}
+	db.Close()
+	if st := pool.Stat(); st.AcquiredConns() != 0 {
+		t.Fatalf("%d pool connections still held after db.Close", st.AcquiredConns())
 	}
 }
