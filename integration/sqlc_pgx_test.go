@@ -56,22 +56,30 @@ func sqlcPgxProject(t *testing.T, name string) (migrations, kmsMap, schema strin
 	return read("migrations.sql"), read("kms_schema.yaml"), read("schema.sql")
 }
 
-// runSqlcPgx runs suite through kmspgx.NewPool, through kmspgx.Connect, and,
-// as a control that the suite's expectations are pgx's own, through
-// pgxpool on the unencrypted schema (schema.sql) with no kmspostgres at all.
+// runSqlcPgx runs suite through kmspgx.NewPool, through kmspgx.Connect,
+// and through a pool in pgx's simple protocol (PgBouncer's mode); and, as
+// a control that the suite's expectations are pgx's own, through pgxpool
+// on the unencrypted schema (schema.sql) with no kmspostgres at all.
 func runSqlcPgx(t *testing.T, project string, suite func(t *testing.T, e *env, db pgxDB, encrypted bool)) {
 	migrations, kmsMap, schema := sqlcPgxProject(t, project)
 	t.Setenv("KMS_KEY_ID", "insecure-test-key")
 	ctx := context.Background()
-	t.Run("pool", func(t *testing.T) {
-		e := newEnv(t, migrations, kmsMap)
-		pool, err := kmspgx.NewPool(ctx, e.dsn(), kmspostgres.WithProvider(e.kms))
-		if err != nil {
-			t.Fatalf("kmspgx.NewPool: %v", err)
+	const simple = "default_query_exec_mode=simple_protocol"
+	for _, dsn := range [][]string{nil, {simple}} {
+		name := "pool"
+		if dsn != nil {
+			name = "pool_simple_protocol"
 		}
-		defer pool.Close()
-		suite(t, e, pool, true)
-	})
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, migrations, kmsMap, dsn...)
+			pool, err := kmspgx.NewPool(ctx, e.dsn(), kmspostgres.WithProvider(e.kms))
+			if err != nil {
+				t.Fatalf("kmspgx.NewPool: %v", err)
+			}
+			defer pool.Close()
+			suite(t, e, pool, true)
+		})
+	}
 	t.Run("conn", func(t *testing.T) {
 		e := newEnv(t, migrations, kmsMap)
 		conn, err := kmspgx.Connect(ctx, e.dsn(), kmspostgres.WithProvider(e.kms))
@@ -81,15 +89,21 @@ func runSqlcPgx(t *testing.T, project string, suite func(t *testing.T, e *env, d
 		defer conn.Close(ctx)
 		suite(t, e, conn, true)
 	})
-	t.Run("control_pgx_unencrypted", func(t *testing.T) {
-		e := newEnv(t, schema, kmsMap)
-		pool, err := pgxpool.New(ctx, e.base)
-		if err != nil {
-			t.Fatal(err)
+	for _, dsn := range [][]string{nil, {simple}} {
+		name := "control_pgx_unencrypted"
+		if dsn != nil {
+			name += "_simple_protocol"
 		}
-		defer pool.Close()
-		suite(t, e, pool, false)
-	})
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, schema, kmsMap, dsn...)
+			pool, err := pgxpool.New(ctx, e.base)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pool.Close()
+			suite(t, e, pool, false)
+		})
+	}
 }
 
 // TestSqlcPgxAuthors runs every query sqlc generated for pgx/v5 from its
@@ -142,8 +156,8 @@ func TestSqlcPgxGenerateIsCurrent(t *testing.T) {
 	}
 }
 
-// text is a valid pgtype.Text.
-func text(s string) pgtype.Text { return pgtype.Text{String: s, Valid: true} }
+// pgText is a valid pgtype.Text.
+func pgText(s string) pgtype.Text { return pgtype.Text{String: s, Valid: true} }
 
 // mustRefusePgx checks that err is a refusal: errors.Is ErrUnsupported,
 // and a *RefusalError naming table (any table if table is "").
@@ -155,9 +169,9 @@ func mustRefusePgx(t *testing.T, what string, err error, table string) {
 	}
 }
 
-// queryErr runs sql with db.Query and returns its error, from Query or,
+// pgxQueryErr runs sql with db.Query and returns its error, from Query or,
 // if pgx defers it, from the rows.
-func queryErr(ctx context.Context, db pgxDB, sql string, args ...any) error {
+func pgxQueryErr(ctx context.Context, db pgxDB, sql string, args ...any) error {
 	rows, err := db.Query(ctx, sql, args...)
 	if err != nil {
 		return err
@@ -185,19 +199,19 @@ func authorsPgxSuite(t *testing.T, e *env, db pgxDB, encrypted bool) {
 	q := authors.New(db)
 
 	// :one INSERT … RETURNING *: a value, a NULL and an empty string.
-	ada, err := q.CreateAuthor(ctx, authors.CreateAuthorParams{Name: "Ada Lovelace", Bio: text("Wrote the first published program")})
+	ada, err := q.CreateAuthor(ctx, authors.CreateAuthorParams{Name: "Ada Lovelace", Bio: pgText("Wrote the first published program")})
 	if err != nil {
 		t.Fatalf("CreateAuthor: %v", err)
 	}
-	if ada.ID == 0 || ada.Name != "Ada Lovelace" || ada.Bio != text("Wrote the first published program") {
+	if ada.ID == 0 || ada.Name != "Ada Lovelace" || ada.Bio != pgText("Wrote the first published program") {
 		t.Fatalf("CreateAuthor RETURNING *: %+v", ada)
 	}
 	charles, err := q.CreateAuthor(ctx, authors.CreateAuthorParams{Name: "Charles Babbage"})
 	if err != nil || charles.Name != "Charles Babbage" || charles.Bio.Valid {
 		t.Fatalf("CreateAuthor with a NULL bio: %+v %v", charles, err)
 	}
-	grace, err := q.CreateAuthor(ctx, authors.CreateAuthorParams{Name: "Grace Hopper", Bio: text("")})
-	if err != nil || grace.Name != "Grace Hopper" || grace.Bio != text("") {
+	grace, err := q.CreateAuthor(ctx, authors.CreateAuthorParams{Name: "Grace Hopper", Bio: pgText("")})
+	if err != nil || grace.Name != "Grace Hopper" || grace.Bio != pgText("") {
 		t.Fatalf("CreateAuthor with an empty bio: %+v %v", grace, err)
 	}
 	if encrypted {
@@ -243,10 +257,10 @@ func authorsPgxSuite(t *testing.T, e *env, db pgxDB, encrypted bool) {
 	}
 
 	// :exec UPDATE … WHERE id = $1 of both encrypted columns.
-	if err := q.UpdateAuthor(ctx, authors.UpdateAuthorParams{ID: ada.ID, Name: "Augusta Ada King", Bio: text("Countess of Lovelace")}); err != nil {
+	if err := q.UpdateAuthor(ctx, authors.UpdateAuthorParams{ID: ada.ID, Name: "Augusta Ada King", Bio: pgText("Countess of Lovelace")}); err != nil {
 		t.Fatalf("UpdateAuthor: %v", err)
 	}
-	ada = authors.Author{ID: ada.ID, Name: "Augusta Ada King", Bio: text("Countess of Lovelace")}
+	ada = authors.Author{ID: ada.ID, Name: "Augusta Ada King", Bio: pgText("Countess of Lovelace")}
 	if got, err := q.GetAuthor(ctx, ada.ID); err != nil || got != ada {
 		t.Fatalf("after UpdateAuthor: %+v %v", got, err)
 	}
@@ -256,9 +270,9 @@ func authorsPgxSuite(t *testing.T, e *env, db pgxDB, encrypted bool) {
 
 	// :copyfrom: CopyFrom(ctx, []string{"authors"}, []string{"name", "bio"}, …).
 	copied := []authors.CreateAuthorsParams{
-		{Name: "Alan Turing", Bio: text("On Computable Numbers")},
+		{Name: "Alan Turing", Bio: pgText("On Computable Numbers")},
 		{Name: "Edsger Dijkstra"},
-		{Name: "Barbara Liskov", Bio: text("")},
+		{Name: "Barbara Liskov", Bio: pgText("")},
 	}
 	n, err := q.CreateAuthors(ctx, copied)
 	if err != nil || n != int64(len(copied)) {
@@ -283,11 +297,32 @@ func authorsPgxSuite(t *testing.T, e *env, db pgxDB, encrypted bool) {
 		}
 	}
 
+	// CopyFrom as hand-written pgx code calls it: a schema-qualified
+	// pgx.Identifier, columns in another order than the table's, and
+	// pgx.CopyFromRows with plain Go values (a string, a nil).
+	n, err = db.CopyFrom(ctx, pgx.Identifier{e.ns, "authors"}, []string{"bio", "name"},
+		pgx.CopyFromRows([][]any{{"Copied with a qualified name", "Qualified Copy"}, {nil, "Nil Bio Copy"}}))
+	if err != nil || n != 2 {
+		t.Fatalf("CopyFrom(%s.authors, CopyFromRows) = %d, %v; want 2", e.ns, n, err)
+	}
+	m = byName(list())
+	if m["Qualified Copy"].Bio != pgText("Copied with a qualified name") || m["Nil Bio Copy"].ID == 0 || m["Nil Bio Copy"].Bio.Valid {
+		t.Fatalf("CopyFromRows rows read back: %+v, %+v", m["Qualified Copy"], m["Nil Bio Copy"])
+	}
+	if encrypted {
+		e.assertNoPlaintext("authors", "Qualified Copy", "Copied with a qualified name", "Nil Bio Copy")
+	}
+	for _, name := range []string{"Qualified Copy", "Nil Bio Copy"} {
+		if err := q.DeleteAuthor(ctx, m[name].ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	// :batchexec: one UPDATE per element, results in order.
 	var batchErrs []error
 	q.UpdateBioBatch(ctx, []authors.UpdateBioBatchParams{
-		{ID: turing.ID, Bio: text("Computing Machinery and Intelligence")},
-		{ID: dijkstra.ID, Bio: text("Go To Statement Considered Harmful")},
+		{ID: turing.ID, Bio: pgText("Computing Machinery and Intelligence")},
+		{ID: dijkstra.ID, Bio: pgText("Go To Statement Considered Harmful")},
 		{ID: liskov.ID, Bio: pgtype.Text{}},
 	}).Exec(func(i int, err error) {
 		if i != len(batchErrs) {
@@ -298,8 +333,8 @@ func authorsPgxSuite(t *testing.T, e *env, db pgxDB, encrypted bool) {
 	if len(batchErrs) != 3 || errors.Join(batchErrs...) != nil {
 		t.Fatalf("UpdateBioBatch (:batchexec): %v", batchErrs)
 	}
-	turing.Bio = text("Computing Machinery and Intelligence")
-	dijkstra.Bio = text("Go To Statement Considered Harmful")
+	turing.Bio = pgText("Computing Machinery and Intelligence")
+	dijkstra.Bio = pgText("Go To Statement Considered Harmful")
 	liskov.Bio = pgtype.Text{}
 	if encrypted {
 		e.assertNoPlaintext("authors", "Computing Machinery", "Considered Harmful")
@@ -317,6 +352,43 @@ func authorsPgxSuite(t *testing.T, e *env, db pgxDB, encrypted bool) {
 	}
 	if batchErrs[0] != nil || !errors.Is(batchErrs[1], pgx.ErrNoRows) || batchErrs[2] != nil || batchErrs[3] != nil || batchErrs[4] != nil {
 		t.Fatalf("GetAuthorBatch (:batchone) errors: %v", batchErrs)
+	}
+
+	// A pgx.Batch as hand-written pgx code builds it, with QueuedQuery
+	// callbacks (QueryRow, Query, Exec) run by BatchResults.Close.
+	var queuedName string
+	var queuedBio pgtype.Text
+	var queuedNames []string
+	var queuedTag pgconn.CommandTag
+	batch := &pgx.Batch{}
+	batch.Queue("SELECT name, bio FROM authors WHERE id = $1", turing.ID).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&queuedName, &queuedBio)
+	})
+	batch.Queue("SELECT name FROM authors WHERE id = ANY($1) ORDER BY id", []int64{ada.ID, liskov.ID}).Query(func(rows pgx.Rows) error {
+		var err error
+		queuedNames, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
+	batch.Queue("UPDATE authors SET bio = $2 WHERE id = $1", liskov.ID, "Queued bio").Exec(func(ct pgconn.CommandTag) error {
+		queuedTag = ct
+		return nil
+	})
+	if err := db.SendBatch(ctx, batch).Close(); err != nil {
+		t.Fatalf("SendBatch with QueuedQuery callbacks: %v", err)
+	}
+	wantNames := []string{ada.Name, liskov.Name}
+	if ada.ID > liskov.ID {
+		wantNames = []string{liskov.Name, ada.Name}
+	}
+	if queuedName != turing.Name || queuedBio != turing.Bio || !slices.Equal(queuedNames, wantNames) || !queuedTag.Update() || queuedTag.RowsAffected() != 1 {
+		t.Fatalf("QueuedQuery callbacks: %q %+v %q %q", queuedName, queuedBio, queuedNames, queuedTag)
+	}
+	liskov.Bio = pgText("Queued bio")
+	if got, err := q.GetAuthor(ctx, liskov.ID); err != nil || got != liskov {
+		t.Fatalf("after a queued UPDATE: %+v %v", got, err)
+	}
+	if encrypted {
+		e.assertNoPlaintext("authors", "Queued bio")
 	}
 
 	// pgx.CollectRows with RowToStructByName over SELECT *: no hidden column
@@ -357,33 +429,33 @@ func authorsPgxSuite(t *testing.T, e *env, db pgxDB, encrypted bool) {
 	}
 	defer tx.Rollback(ctx) // after a failure; a no-op after Commit
 	qtx := q.WithTx(tx)
-	hedy, err := qtx.CreateAuthor(ctx, authors.CreateAuthorParams{Name: "Hedy Lamarr", Bio: text("Frequency hopping")})
+	hedy, err := qtx.CreateAuthor(ctx, authors.CreateAuthorParams{Name: "Hedy Lamarr", Bio: pgText("Frequency hopping")})
 	if err != nil {
 		t.Fatalf("tx CreateAuthor: %v", err)
 	}
-	if err := qtx.UpdateAuthor(ctx, authors.UpdateAuthorParams{ID: grace.ID, Name: "Grace Brewster Hopper", Bio: text("COBOL")}); err != nil {
+	if err := qtx.UpdateAuthor(ctx, authors.UpdateAuthorParams{ID: grace.ID, Name: "Grace Brewster Hopper", Bio: pgText("COBOL")}); err != nil {
 		t.Fatalf("tx UpdateAuthor: %v", err)
 	}
-	if n, err := qtx.CreateAuthors(ctx, []authors.CreateAuthorsParams{{Name: "Katherine Johnson", Bio: text("Orbital mechanics")}}); err != nil || n != 1 {
+	if n, err := qtx.CreateAuthors(ctx, []authors.CreateAuthorsParams{{Name: "Katherine Johnson", Bio: pgText("Orbital mechanics")}}); err != nil || n != 1 {
 		t.Fatalf("tx CreateAuthors (:copyfrom) = %d, %v", n, err)
 	}
 	batchErrs = nil
-	qtx.UpdateBioBatch(ctx, []authors.UpdateBioBatchParams{{ID: turing.ID, Bio: text("Bletchley Park")}}).Exec(func(_ int, err error) { batchErrs = append(batchErrs, err) })
+	qtx.UpdateBioBatch(ctx, []authors.UpdateBioBatchParams{{ID: turing.ID, Bio: pgText("Bletchley Park")}}).Exec(func(_ int, err error) { batchErrs = append(batchErrs, err) })
 	if len(batchErrs) != 1 || batchErrs[0] != nil {
 		t.Fatalf("tx UpdateBioBatch: %v", batchErrs)
 	}
-	if got, err := qtx.GetAuthor(ctx, grace.ID); err != nil || got.Name != "Grace Brewster Hopper" || got.Bio != text("COBOL") {
+	if got, err := qtx.GetAuthor(ctx, grace.ID); err != nil || got.Name != "Grace Brewster Hopper" || got.Bio != pgText("COBOL") {
 		t.Fatalf("tx reads its own write: %+v %v", got, err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatalf("Commit: %v", err)
 	}
-	grace = authors.Author{ID: grace.ID, Name: "Grace Brewster Hopper", Bio: text("COBOL")}
-	turing.Bio = text("Bletchley Park")
+	grace = authors.Author{ID: grace.ID, Name: "Grace Brewster Hopper", Bio: pgText("COBOL")}
+	turing.Bio = pgText("Bletchley Park")
 	committed := list()
 	m = byName(committed)
 	if len(committed) != 5 || m["Hedy Lamarr"] != hedy || m["Grace Brewster Hopper"] != grace || m["Alan Turing"] != turing ||
-		m["Katherine Johnson"].Bio != text("Orbital mechanics") {
+		m["Katherine Johnson"].Bio != pgText("Orbital mechanics") {
 		t.Fatalf("after commit: %+v", committed)
 	}
 	if encrypted {
@@ -398,13 +470,13 @@ func authorsPgxSuite(t *testing.T, e *env, db pgxDB, encrypted bool) {
 	}
 	defer tx.Rollback(ctx)
 	qtx = q.WithTx(tx)
-	if _, err := qtx.CreateAuthor(ctx, authors.CreateAuthorParams{Name: "Rolled Back", Bio: text("never was")}); err != nil {
+	if _, err := qtx.CreateAuthor(ctx, authors.CreateAuthorParams{Name: "Rolled Back", Bio: pgText("never was")}); err != nil {
 		t.Fatalf("tx CreateAuthor: %v", err)
 	}
-	if err := qtx.UpdateAuthor(ctx, authors.UpdateAuthorParams{ID: ada.ID, Name: "Undone Name", Bio: text("undone bio")}); err != nil {
+	if err := qtx.UpdateAuthor(ctx, authors.UpdateAuthorParams{ID: ada.ID, Name: "Undone Name", Bio: pgText("undone bio")}); err != nil {
 		t.Fatalf("tx UpdateAuthor: %v", err)
 	}
-	if n, err := qtx.CreateAuthors(ctx, []authors.CreateAuthorsParams{{Name: "Ghost Writer"}, {Name: "Second Ghost", Bio: text("boo")}}); err != nil || n != 2 {
+	if n, err := qtx.CreateAuthors(ctx, []authors.CreateAuthorsParams{{Name: "Ghost Writer"}, {Name: "Second Ghost", Bio: pgText("boo")}}); err != nil || n != 2 {
 		t.Fatalf("tx CreateAuthors (:copyfrom) = %d, %v", n, err)
 	}
 	batchErrs = nil
@@ -430,13 +502,13 @@ func authorsPgxSuite(t *testing.T, e *env, db pgxDB, encrypted bool) {
 	}
 	// What the application must not do: filter or sort on an encrypted
 	// column. Refused before anything runs, through every entry point.
-	mustRefusePgx(t, "Query WHERE bio = $1", queryErr(ctx, db, "SELECT id FROM authors WHERE bio = $1", "x"), "authors")
-	mustRefusePgx(t, "Query ORDER BY name", queryErr(ctx, db, "SELECT id, name FROM authors ORDER BY name"), "authors")
+	mustRefusePgx(t, "Query WHERE bio = $1", pgxQueryErr(ctx, db, "SELECT id FROM authors WHERE bio = $1", "x"), "authors")
+	mustRefusePgx(t, "Query ORDER BY name", pgxQueryErr(ctx, db, "SELECT id, name FROM authors ORDER BY name"), "authors")
 	var id int64
 	mustRefusePgx(t, "QueryRow WHERE name = $1", db.QueryRow(ctx, "SELECT id FROM authors WHERE name = $1", "Alan Turing").Scan(&id), "authors")
 	_, err = db.Exec(ctx, "UPDATE authors SET bio = $1 WHERE name = $2", "x", "Alan Turing")
 	mustRefusePgx(t, "Exec UPDATE … WHERE name = $2", err, "authors")
-	batch := &pgx.Batch{}
+	batch = &pgx.Batch{}
 	batch.Queue("SELECT id FROM authors WHERE bio = $1", "x")
 	br := db.SendBatch(ctx, batch)
 	_, err = br.Exec()
@@ -583,7 +655,7 @@ func booktestPgxSuite(t *testing.T, e *env, db pgxDB, encrypted bool) {
 	}
 	left := booktest.CreateBookParams{
 		AuthorID: ursula.AuthorID, Isbn: "978-0-441-47812-5", BookType: booktest.BookTypeFICTION,
-		Title: "The Left Hand of Darkness", Subtitle: text("A Hainish novel"), Year: 1969,
+		Title: "The Left Hand of Darkness", Subtitle: pgText("A Hainish novel"), Year: 1969,
 		Available: pgTimestamptz(time.Date(2024, 5, 1, 10, 0, 0, 123456000, time.UTC)),
 		Published: pgDate(1969, time.March, 1),
 		SignedAt:  pgTimestamptz(time.Date(1975, 6, 7, 15, 4, 5, 654321000, berlin)),
@@ -648,7 +720,7 @@ func booktestPgxSuite(t *testing.T, e *env, db pgxDB, encrypted bool) {
 	wantBooks(t, "BooksByAuthor", byAuthor, want)
 	tagged, err := q.BooksByTags(ctx, []string{"hainish", "nothing"})
 	if err != nil || len(tagged) != 1 || tagged[0].BookID != b1.BookID || tagged[0].Title != "The Left Hand of Darkness" ||
-		tagged[0].Name != text("Ursula K. Le Guin") || tagged[0].Isbn != left.Isbn || !slices.Equal(tagged[0].Tags, left.Tags) {
+		tagged[0].Name != pgText("Ursula K. Le Guin") || tagged[0].Isbn != left.Isbn || !slices.Equal(tagged[0].Tags, left.Tags) {
 		t.Fatalf("BooksByTags: %+v %v", tagged, err)
 	}
 
@@ -698,7 +770,7 @@ func booktestPgxSuite(t *testing.T, e *env, db pgxDB, encrypted bool) {
 	// the largest bigint, an enum and an array.
 	copyRows := []booktest.CreateBooksParams{
 		{AuthorID: tove.AuthorID, Isbn: "978-0-374-31387-9", BookType: booktest.BookTypeFICTION, Title: "Comet in Moominland",
-			Subtitle: text("The Moomins, book 2"), Year: 1946, Available: pgTimestamptz(time.Date(2024, 6, 1, 8, 30, 0, 1000, time.UTC)),
+			Subtitle: pgText("The Moomins, book 2"), Year: 1946, Available: pgTimestamptz(time.Date(2024, 6, 1, 8, 30, 0, 1000, time.UTC)),
 			Published: pgDate(1946, time.November, 1), SignedAt: pgTimestamptz(time.Date(1950, 1, 2, 3, 4, 5, 6000, time.UTC)),
 			Price: pgNumeric(t, "19.99"), CatalogID: pgUUID(t, "00000000-0000-4000-8000-000000000001"), CopiesSold: pgInt8(9223372036854775807),
 			Tags: []string{"moomin", "children"}},
@@ -706,7 +778,7 @@ func booktestPgxSuite(t *testing.T, e *env, db pgxDB, encrypted bool) {
 			Year: 1948, Available: pgTimestamptz(time.Date(2024, 6, 2, 0, 0, 0, 0, time.UTC)), Price: pgNumeric(t, "NaN"),
 			CopiesSold: pgInt8(0), Tags: []string{"moomin"}},
 		{AuthorID: tove.AuthorID, Isbn: "978-0-374-44939-4", BookType: booktest.BookTypeNONFICTION, Title: "The Summer Book",
-			Subtitle: text(""), Year: 1972, Available: pgTimestamptz(time.Date(2024, 6, 3, 0, 0, 0, 0, time.UTC)),
+			Subtitle: pgText(""), Year: 1972, Available: pgTimestamptz(time.Date(2024, 6, 3, 0, 0, 0, 0, time.UTC)),
 			Published: pgDate(1972, time.May, 5), Price: pgNumeric(t, "-0.0025"), CatalogID: pgUUID(t, "ffffffff-ffff-4fff-bfff-ffffffffffff"),
 			CopiesSold: pgInt8(-42), Tags: []string{}},
 	}
@@ -950,11 +1022,11 @@ func booktestPgxSuite(t *testing.T, e *env, db pgxDB, encrypted bool) {
 	}
 	// sqlc's own BooksByTitleYear filters on title: refused, as are
 	// comparisons and sorts on the other encrypted types.
-	mustRefusePgx(t, "WHERE title = $1", queryErr(ctx, db, "SELECT * FROM books WHERE title = $1 AND year = $2", "The Dispossessed", 1974), "books")
-	mustRefusePgx(t, "WHERE published > $1", queryErr(ctx, db, "SELECT book_id FROM books WHERE published > $1", pgDate(1950, time.January, 1)), "books")
-	mustRefusePgx(t, "ORDER BY price", queryErr(ctx, db, "SELECT book_id FROM books ORDER BY price"), "books")
-	mustRefusePgx(t, "sum(copies_sold)", queryErr(ctx, db, "SELECT sum(copies_sold) FROM books"), "books")
-	mustRefusePgx(t, "JOIN authors ON name", queryErr(ctx, db, "SELECT b.book_id FROM books b JOIN authors a ON a.name = b.title"), "")
+	mustRefusePgx(t, "WHERE title = $1", pgxQueryErr(ctx, db, "SELECT * FROM books WHERE title = $1 AND year = $2", "The Dispossessed", 1974), "books")
+	mustRefusePgx(t, "WHERE published > $1", pgxQueryErr(ctx, db, "SELECT book_id FROM books WHERE published > $1", pgDate(1950, time.January, 1)), "books")
+	mustRefusePgx(t, "ORDER BY price", pgxQueryErr(ctx, db, "SELECT book_id FROM books ORDER BY price"), "books")
+	mustRefusePgx(t, "sum(copies_sold)", pgxQueryErr(ctx, db, "SELECT sum(copies_sold) FROM books"), "books")
+	mustRefusePgx(t, "JOIN authors ON name", pgxQueryErr(ctx, db, "SELECT b.book_id FROM books b JOIN authors a ON a.name = b.title"), "")
 	if got, err := q.GetBook(ctx, b1.BookID); err != nil || !strings.HasPrefix(got.Title, "The Left Hand") {
 		t.Fatalf("GetBook after refusals: %+v %v", got, err)
 	}
