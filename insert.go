@@ -17,13 +17,21 @@ import (
 // and key is minted and wrapped, and every cell is sealed. Nothing is
 // written if any step fails.
 func (c *Conn) prepareInsert(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue) (string, []driver.NamedValue, error) {
-	ip := p.Insert
-	ti := c.connector.catalog.info(ip.Table)
-	slots := make([]any, ip.Slots)
-	gen, err := c.generatePKs(ctx, ip)
+	gen, err := c.generatePKs(ctx, p.Insert)
 	if err != nil {
 		return "", nil, err
 	}
+	return c.sealRows(ctx, p, args, gen)
+}
+
+// sealRows is prepareInsert once the generated primary keys are known:
+// it mints and wraps the keys, seals the cells and computes blind
+// indexes. It does not use the connection, so CopyFrom runs it beside a
+// COPY in flight.
+func (c *Conn) sealRows(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue, gen []any) (string, []driver.NamedValue, error) {
+	ip := p.Insert
+	ti := c.connector.catalog.info(ip.Table)
+	slots := make([]any, ip.Slots)
 	// insertKeyJobs replaces primary-key arguments with the values their
 	// contexts are built from: a copy, not the caller's slice.
 	args = slices.Clone(args)

@@ -13,7 +13,7 @@ import (
 
 // copyChunk is how many rows CopyFrom keys and seals at once: one block
 // of ids, the KMS calls of the chunk in parallel, then one COPY.
-const copyChunk = 1024
+const copyChunk = 256
 
 // CopyFrom is pgx's CopyFrom through the engine. Whether a COPY may run
 // as it is, and what it must write, is decided as for the INSERT of one
@@ -75,57 +75,99 @@ func (s pgxSession) CopyFrom(ctx context.Context, table pgx.Identifier, columns 
 	return n, nil
 }
 
+// copyChunks reads, keys and copies the rows chunk by chunk, sealing the
+// next chunk while the server takes the current one: the ids of a chunk
+// are taken (on the connection) before the COPY before it starts, and the
+// keys and cells made (off the connection) while it runs.
 func (s pgxSession) copyChunks(ctx context.Context, p *rewrite.Plan, table pgx.Identifier, k int, cols []string, params []int, src pgx.CopyFromSource) (int64, error) {
+	cur, err := s.readChunk(ctx, p, table, k, src)
+	if err != nil || cur == nil {
+		return 0, err
+	}
+	if err := s.sealChunk(ctx, p, params, cur); err != nil {
+		return 0, err
+	}
 	var total int64
-	args := make([]any, 0, copyChunk*k)
 	for {
-		args = args[:0]
-		n := 0
-		for n < copyChunk && src.Next() {
-			vals, err := src.Values()
-			if err != nil {
+		var next *copyBatch
+		if cur.n == copyChunk {
+			if next, err = s.readChunk(ctx, p, table, k, src); err != nil {
 				return 0, err
 			}
-			if len(vals) != k {
-				return 0, fmt.Errorf("kmspostgres: CopyFrom into %s: a row has %d values for %d columns", table.Sanitize(), len(vals), k)
-			}
-			args = append(args, vals...)
-			n++
 		}
-		if err := src.Err(); err != nil {
-			return 0, err
+		sealed := make(chan error, 1)
+		if next != nil {
+			go func() { sealed <- s.sealChunk(ctx, p, params, next) }()
+		} else {
+			sealed <- nil
 		}
-		if n == 0 {
-			return total, nil
-		}
-		rows, err := s.sealChunk(ctx, p, n, k, args, params)
+		copied, err := s.c.pc.CopyFrom(ctx, table, cols, pgx.CopyFromRows(cur.rows))
+		serr := <-sealed
 		if err != nil {
 			return 0, err
 		}
-		copied, err := s.c.pc.CopyFrom(ctx, table, cols, pgx.CopyFromRows(rows))
-		if err != nil {
-			return 0, err
+		if serr != nil {
+			return 0, serr
 		}
 		total += copied
-		if n < copyChunk {
+		if next == nil {
 			return total, nil
 		}
+		cur = next
 	}
 }
 
-// sealChunk keys and seals n rows as one INSERT of n rows would, and
-// returns them as COPY rows in the rewritten column order.
-func (s pgxSession) sealChunk(ctx context.Context, p *rewrite.Plan, n, k int, args []any, params []int) ([][]any, error) {
-	cp := rewrite.CopyPlan(p, n, k)
-	_, a, err := s.c.prepareInsert(ctx, cp, namedArgs(args))
-	if err != nil {
+// copyBatch is one chunk of COPY rows: the caller's values, the plan that
+// keys them, the generated primary keys, then the rows to send.
+type copyBatch struct {
+	n    int
+	args []any
+	plan *rewrite.Plan
+	gen  []any
+	rows [][]any
+}
+
+// readChunk reads up to copyChunk rows and takes their generated primary
+// keys (the one step on the connection); nil when the source is done.
+func (s pgxSession) readChunk(ctx context.Context, p *rewrite.Plan, table pgx.Identifier, k int, src pgx.CopyFromSource) (*copyBatch, error) {
+	b := &copyBatch{args: make([]any, 0, copyChunk*k)}
+	for b.n < copyChunk && src.Next() {
+		vals, err := src.Values()
+		if err != nil {
+			return nil, err
+		}
+		if len(vals) != k {
+			return nil, fmt.Errorf("kmspostgres: CopyFrom into %s: a row has %d values for %d columns", table.Sanitize(), len(vals), k)
+		}
+		b.args = append(b.args, vals...)
+		b.n++
+	}
+	if err := src.Err(); err != nil {
 		return nil, err
 	}
-	m := len(p.Args)
-	if len(a) != n*m {
-		return nil, fmt.Errorf("kmspostgres: internal: CopyFrom sealed %d values for %d rows of %d; refusing", len(a), n, m)
+	if b.n == 0 {
+		return nil, nil
 	}
-	rows := make([][]any, n)
+	b.plan = rewrite.CopyPlan(p, b.n, k)
+	var err error
+	if b.gen, err = s.c.generatePKs(ctx, b.plan.Insert); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// sealChunk keys and seals a chunk as one INSERT of its rows would, and
+// lays it out as COPY rows in the rewritten column order.
+func (s pgxSession) sealChunk(ctx context.Context, p *rewrite.Plan, params []int, b *copyBatch) error {
+	_, a, err := s.c.sealRows(ctx, b.plan, namedArgs(b.args), b.gen)
+	if err != nil {
+		return err
+	}
+	m, n := len(p.Args), b.n
+	if len(a) != n*m {
+		return fmt.Errorf("kmspostgres: internal: CopyFrom sealed %d values for %d rows of %d; refusing", len(a), n, m)
+	}
+	b.rows = make([][]any, n)
 	flat := make([]any, n*len(params))
 	for r := range n {
 		row := flat[r*len(params) : (r+1)*len(params) : (r+1)*len(params)]
@@ -134,7 +176,7 @@ func (s pgxSession) sealChunk(ctx context.Context, p *rewrite.Plan, n, k int, ar
 				row[i] = a[r*m+pi].Value
 			}
 		}
-		rows[r] = row
+		b.rows[r] = row
 	}
-	return rows, nil
+	return nil
 }

@@ -94,12 +94,12 @@ func BenchmarkPgxSelect1000(b *testing.B) {
 	})
 }
 
-// BenchmarkPgxCopyFrom copies 1,000 rows per op; rows/s is the figure to
+// BenchmarkPgxCopyFrom copies 5,000 rows per op; rows/s is the figure to
 // compare (goal: kms at least half of raw).
 func BenchmarkPgxCopyFrom(b *testing.B) {
 	d := newPgxBench(b, 0)
 	ctx := context.Background()
-	const n = 1000
+	const n = 5000
 	src := make([][]any, n)
 	for i := range src {
 		src[i] = []any{"p", fmt.Sprintf("person%d@example.com", i), fmt.Sprintf("+1-555-%04d", i)}
