@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"database/sql/driver"
 	"fmt"
+	"runtime"
 	"slices"
 	"strconv"
 
@@ -183,25 +184,40 @@ func insertKeyJobs(ip *rewrite.Insert, args []driver.NamedValue, slots, gen []an
 }
 
 // sealInsert places the wrapped keys and sealed cells in their slots.
+// Rows write disjoint slots: from parallelOpen rows on, two goroutines
+// seal half each (AES-GCM is CPU work; a COPY chunk is hundreds of rows).
 func sealInsert(ti *tableInfo, ip *rewrite.Insert, args []driver.NamedValue, slots []any, jobs []*insertKey) error {
 	keys := make(map[[2]int]rowKey, len(jobs))
 	for _, j := range jobs {
 		keys[[2]int{j.row, j.key}] = j.out
 		slots[ip.Rows[j.row].KeySlot[j.key]] = j.out.wrapped
 	}
-	for ri, row := range ip.Rows {
-		for _, cell := range row.Cells {
-			v, _ := valueOf(cell.Value, args)
-			rk, ok := keys[[2]int{ri, cell.Key}]
-			if v == nil || !ok {
-				slots[cell.Slot] = nil
-				continue
-			}
-			var err error
-			if slots[cell.Slot], err = seal(ti, cell.Column, rk.ck, v); err != nil {
-				return err
+	sealRange := func(lo, hi int) error {
+		for ri := lo; ri < hi; ri++ {
+			for _, cell := range ip.Rows[ri].Cells {
+				v, _ := valueOf(cell.Value, args)
+				rk, ok := keys[[2]int{ri, cell.Key}]
+				if v == nil || !ok {
+					slots[cell.Slot] = nil
+					continue
+				}
+				var err error
+				if slots[cell.Slot], err = seal(ti, cell.Column, rk.ck, v); err != nil {
+					return err
+				}
 			}
 		}
+		return nil
 	}
-	return nil
+	n := len(ip.Rows)
+	if n < parallelOpen || runtime.GOMAXPROCS(0) < 2 {
+		return sealRange(0, n)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- sealRange(n/2, n) }()
+	first := sealRange(0, n/2)
+	if second := <-errc; first == nil {
+		return second
+	}
+	return first
 }
