@@ -74,7 +74,7 @@ func ParseWrappedKey(s string) (WrappedKey, error) {
 var strictBase64 = base64.StdEncoding.Strict()
 
 func DecodeBase64(s string) ([]byte, error) {
-	if strings.ContainsAny(s, "\r\n") {
+	if strings.IndexByte(s, '\n') >= 0 || strings.IndexByte(s, '\r') >= 0 { // two SIMD scans, faster than ContainsAny
 		return nil, fmt.Errorf("%w: base64 with a line break", ErrFormat)
 	}
 	b := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
