@@ -309,3 +309,36 @@ func TestKmspgxBatch(t *testing.T) {
 		t.Fatalf("%d connections still acquired", st.AcquiredConns())
 	}
 }
+
+// A connection acquired from the pool keeps its session (a SET) across
+// statements, and its statements still go through the engine.
+func TestKmspgxAcquire(t *testing.T) {
+	e := newEnv(t, pgxDDL, pgxMap)
+	ctx := context.Background()
+	pool := newPgxPool(t, e)
+	c, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+	if _, err := c.Exec(ctx, `SET application_name = 'kmspgx-acquire'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, `INSERT INTO people (name, email) VALUES ('A', $1)`, "acq@example.org"); err != nil {
+		t.Fatal(err)
+	}
+	var app, email string
+	if err := c.QueryRow(ctx, `SELECT current_setting('application_name')`).Scan(&app); err != nil || app != "kmspgx-acquire" {
+		t.Fatalf("%q %v", app, err)
+	}
+	if err := c.QueryRow(ctx, `SELECT email FROM people`).Scan(&email); err != nil || email != "acq@example.org" {
+		t.Fatalf("%q %v", email, err)
+	}
+	_, err = c.Query(ctx, `SELECT name FROM people ORDER BY email`)
+	mustErrIs(t, err, kmspostgres.ErrUnsupported)
+	e.assertNoPlaintext("people", "acq@example.org")
+	c.Release()
+	if st := pool.Stat(); st.AcquiredConns() != 0 {
+		t.Fatalf("%d connections still acquired", st.AcquiredConns())
+	}
+}

@@ -190,3 +190,29 @@ func (r *poolRows) Scan(dest ...any) error {
 	}
 	return err
 }
+
+// Acquire takes a connection from the pool for several statements on one
+// session (SET, temporary tables, advisory locks); Release gives it back.
+func (p *Pool) Acquire(ctx context.Context) (*PoolConn, error) {
+	c, s, err := p.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &PoolConn{Conn: Conn{s}, c: c}, nil
+}
+
+// PoolConn is a connection taken from a Pool: a Conn whose Release gives
+// it back (Close is not for it).
+type PoolConn struct {
+	Conn
+	c *pgxpool.Conn
+}
+
+// Release gives the connection back to the pool; a connection left in a
+// transaction is closed by the pool instead.
+func (c *PoolConn) Release() {
+	if c.c != nil {
+		c.c.Release()
+		c.c = nil
+	}
+}
