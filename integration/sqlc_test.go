@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kmspostgres/kmspostgres"
+	"github.com/kmspostgres/kmspostgres/blindindex"
 	"github.com/kmspostgres/kmspostgres/integration/sqlc/clinic"
 )
 
@@ -28,6 +29,8 @@ func TestSqlcClinic(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("KMS_KEY_ID", "insecure-test-key")
+	// patients.email has a blind index (kms_schema.yaml).
+	t.Setenv(blindindex.EnvMasterKey, testMasterKey)
 	for _, prepared := range []bool{false, true} {
 		name := "queries"
 		if prepared {
