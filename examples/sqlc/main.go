@@ -9,7 +9,9 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -36,6 +38,17 @@ func main() {
 	}
 	if os.Getenv("KMS_KEY_ID") == "" {
 		os.Setenv("KMS_KEY_ID", "insecure-test-key")
+	}
+	if os.Getenv("BLIND_INDEX_MASTER_KEY") == "" {
+		// patients.email has a blind index (kms_schema.yaml). A key for
+		// this run only, since the example recreates its tables each time;
+		// a real deployment keeps one key (openssl rand -hex 32), or a
+		// KMS-wrapped one in the map, for the life of its data.
+		var k [32]byte
+		if _, err := rand.Read(k[:]); err != nil {
+			log.Fatal(err)
+		}
+		os.Setenv("BLIND_INDEX_MASTER_KEY", hex.EncodeToString(k[:]))
 	}
 	if err := run(context.Background(), os.Stdout, dsn, appDir()); err != nil {
 		log.Fatal(err)
@@ -98,6 +111,12 @@ func run(ctx context.Context, w io.Writer, dsn, dir string) error {
 	for _, n := range notes {
 		fmt.Fprintf(w, "%s (born %s): %s\n", n.Name, n.DateOfBirth.Format("2006-01-02"), n.Body)
 	}
+	// WHERE email = $1 on the encrypted column, through its blind index.
+	byEmail, err := q.GetPatientByEmail(ctx, sql.NullString{String: " MARY@example.org", Valid: true})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "found by email: %s <%s>\n", byEmail.Name, byEmail.Email.String)
 	var stored string
 	if err := db.QueryRowContext(ctx, "SELECT name FROM patients WHERE id = $1 AND name IS NOT NULL", p.ID).Scan(&stored); err != nil {
 		return err

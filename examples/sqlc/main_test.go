@@ -15,6 +15,7 @@ import (
 func TestSqlcExample(t *testing.T) {
 	dsn := testenv.DatabaseURL(t)
 	t.Setenv("KMS_KEY_ID", "insecure-test-key")
+	t.Setenv("BLIND_INDEX_MASTER_KEY", strings.Repeat("0123456789abcdef", 4))
 	// Its own schema, so that it does not meet other tests' tables.
 	var out bytes.Buffer
 	if err := setup(dsn); err != nil {
@@ -23,7 +24,8 @@ func TestSqlcExample(t *testing.T) {
 	if err := run(context.Background(), &out, dsn+"&search_path=sqlc_example", appDir()); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), "Mary Shelley (born 1797-08-30): Recovering well.") {
+	if !strings.Contains(out.String(), "Mary Shelley (born 1797-08-30): Recovering well.") ||
+		!strings.Contains(out.String(), "found by email: Mary Shelley <mary@example.org>") {
 		t.Fatalf("output:\n%s", out.String())
 	}
 }

@@ -1,5 +1,8 @@
 -- The same schema as it is stored: encrypted columns are text (base64
--- cells), whatever their plaintext type, with no defaults.
+-- cells), whatever their plaintext type, with no defaults. patients.email
+-- has a blind index (kms_schema.yaml): email_bidx holds a keyed digest of
+-- the normalized email, so WHERE email = $1 works. Its index is not UNIQUE:
+-- the application's schema lets patients share an email.
 CREATE TYPE appointment_status AS ENUM ('scheduled', 'attended', 'cancelled');
 CREATE TABLE clinics (id bigserial PRIMARY KEY, name text NOT NULL);
 CREATE TABLE patients (
@@ -12,8 +15,10 @@ CREATE TABLE patients (
     balance text NOT NULL,
     allergies text NOT NULL,
     discharged_on text,
-    encrypted_kms_key text
+    encrypted_kms_key text,
+    email_bidx text
 );
+CREATE INDEX patients_email_bidx ON patients (email_bidx);
 CREATE TABLE appointments (
     id bigserial PRIMARY KEY,
     patient_id bigint NOT NULL REFERENCES patients (id),

@@ -21,6 +21,12 @@ LIMIT $2 OFFSET $3;
 -- name: ListPatientsByIDs :many
 SELECT id, name FROM patients WHERE id = ANY($1::bigint[]) ORDER BY id;
 
+-- name: GetPatientByEmail :one
+SELECT * FROM patients WHERE email = $1;
+
+-- name: ListPatientsByEmails :many
+SELECT * FROM patients WHERE email = ANY($1::text[]) ORDER BY id;
+
 -- name: UpdatePatientEmail :exec
 UPDATE patients SET email = $2 WHERE id = $1;
 
@@ -34,6 +40,12 @@ UPDATE patients SET allergies = $2 WHERE clinic_id = $1;
 
 -- name: DeletePatient :one
 DELETE FROM patients WHERE id = $1 RETURNING *;
+
+-- name: UpdatePatientNameByEmail :exec
+UPDATE patients SET name = $1 WHERE email = $2;
+
+-- name: DeletePatientByEmail :execrows
+DELETE FROM patients WHERE email = $1;
 
 -- name: UpsertPatient :exec
 INSERT INTO patients (id, clinic_id, mrn, name, email, date_of_birth, balance, allergies, discharged_on)

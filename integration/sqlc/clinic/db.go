@@ -42,8 +42,14 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	if q.deletePatientStmt, err = db.PrepareContext(ctx, deletePatient); err != nil {
 		return nil, fmt.Errorf("error preparing query DeletePatient: %w", err)
 	}
+	if q.deletePatientByEmailStmt, err = db.PrepareContext(ctx, deletePatientByEmail); err != nil {
+		return nil, fmt.Errorf("error preparing query DeletePatientByEmail: %w", err)
+	}
 	if q.getPatientStmt, err = db.PrepareContext(ctx, getPatient); err != nil {
 		return nil, fmt.Errorf("error preparing query GetPatient: %w", err)
+	}
+	if q.getPatientByEmailStmt, err = db.PrepareContext(ctx, getPatientByEmail); err != nil {
+		return nil, fmt.Errorf("error preparing query GetPatientByEmail: %w", err)
 	}
 	if q.getPatientByMRNStmt, err = db.PrepareContext(ctx, getPatientByMRN); err != nil {
 		return nil, fmt.Errorf("error preparing query GetPatientByMRN: %w", err)
@@ -56,6 +62,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.listPatientsByClinicStmt, err = db.PrepareContext(ctx, listPatientsByClinic); err != nil {
 		return nil, fmt.Errorf("error preparing query ListPatientsByClinic: %w", err)
+	}
+	if q.listPatientsByEmailsStmt, err = db.PrepareContext(ctx, listPatientsByEmails); err != nil {
+		return nil, fmt.Errorf("error preparing query ListPatientsByEmails: %w", err)
 	}
 	if q.listPatientsByIDsStmt, err = db.PrepareContext(ctx, listPatientsByIDs); err != nil {
 		return nil, fmt.Errorf("error preparing query ListPatientsByIDs: %w", err)
@@ -71,6 +80,9 @@ func Prepare(ctx context.Context, db DBTX) (*Queries, error) {
 	}
 	if q.updatePatientEmailStmt, err = db.PrepareContext(ctx, updatePatientEmail); err != nil {
 		return nil, fmt.Errorf("error preparing query UpdatePatientEmail: %w", err)
+	}
+	if q.updatePatientNameByEmailStmt, err = db.PrepareContext(ctx, updatePatientNameByEmail); err != nil {
+		return nil, fmt.Errorf("error preparing query UpdatePatientNameByEmail: %w", err)
 	}
 	if q.upsertPatientStmt, err = db.PrepareContext(ctx, upsertPatient); err != nil {
 		return nil, fmt.Errorf("error preparing query UpsertPatient: %w", err)
@@ -110,9 +122,19 @@ func (q *Queries) Close() error {
 			err = fmt.Errorf("error closing deletePatientStmt: %w", cerr)
 		}
 	}
+	if q.deletePatientByEmailStmt != nil {
+		if cerr := q.deletePatientByEmailStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing deletePatientByEmailStmt: %w", cerr)
+		}
+	}
 	if q.getPatientStmt != nil {
 		if cerr := q.getPatientStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing getPatientStmt: %w", cerr)
+		}
+	}
+	if q.getPatientByEmailStmt != nil {
+		if cerr := q.getPatientByEmailStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing getPatientByEmailStmt: %w", cerr)
 		}
 	}
 	if q.getPatientByMRNStmt != nil {
@@ -133,6 +155,11 @@ func (q *Queries) Close() error {
 	if q.listPatientsByClinicStmt != nil {
 		if cerr := q.listPatientsByClinicStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing listPatientsByClinicStmt: %w", cerr)
+		}
+	}
+	if q.listPatientsByEmailsStmt != nil {
+		if cerr := q.listPatientsByEmailsStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing listPatientsByEmailsStmt: %w", cerr)
 		}
 	}
 	if q.listPatientsByIDsStmt != nil {
@@ -158,6 +185,11 @@ func (q *Queries) Close() error {
 	if q.updatePatientEmailStmt != nil {
 		if cerr := q.updatePatientEmailStmt.Close(); cerr != nil {
 			err = fmt.Errorf("error closing updatePatientEmailStmt: %w", cerr)
+		}
+	}
+	if q.updatePatientNameByEmailStmt != nil {
+		if cerr := q.updatePatientNameByEmailStmt.Close(); cerr != nil {
+			err = fmt.Errorf("error closing updatePatientNameByEmailStmt: %w", cerr)
 		}
 	}
 	if q.upsertPatientStmt != nil {
@@ -210,16 +242,20 @@ type Queries struct {
 	createNoteStmt                   *sql.Stmt
 	createPatientStmt                *sql.Stmt
 	deletePatientStmt                *sql.Stmt
+	deletePatientByEmailStmt         *sql.Stmt
 	getPatientStmt                   *sql.Stmt
+	getPatientByEmailStmt            *sql.Stmt
 	getPatientByMRNStmt              *sql.Stmt
 	listAppointmentsWithPatientsStmt *sql.Stmt
 	listNotesWithPatientsStmt        *sql.Stmt
 	listPatientsByClinicStmt         *sql.Stmt
+	listPatientsByEmailsStmt         *sql.Stmt
 	listPatientsByIDsStmt            *sql.Stmt
 	setClinicAllergiesStmt           *sql.Stmt
 	touchClinicStmt                  *sql.Stmt
 	updatePatientContactStmt         *sql.Stmt
 	updatePatientEmailStmt           *sql.Stmt
+	updatePatientNameByEmailStmt     *sql.Stmt
 	upsertPatientStmt                *sql.Stmt
 }
 
@@ -233,16 +269,20 @@ func (q *Queries) WithTx(tx *sql.Tx) *Queries {
 		createNoteStmt:                   q.createNoteStmt,
 		createPatientStmt:                q.createPatientStmt,
 		deletePatientStmt:                q.deletePatientStmt,
+		deletePatientByEmailStmt:         q.deletePatientByEmailStmt,
 		getPatientStmt:                   q.getPatientStmt,
+		getPatientByEmailStmt:            q.getPatientByEmailStmt,
 		getPatientByMRNStmt:              q.getPatientByMRNStmt,
 		listAppointmentsWithPatientsStmt: q.listAppointmentsWithPatientsStmt,
 		listNotesWithPatientsStmt:        q.listNotesWithPatientsStmt,
 		listPatientsByClinicStmt:         q.listPatientsByClinicStmt,
+		listPatientsByEmailsStmt:         q.listPatientsByEmailsStmt,
 		listPatientsByIDsStmt:            q.listPatientsByIDsStmt,
 		setClinicAllergiesStmt:           q.setClinicAllergiesStmt,
 		touchClinicStmt:                  q.touchClinicStmt,
 		updatePatientContactStmt:         q.updatePatientContactStmt,
 		updatePatientEmailStmt:           q.updatePatientEmailStmt,
+		updatePatientNameByEmailStmt:     q.updatePatientNameByEmailStmt,
 		upsertPatientStmt:                q.upsertPatientStmt,
 	}
 }

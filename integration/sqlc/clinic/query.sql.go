@@ -144,12 +144,45 @@ func (q *Queries) DeletePatient(ctx context.Context, id int64) (Patient, error) 
 	return i, err
 }
 
+const deletePatientByEmail = `-- name: DeletePatientByEmail :execrows
+DELETE FROM patients WHERE email = $1
+`
+
+func (q *Queries) DeletePatientByEmail(ctx context.Context, email sql.NullString) (int64, error) {
+	result, err := q.exec(ctx, q.deletePatientByEmailStmt, deletePatientByEmail, email)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected()
+}
+
 const getPatient = `-- name: GetPatient :one
 SELECT id, clinic_id, mrn, name, email, date_of_birth, balance, allergies, discharged_on FROM patients WHERE id = $1
 `
 
 func (q *Queries) GetPatient(ctx context.Context, id int64) (Patient, error) {
 	row := q.queryRow(ctx, q.getPatientStmt, getPatient, id)
+	var i Patient
+	err := row.Scan(
+		&i.ID,
+		&i.ClinicID,
+		&i.Mrn,
+		&i.Name,
+		&i.Email,
+		&i.DateOfBirth,
+		&i.Balance,
+		&i.Allergies,
+		&i.DischargedOn,
+	)
+	return i, err
+}
+
+const getPatientByEmail = `-- name: GetPatientByEmail :one
+SELECT id, clinic_id, mrn, name, email, date_of_birth, balance, allergies, discharged_on FROM patients WHERE email = $1
+`
+
+func (q *Queries) GetPatientByEmail(ctx context.Context, email sql.NullString) (Patient, error) {
+	row := q.queryRow(ctx, q.getPatientByEmailStmt, getPatientByEmail, email)
 	var i Patient
 	err := row.Scan(
 		&i.ID,
@@ -333,6 +366,43 @@ func (q *Queries) ListPatientsByClinic(ctx context.Context, arg ListPatientsByCl
 	return items, nil
 }
 
+const listPatientsByEmails = `-- name: ListPatientsByEmails :many
+SELECT id, clinic_id, mrn, name, email, date_of_birth, balance, allergies, discharged_on FROM patients WHERE email = ANY($1::text[]) ORDER BY id
+`
+
+func (q *Queries) ListPatientsByEmails(ctx context.Context, dollar_1 []string) ([]Patient, error) {
+	rows, err := q.query(ctx, q.listPatientsByEmailsStmt, listPatientsByEmails, pq.Array(dollar_1))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []Patient
+	for rows.Next() {
+		var i Patient
+		if err := rows.Scan(
+			&i.ID,
+			&i.ClinicID,
+			&i.Mrn,
+			&i.Name,
+			&i.Email,
+			&i.DateOfBirth,
+			&i.Balance,
+			&i.Allergies,
+			&i.DischargedOn,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const listPatientsByIDs = `-- name: ListPatientsByIDs :many
 SELECT id, name FROM patients WHERE id = ANY($1::bigint[]) ORDER BY id
 `
@@ -425,6 +495,20 @@ type UpdatePatientEmailParams struct {
 
 func (q *Queries) UpdatePatientEmail(ctx context.Context, arg UpdatePatientEmailParams) error {
 	_, err := q.exec(ctx, q.updatePatientEmailStmt, updatePatientEmail, arg.ID, arg.Email)
+	return err
+}
+
+const updatePatientNameByEmail = `-- name: UpdatePatientNameByEmail :exec
+UPDATE patients SET name = $1 WHERE email = $2
+`
+
+type UpdatePatientNameByEmailParams struct {
+	Name  string         `db:"name" json:"name"`
+	Email sql.NullString `db:"email" json:"email"`
+}
+
+func (q *Queries) UpdatePatientNameByEmail(ctx context.Context, arg UpdatePatientNameByEmailParams) error {
+	_, err := q.exec(ctx, q.updatePatientNameByEmailStmt, updatePatientNameByEmail, arg.Name, arg.Email)
 	return err
 }
 
