@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/kmspostgres/kmspostgres"
+	"github.com/kmspostgres/kmspostgres/blindindex"
 	"github.com/kmspostgres/kmspostgres/kmspgx"
 )
 
@@ -340,5 +341,61 @@ func TestKmspgxAcquire(t *testing.T) {
 	c.Release()
 	if st := pool.Stat(); st.AcquiredConns() != 0 {
 		t.Fatalf("%d connections still acquired", st.AcquiredConns())
+	}
+}
+
+// Blind-index lookups work through the pgx front end as through
+// database/sql: equality, ANY, UPDATE and DELETE by the encrypted value,
+// CopyFrom filling the index, and a copied index value caught.
+func TestKmspgxBlindIndex(t *testing.T) {
+	t.Setenv(blindindex.EnvMasterKey, testMasterKey)
+	e := newEnv(t, `CREATE TABLE members (id bigserial PRIMARY KEY, name text, email text, email_bidx text, encrypted_kms_key text);`, `
+key_id: insecure-test-key
+tables:
+  members:
+    columns:
+      email: {blind_index: {expression: lower_trim, algorithm: hmac_sha256}}
+`)
+	ctx := context.Background()
+	pool := newPgxPool(t, e)
+	if _, err := pool.Exec(ctx, `INSERT INTO members (name, email) VALUES ('Ada', $1)`, "Ada@Example.org"); err != nil {
+		t.Fatal(err)
+	}
+	src := [][]any{{"Bob", "bob@example.org"}, {"Cy", nil}}
+	if n, err := pool.CopyFrom(ctx, pgx.Identifier{"members"}, []string{"name", "email"}, pgx.CopyFromRows(src)); err != nil || n != 2 {
+		t.Fatalf("copy: %d %v", n, err)
+	}
+	var name string
+	if err := pool.QueryRow(ctx, `SELECT name FROM members WHERE email = $1`, " ada@example.ORG").Scan(&name); err != nil || name != "Ada" {
+		t.Fatalf("lookup: %q %v", name, err)
+	}
+	if err := pool.QueryRow(ctx, `SELECT name FROM members WHERE email = $1`, "BOB@example.org").Scan(&name); err != nil || name != "Bob" {
+		t.Fatalf("lookup of a copied row: %q %v", name, err)
+	}
+	rows, err := pool.Query(ctx, `SELECT name FROM members WHERE email = ANY($1) ORDER BY id`, []string{"ada@example.org", "bob@example.org", "nobody@example.org"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || strings.Join(names, ",") != "Ada,Bob" {
+		t.Fatalf("ANY: %v %v", names, err)
+	}
+	if tag, err := pool.Exec(ctx, `UPDATE members SET name = 'Robert' WHERE email = $1`, "bob@example.org"); err != nil || tag.RowsAffected() != 1 {
+		t.Fatalf("update by email: %v %v", tag, err)
+	}
+	e.assertNoPlaintext("members", "Ada@Example.org", "ada@example.org", "bob@example.org")
+	// An index value copied from another row does not make the driver
+	// hand out that row for the wrong query.
+	if _, err := e.raw.Exec(ctx, `UPDATE members SET email_bidx = (SELECT email_bidx FROM members WHERE name = 'Ada') WHERE name = 'Robert'`); err != nil {
+		t.Fatal(err)
+	}
+	rows, err = pool.Query(ctx, `SELECT name FROM members WHERE email = $1`, "ada@example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	mustErrIs(t, err, kmspostgres.ErrBlindIndexMismatch)
+	if tag, err := pool.Exec(ctx, `DELETE FROM members WHERE email = $1`, "nobody@example.org"); err != nil || tag.RowsAffected() != 0 {
+		t.Fatalf("delete by an absent email: %v %v", tag, err)
 	}
 }
