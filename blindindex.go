@@ -455,8 +455,43 @@ func (c *Connector) lookups(p *rewrite.Plan, args []driver.NamedValue) ([]any, e
 var ErrBlindIndexMismatch = fmt.Errorf("%w: a row's blind index does not match its value (was the index column written past the driver?)", ErrDecrypt)
 
 // blindChecks holds, per check of a result, the normalized operands a
-// row's decrypted value must be among.
+// row's decrypted value must be among, and whether a NULL was among the
+// caller's operands (which makes a comparison NULL rather than false).
 type blindChecks [][]string
+
+// lookupHasNull reports whether a lookup's operand is NULL or an array
+// with a NULL element.
+func lookupHasNull(l rewrite.Lookup, args []driver.NamedValue) (bool, error) {
+	v, err := valueOf(l.Value, args)
+	if err != nil || v == nil {
+		return v == nil, err
+	}
+	if !l.Array {
+		return false, nil
+	}
+	if b, ok := v.([]byte); ok {
+		v = string(b)
+	}
+	switch a := v.(type) {
+	case string:
+		elems, err := parseTextArray(a)
+		if err != nil {
+			return false, err
+		}
+		return slices.Contains(elems, nil), nil
+	case []*string:
+		return slices.Contains(a, nil), nil
+	case []any:
+		for _, e := range a {
+			if r, err := resolveValue(e); err != nil {
+				return false, err
+			} else if r == nil {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
 
 // attachChecks gives a result set the operands of its plan's checks.
 func (c *Conn) attachChecks(dr driver.Rows, p *rewrite.Plan, args []driver.NamedValue) error {
@@ -465,7 +500,16 @@ func (c *Conn) attachChecks(dr driver.Rows, p *rewrite.Plan, args []driver.Named
 		return nil
 	}
 	r.checks = make(blindChecks, len(p.Out.Checks))
+	r.checkNulls = make([]bool, len(p.Out.Checks))
 	for i, ch := range p.Out.Checks {
+		r.checkNulls[i] = ch.NullOperand
+		for _, li := range ch.Lookups {
+			null, err := lookupHasNull(p.Lookups[li], args)
+			if err != nil {
+				return err
+			}
+			r.checkNulls[i] = r.checkNulls[i] || null
+		}
 		ix, err := c.connector.index(ch.Table, ch.Column)
 		if err != nil {
 			return err
@@ -504,6 +548,12 @@ func (r *rows) verify(w *windowKeys) error {
 			pk := w.pks[ri][si]
 			bad := cellError(ti, ch.Column, pk, ErrBlindIndexMismatch)
 			id := w.ids[ri][si]
+			if ch.Cond {
+				if err := r.verifyCond(w, ri, ci, ch, bad); err != nil {
+					return err
+				}
+				continue
+			}
 			if row[ch.At] == nil || id == (rowKeyID{}) {
 				return bad // NULL matches no equality
 			}
@@ -524,6 +574,63 @@ func (r *rows) verify(w *windowKeys) error {
 				return bad
 			}
 			row[ch.At] = nil // no plaintext kept beyond the check
+		}
+	}
+	return nil
+}
+
+// verifyCond checks a comparison under OR or NOT: the server's value of
+// it (true, false or NULL) must be the value PostgreSQL computes on the
+// decrypted cell. A row whose index value was copied from another row
+// fails, whichever way the WHERE clause uses the comparison.
+func (r *rows) verifyCond(w *windowKeys, ri, ci int, ch rewrite.Check, bad error) error {
+	row := r.buf[ri]
+	si := ch.Source
+	ti := w.infos[si]
+	pk := w.pks[ri][si]
+	server, ok := row[ch.CondAt].(bool)
+	serverNull := row[ch.CondAt] == nil
+	if !ok && !serverNull {
+		return fmt.Errorf("kmspostgres: internal: a blind-index condition read as %T; refusing the result", row[ch.CondAt])
+	}
+	row[ch.CondAt] = nil
+	id := w.ids[ri][si]
+	if row[ch.At] == nil || id == (rowKeyID{}) {
+		if !serverNull {
+			return bad // a NULL value compares as NULL
+		}
+		row[ch.At] = nil
+		return nil
+	}
+	ck := r.keys[id]
+	if ck == nil {
+		return cellError(ti, ch.Column, pk, w.pending[id].err)
+	}
+	v, err := openCell(ti, ch.Column, envelope.CellAAD(ti.table.Name, ch.Column), ck, row[ch.At])
+	if err != nil {
+		return cellError(ti, ch.Column, pk, err)
+	}
+	row[ch.At] = nil // no plaintext kept beyond the check
+	ix, err := r.c.connector.index(ti.table, ch.Column)
+	if err != nil {
+		return err
+	}
+	s, _ := v.(string)
+	in := slices.Contains(r.checks[ci], ix.Normalize(s))
+	// As PostgreSQL: a match decides; otherwise a NULL operand makes the
+	// comparison NULL.
+	switch {
+	case in:
+		if serverNull || server == ch.Negated {
+			return bad
+		}
+	case r.checkNulls[ci]:
+		if !serverNull {
+			return bad
+		}
+	default:
+		if serverNull || server != ch.Negated {
+			return bad
 		}
 	}
 	return nil

@@ -136,11 +136,7 @@ func (c *Conn) crossCheck(ctx context.Context, p *rewrite.Plan) error {
 	if err != nil {
 		return err
 	}
-	hidden := 0
-	for _, s := range p.Out.Sources {
-		hidden += 1 + len(s.PKAt)
-	}
-	hidden += len(p.Out.Checks)
+	hidden := p.Out.Hidden()
 	if len(sd.Fields) != p.Out.Visible+hidden {
 		return fmt.Errorf("kmspostgres: internal: the server describes %d result columns, the plan expects %d; refusing to run", len(sd.Fields), p.Out.Visible+hidden)
 	}

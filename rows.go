@@ -37,7 +37,8 @@ type rows struct {
 	aads [][]byte                       // per visible column, made on first use
 	done bool
 	// checks are the operands of the plan's blind-index checks.
-	checks blindChecks
+	checks     blindChecks
+	checkNulls []bool
 }
 
 var (

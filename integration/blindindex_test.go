@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/lib/pq"
 
@@ -547,3 +548,85 @@ func TestBlindIndexUniqueReport(t *testing.T) {
 		t.Fatalf("got %+v\nwant %+v", infos, want)
 	}
 }
+
+// TestBlindIndexUnderOrAndNot: a blind-index comparison that is not a
+// term of the WHERE clause's top-level AND (under OR, under NOT, a <> or
+// NOT IN) is checked too: the server's value of the comparison must be
+// the value PostgreSQL computes on the decrypted cell. Untampered rows
+// answer exactly, NULL operands included; a copied index value fails
+// the query, through database/sql and through kmspgx.
+func TestBlindIndexUnderOrAndNot(t *testing.T) {
+	t.Setenv(blindindex.EnvMasterKey, testMasterKey)
+	e := newEnv(t, strings.Replace(bidxDDL, "CREATE UNIQUE INDEX", "CREATE INDEX", 1), bidxMap)
+	e.exec("INSERT INTO users (name, email) VALUES ('alice', 'alice@example.com'), ('mallory', 'mallory@example.com'), ('nomail', NULL)")
+	ctx := context.Background()
+	type q struct {
+		sql  string
+		args []any
+		want []string
+	}
+	exact := []q{
+		{"SELECT name FROM users WHERE email = $1 OR name = 'nomail' ORDER BY id", []any{"alice@example.com"}, []string{"alice", "nomail"}},
+		{"SELECT name FROM users WHERE email <> $1 ORDER BY id", []any{"ALICE@example.com "}, []string{"mallory"}},
+		{"SELECT name FROM users WHERE NOT (email = $1) ORDER BY id", []any{"alice@example.com"}, []string{"mallory"}},
+		{"SELECT name FROM users WHERE email NOT IN ($1, $2) ORDER BY id", []any{"alice@example.com", "x@example.com"}, []string{"mallory"}},
+		{"SELECT name FROM users WHERE email NOT IN ($1, NULL) ORDER BY id", []any{"alice@example.com"}, nil},
+		{"SELECT name FROM users WHERE (email IN ($1, NULL)) IS NULL ORDER BY id", []any{"alice@example.com"}, []string{"mallory", "nomail"}},
+		{"SELECT name FROM users WHERE email = ANY($1) OR id < 0 ORDER BY id", []any{[]*string{nil, ptr("mallory@example.com")}}, []string{"mallory"}},
+		{"SELECT name FROM users WHERE email IS NULL OR email = $1 ORDER BY id", []any{"mallory@example.com"}, []string{"mallory", "nomail"}},
+		{"SELECT name FROM users WHERE (email = $1) IS NOT TRUE ORDER BY id", []any{"alice@example.com"}, []string{"mallory", "nomail"}},
+	}
+	for _, c := range exact {
+		wantNames(t, e.names(c.sql, c.args...), c.want...)
+	}
+	pool := newPgxPool(t, e)
+	pgxNames := func(sql string, args ...any) ([]string, error) {
+		rows, err := pool.Query(ctx, sql, args...)
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	for _, c := range exact[:4] {
+		got, err := pgxNames(c.sql, c.args...)
+		if err != nil {
+			t.Fatalf("kmspgx %s: %v", c.sql, err)
+		}
+		wantNames(t, got, c.want...)
+	}
+
+	// Mallory's row takes alice's index value.
+	if _, err := e.raw.Exec(ctx, "UPDATE users SET email_bidx = (SELECT email_bidx FROM users WHERE name = 'alice') WHERE name = 'mallory'"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []q{
+		{sql: "SELECT name, email FROM users WHERE email = $1 OR name = 'nobody'", args: []any{"alice@example.com"}},
+		{sql: "SELECT name, email FROM users WHERE NOT (email <> $1)", args: []any{"alice@example.com"}},
+		{sql: "SELECT name FROM users WHERE email <> $1", args: []any{"mallory@example.com"}},
+		{sql: "SELECT name FROM users WHERE id > 0 AND (email IN ($1) OR false)", args: []any{"alice@example.com"}},
+	} {
+		rows, err := e.db.Query(c.sql, c.args...)
+		var got []string
+		if err == nil {
+			for rows.Next() {
+				vals := make([]any, 1+strings.Count(c.sql[:strings.Index(c.sql, " FROM")], ","))
+				ptrs := make([]any, len(vals))
+				for i := range vals {
+					ptrs[i] = &vals[i]
+				}
+				rows.Scan(ptrs...)
+				got = append(got, fmt.Sprint(vals...))
+			}
+			err = rows.Err()
+			rows.Close()
+		}
+		if !errors.Is(err, kmspostgres.ErrBlindIndexMismatch) || slices.ContainsFunc(got, func(s string) bool { return strings.Contains(s, "mallory@") }) {
+			t.Errorf("%s: rows %q, err %v; want ErrBlindIndexMismatch and no plaintext of mallory's row", c.sql, got, err)
+		}
+		if _, err := pgxNames(strings.Replace(c.sql, "name, email", "name", 1), c.args...); !errors.Is(err, kmspostgres.ErrBlindIndexMismatch) {
+			t.Errorf("kmspgx %s: %v, want ErrBlindIndexMismatch", c.sql, err)
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

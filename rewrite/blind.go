@@ -30,12 +30,25 @@ type Lookup struct {
 // Sources[Source]) holds one of the operands of Lookups once normalized:
 // a blind-index value copied from another row then fails the query
 // rather than returning that row for a value it does not hold.
+//
+// A comparison that is not a term of the WHERE clause's top-level AND
+// (under OR or NOT, beside other conditions) has Cond: the server's
+// value of the rewritten comparison is read at CondAt, and the driver
+// checks it equals the comparison's value on the decrypted cell (true,
+// false or NULL, as PostgreSQL computes it). When every comparison agrees
+// with the values, the WHERE clause selected the rows the values select.
 type Check struct {
 	At      int
 	Source  int
 	Table   *Table
 	Column  string
 	Lookups []int // indexes into Plan.Lookups
+
+	Cond   bool
+	CondAt int
+	// Negated: the comparison is <>, NOT IN or <> ALL. NullOperand: it
+	// has a NULL literal among its operands.
+	Negated, NullOperand bool
 }
 
 // blindCan says what a blind index can and cannot do, for refusals.
@@ -50,14 +63,17 @@ func lookupParam(i int) *pg.Node { return pg.MakeParamRefNode(int32(lookupBase+1
 type blindState struct {
 	rewrote bool // a comparison moved to an index column
 	lookups []Lookup
-	// positive are the rewritten predicates a matching row must satisfy
-	// by value (=, IN, = ANY), for checks.
-	positive map[*pg.A_Expr]*blindPred
+	// preds are the rewritten predicates, for checks: positive ones (=,
+	// IN, = ANY) a matching row must satisfy by value, negated ones (<>,
+	// NOT IN, <> ALL) it must not.
+	preds map[*pg.A_Expr]*blindPred
 }
 
 type blindPred struct {
-	enc     *encRef
-	lookups []int
+	enc      *encRef
+	negated  bool
+	nullOper bool // a NULL literal among the operands
+	lookups  []int
 }
 
 func (a *analyzer) addLookup(e *encRef, v Value, array bool) int {
@@ -173,21 +189,21 @@ func (a *analyzer) lookupOperand(e *encRef, v Value) *pg.Node {
 // notePositive records the lookups a rewritten positive predicate added
 // (those since the last call), for checks.
 func (a *analyzer) notePositive(x *pg.A_Expr, positive bool, e *encRef) {
-	if !positive {
-		return
+	if a.blind.preds == nil {
+		a.blind.preds = map[*pg.A_Expr]*blindPred{}
 	}
-	if a.blind.positive == nil {
-		a.blind.positive = map[*pg.A_Expr]*blindPred{}
-	}
-	p := &blindPred{enc: e}
+	p := &blindPred{enc: e, negated: !positive}
 	// The lookups of x are those that name its parameters.
 	walk(x, func(n *pg.Node) bool {
 		if pr, ok := n.Node.(*pg.Node_ParamRef); ok && pr.ParamRef.Number > lookupBase {
 			p.lookups = append(p.lookups, int(pr.ParamRef.Number-lookupBase-1))
 		}
+		if c := n.GetAConst(); c != nil && c.Isnull {
+			p.nullOper = true
+		}
 		return true
 	})
-	a.blind.positive[x] = p
+	a.blind.preds[x] = p
 }
 
 // isBlindCol reports whether col is the blind-index column of some
@@ -211,28 +227,53 @@ func refuseBlindWrite(t *Table, col, enc string) error {
 // returned row by value.
 func (a *analyzer) blindChecks(sel *pg.SelectStmt, groups []*group) ([]*group, []pendingCheck) {
 	var checks []pendingCheck
+	groupFor := func(e *encRef) *group {
+		for _, have := range groups {
+			if have.src == e.src {
+				return have // the row key is read already
+			}
+		}
+		g := a.newGroup(e.table, e.table.Encrypted[e.column].Key)
+		g.src = e.src
+		appendHidden(&sel.TargetList, g, e.src)
+		groups = append(groups, g)
+		return g
+	}
+	covered := map[*pg.Node]bool{}
 	for _, n := range conjuncts(sel.WhereClause) {
 		p := a.positiveTerm(n)
 		if p == nil || len(p.lookups) == 0 {
 			continue
 		}
 		e := p.enc
-		var g *group
-		for _, have := range groups {
-			if have.src == e.src {
-				g = have // the row key is read already
-			}
-		}
-		if g == nil {
-			g = a.newGroup(e.table, e.table.Encrypted[e.column].Key)
-			g.src = e.src
-			appendHidden(&sel.TargetList, g, e.src)
-			groups = append(groups, g)
-		}
+		g := groupFor(e)
 		checks = append(checks, pendingCheck{enc: e, group: g, lookups: p.lookups})
+		covered[n] = true
 	}
+	// The other comparisons of the WHERE clause (under OR or NOT), outside
+	// subqueries, which have their own rows: the server's value of each is
+	// read beside the cell.
+	walk(&pg.List{Items: []*pg.Node{sel.WhereClause}}, func(n *pg.Node) bool { // the clause itself is visited too
+		if covered[n] || n.GetSubLink() != nil {
+			return false
+		}
+		x := n.GetAExpr()
+		p := a.blind.preds[x]
+		if p == nil || len(p.lookups) == 0 {
+			return true
+		}
+		g := groupFor(p.enc)
+		checks = append(checks, pendingCheck{enc: p.enc, group: g, lookups: p.lookups,
+			cond: proto.Clone(n).(*pg.Node), negated: p.negated, nullOper: p.nullOper})
+		return false
+	})
 	for i, c := range checks {
 		sel.TargetList = append(sel.TargetList, resTarget("__kmspg_c"+strconv.Itoa(i), colRef(c.enc.base, c.enc.column)))
+	}
+	for i, c := range checks {
+		if c.cond != nil {
+			sel.TargetList = append(sel.TargetList, resTarget("__kmspg_b"+strconv.Itoa(i), c.cond))
+		}
 	}
 	return groups, checks
 }
@@ -242,7 +283,10 @@ func (a *analyzer) blindChecks(sel *pg.SelectStmt, groups []*group) ([]*group, [
 // column (their operands together); nil otherwise.
 func (a *analyzer) positiveTerm(n *pg.Node) *blindPred {
 	if x := n.GetAExpr(); x != nil {
-		return a.blind.positive[x]
+		if p := a.blind.preds[x]; p != nil && !p.negated {
+			return p
+		}
+		return nil
 	}
 	b := n.GetBoolExpr()
 	if b == nil || b.Boolop != pg.BoolExprType_OR_EXPR {
@@ -266,6 +310,9 @@ type pendingCheck struct {
 	enc     *encRef
 	group   *group
 	lookups []int
+	// cond: the comparison, read as a boolean column (see Check.Cond).
+	cond              *pg.Node
+	negated, nullOper bool
 }
 
 // addChecks places the checks in the output after its hidden key columns.
@@ -281,9 +328,32 @@ func addChecks(o *Output, groups []*group, checks []pendingCheck) {
 				src = gi
 			}
 		}
-		o.Checks = append(o.Checks, Check{At: pos, Source: src, Table: c.enc.table, Column: c.enc.column, Lookups: c.lookups})
+		o.Checks = append(o.Checks, Check{At: pos, Source: src, Table: c.enc.table, Column: c.enc.column, Lookups: c.lookups,
+			Cond: c.cond != nil, Negated: c.negated, NullOperand: c.nullOper})
 		pos++
 	}
+	for i := range o.Checks {
+		if o.Checks[i].Cond {
+			o.Checks[i].CondAt = pos
+			pos++
+		}
+	}
+}
+
+// Hidden is how many result columns follow the visible ones: row keys,
+// primary keys, check cells and check conditions.
+func (o *Output) Hidden() int {
+	n := 0
+	for _, s := range o.Sources {
+		n += 1 + len(s.PKAt)
+	}
+	for _, c := range o.Checks {
+		n++
+		if c.Cond {
+			n++
+		}
+	}
+	return n
 }
 
 // checkable reports whether hidden columns can be added to a SELECT

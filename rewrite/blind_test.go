@@ -51,6 +51,9 @@ func describeBlind(p *Plan) string {
 	if p.Out != nil {
 		for _, c := range p.Out.Checks {
 			fmt.Fprintf(&b, "\ncheck: %s.%s at %d src%d lookups=%v", c.Table.Name, c.Column, c.At, c.Source, c.Lookups)
+			if c.Cond {
+				fmt.Fprintf(&b, " cond at %d negated=%v null=%v", c.CondAt, c.Negated, c.NullOperand)
+			}
 		}
 	}
 	if p.Insert != nil {
