@@ -32,6 +32,12 @@ type BlindIndex struct {
 	Expression string
 	// Normalize, when set (in Go only), is used instead of Expression.
 	Normalize func(string) string
+	// KeyOf, "table.column", gives this index the key of that column's
+	// index instead of its own, so that equal values in the two columns
+	// have equal index values and a join (a.email = b.email) can compare
+	// them. Both indexes must use the same algorithm, expression and
+	// storage (text or bytea); that index must not itself have KeyOf.
+	KeyOf string
 
 	normalize blindindex.Normalizer // resolved by Validate
 }
@@ -40,6 +46,7 @@ type yamlBlindIndex struct {
 	Column     string `yaml:"column"`
 	Algorithm  string `yaml:"algorithm"`
 	Expression string `yaml:"expression"`
+	KeyOf      string `yaml:"key_of"`
 }
 
 // blindIndexFromYAML converts the map's blind_index entry.
@@ -47,7 +54,7 @@ func blindIndexFromYAML(y *yamlBlindIndex) (*BlindIndex, error) {
 	if y == nil {
 		return nil, nil
 	}
-	b := &BlindIndex{Column: y.Column, Expression: y.Expression}
+	b := &BlindIndex{Column: y.Column, Expression: y.Expression, KeyOf: y.KeyOf}
 	if y.Algorithm != "" {
 		a, err := blindindex.ParseAlgorithm(y.Algorithm)
 		if err != nil {
@@ -235,7 +242,12 @@ func indexesFrom(s *Schema, master blindindex.MasterKey) (blindIndexes, error) {
 			if b == nil {
 				continue
 			}
-			key, err := master.IndexKey(tn, b.Column)
+			owner, ownerCol := tn, b.Column
+			if b.KeyOf != "" {
+				ot, oc, _ := s.keyOwner(b.KeyOf)
+				owner, ownerCol = ot.Name, oc.BlindIndex.Column
+			}
+			key, err := master.IndexKey(owner, ownerCol)
 			if err != nil {
 				return nil, err
 			}
@@ -305,7 +317,11 @@ func (c *catalog) checkBlindIndexes(t *rewrite.Table, entry *Table, attrs map[st
 		if t.Blind == nil {
 			t.Blind = map[string]rewrite.BlindIndex{}
 		}
-		t.Blind[cn] = rewrite.BlindIndex{Column: b.Column, Bytea: bytea}
+		key := t.Name + "." + cn
+		if b.KeyOf != "" {
+			key = b.KeyOf
+		}
+		t.Blind[cn] = rewrite.BlindIndex{Column: b.Column, Bytea: bytea, Key: key}
 	}
 	return nil
 }
@@ -879,4 +895,49 @@ func (c *Conn) verifyRows(ctx context.Context, p *rewrite.Plan, args []driver.Na
 	slots[v.CtidSlot], slots[v.TableoidSlot] = ctids, toids
 	a, err := planArgs(p.Args, args, slots, lk)
 	return p.SQL, a, err
+}
+
+// keyOwner resolves a blind_index key_of reference, "table.column".
+func (s *Schema) keyOwner(ref string) (*Table, *Column, bool) {
+	i := strings.LastIndexByte(ref, '.')
+	if i <= 0 {
+		return nil, nil, false
+	}
+	t := s.Tables[ref[:i]]
+	if t == nil {
+		return nil, nil, false
+	}
+	c := t.Columns[ref[i+1:]]
+	if c == nil || c.BlindIndex == nil {
+		return nil, nil, false
+	}
+	return t, c, true
+}
+
+// validateBlindKeys checks the key_of references once every index has
+// its defaults: the owner exists, has its own key, and indexes values the
+// same way.
+func (s *Schema) validateBlindKeys() error {
+	for _, tn := range slices.Sorted(maps.Keys(s.Tables)) {
+		t := s.Tables[tn]
+		for _, cn := range slices.Sorted(maps.Keys(t.Columns)) {
+			c := t.Columns[cn]
+			if c == nil || c.BlindIndex == nil || c.BlindIndex.KeyOf == "" {
+				continue
+			}
+			b := c.BlindIndex
+			ot, oc, ok := s.keyOwner(b.KeyOf)
+			switch {
+			case !ok:
+				return s.invalid("table %s, column %s: blind_index key_of %q names no blind-indexed column of the map (write table.column)", tn, cn, b.KeyOf)
+			case ot == t && oc == c:
+				return s.invalid("table %s, column %s: blind_index key_of names the column itself", tn, cn)
+			case oc.BlindIndex.KeyOf != "":
+				return s.invalid("table %s, column %s: blind_index key_of %s, which takes its key from %s: name %s instead", tn, cn, b.KeyOf, oc.BlindIndex.KeyOf, oc.BlindIndex.KeyOf)
+			case oc.BlindIndex.Algorithm != b.Algorithm || oc.BlindIndex.Expression != b.Expression || oc.BlindIndex.Normalize != nil || b.Normalize != nil:
+				return s.invalid("table %s, column %s: blind_index key_of %s needs the same algorithm and expression as %s (and no Go normalizer), or equal values would index differently", tn, cn, b.KeyOf, b.KeyOf)
+			}
+		}
+	}
+	return nil
 }

@@ -49,7 +49,7 @@ func TestBlindIndexSchemaErrors(t *testing.T) {
 	for _, tc := range []struct{ yaml, want string }{
 		{"email: {blind_index: {algorithm: sha1}}", `unknown algorithm "sha1"`},
 		{"email: {blind_index: {expression: upper}}", `unknown expression "upper"`},
-		{"email: {blind_index: {colum: x}}", "unknown field colum in table users, column email, blind_index; valid fields: column, algorithm, expression"},
+		{"email: {blind_index: {colum: x}}", "unknown field colum in table users, column email, blind_index; valid fields: column, algorithm, expression, key_of"},
 		{"email: {blind_index: {column: id}}", "is a primary-key column"},
 		{"email: {blind_index: {column: encrypted_kms_key}}", "is a key column"},
 		{"email: {blind_index: {column: phone}}, phone: {}", "is an encrypted column"},

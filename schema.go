@@ -256,7 +256,7 @@ func ParseSchema(name string, data []byte) (*Schema, error) {
 var (
 	schemaFields  = []string{"key_id", "cache", "blind_index_master_key", "tables"}
 	masterFields  = []string{"wrapped", "key_id"}
-	blindFields   = []string{"column", "algorithm", "expression"}
+	blindFields   = []string{"column", "algorithm", "expression", "key_of"}
 	cacheFields   = []string{"max_age", "max_uses", "max_keys"}
 	tableFields   = []string{"primary_key", "keys", "columns", "migrating"}
 	keyFields     = []string{"column", "key_id", "version", "context", "previous_versions"}
@@ -441,7 +441,7 @@ func (s *Schema) Validate() error {
 			return err
 		}
 	}
-	return nil
+	return s.validateBlindKeys()
 }
 
 // invalid is a validation error that names the map.

@@ -630,3 +630,78 @@ func TestBlindIndexUnderOrAndNot(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestBlindIndexJoin: two columns whose indexes share one key (key_of)
+// can be joined on; others are refused with the fix.
+func TestBlindIndexJoin(t *testing.T) {
+	t.Setenv(blindindex.EnvMasterKey, testMasterKey)
+	e := newEnv(t, `
+CREATE TABLE users (id bigserial PRIMARY KEY, name text, email text, email_bidx text, encrypted_kms_key text);
+CREATE TABLE invites (id bigserial PRIMARY KEY, code text, email text, email_bidx text, encrypted_kms_key text);
+CREATE TABLE leads (id bigserial PRIMARY KEY, email text, email_bidx text, encrypted_kms_key text);`, `
+key_id: insecure-test-key
+tables:
+  users:
+    columns:
+      email: {blind_index: {expression: lower_trim, algorithm: hmac_sha256}}
+  invites:
+    columns:
+      email: {blind_index: {expression: lower_trim, algorithm: hmac_sha256, key_of: users.email}}
+  leads:
+    columns:
+      email: {blind_index: {expression: lower_trim, algorithm: hmac_sha256}}
+`)
+	e.exec("INSERT INTO users (name, email) VALUES ('ada', 'ada@example.org'), ('bob', 'bob@example.org')")
+	e.exec("INSERT INTO invites (code, email) VALUES ('i1', ' ADA@example.org'), ('i2', 'carol@example.org'), ('i3', 'bob@example.org')")
+	e.exec("INSERT INTO leads (email) VALUES ('ada@example.org')")
+	for _, q := range []string{
+		"SELECT u.name || ':' || i.code FROM users u JOIN invites i ON u.email = i.email ORDER BY i.code",
+		"SELECT u.name || ':' || i.code FROM users u, invites i WHERE i.email = u.email ORDER BY i.code",
+	} {
+		wantNames(t, e.names(q), "ada:i1", "bob:i3")
+	}
+	// The index of a lookup on either column is the same value.
+	wantNames(t, e.names("SELECT code FROM invites WHERE email = $1 ORDER BY code", "ada@example.org"), "i1")
+	ctx := context.Background()
+	pool := newPgxPool(t, e)
+	rows, err := pool.Query(ctx, "SELECT i.code, u.email FROM users u JOIN invites i ON u.email = i.email ORDER BY i.code")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type pair struct{ Code, Email string }
+	got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[pair])
+	if err != nil || len(got) != 2 || got[0] != (pair{"i1", "ada@example.org"}) || got[1] != (pair{"i3", "bob@example.org"}) {
+		t.Fatalf("kmspgx join: %+v %v", got, err)
+	}
+	_, err = e.db.Query("SELECT 1 FROM users u JOIN leads l ON u.email = l.email")
+	mustErrIs(t, err, kmspostgres.ErrUnsupported)
+	if err == nil || !strings.Contains(err.Error(), "key_of") {
+		t.Fatalf("refusal without the fix: %v", err)
+	}
+	_, err = e.db.Query("SELECT 1 FROM users u JOIN invites i ON u.email < i.email")
+	mustErrIs(t, err, kmspostgres.ErrUnsupported)
+}
+
+// TestBlindIndexKeyOfValidation: key_of must name another index of the
+// map that has its own key and indexes values the same way.
+func TestBlindIndexKeyOfValidation(t *testing.T) {
+	for _, c := range []struct{ extra, want string }{
+		{"key_of: users.nope", "names no blind-indexed column"},
+		{"key_of: users.email, expression: lower", "same algorithm and expression"},
+		{"key_of: invites.email", "the column itself"},
+	} {
+		_, err := kmspostgres.ParseSchema("m.yaml", []byte(`
+key_id: insecure-test-key
+tables:
+  users:
+    columns:
+      email: {blind_index: {algorithm: hmac_sha256}}
+  invites:
+    columns:
+      email: {blind_index: {algorithm: hmac_sha256, `+c.extra+`}}
+`))
+		if !errors.Is(err, kmspostgres.ErrSchema) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.extra, err, c.want)
+		}
+	}
+}

@@ -13,6 +13,9 @@ import (
 type BlindIndex struct {
 	Column string
 	Bytea  bool // stored as bytea (raw 32 bytes) rather than text (base64)
+	// Key names the index key ("table.column" of its owner): two columns
+	// with one Key index equal values equally, so they can be compared.
+	Key string
 }
 
 // Lookup is a value the driver computes for a blind-index comparison: the
@@ -133,7 +136,7 @@ func (a *analyzer) blindExpr(x *pg.A_Expr, sc *scope) (handled bool, err error) 
 		return refuse(e.table, e.column, reason+"; "+blindCan, "compare it with a parameter or a literal, or filter in the application")
 	}
 	if le != nil && re != nil {
-		return true, refuseHere("comparing two encrypted columns is not supported: their blind indexes use different keys")
+		return true, a.blindJoin(x, le, re, op)
 	}
 	if e.base == "" {
 		return true, refuse(e.table, e.column, "a blind-index comparison must name the table's own column, not one passed through a subquery, CTE or set operation",
@@ -175,6 +178,36 @@ func (a *analyzer) blindExpr(x *pg.A_Expr, sc *scope) (handled bool, err error) 
 		return true, refuseHere("this comparison cannot run on ciphertext")
 	}
 	return true, nil
+}
+
+// blindJoin rewrites a comparison of two blind-indexed columns that share
+// one index key (key_of in the map) to compare their index columns:
+// a.email = b.email → a.email_bidx = b.email_bidx. Other pairs are
+// refused: their index values are unrelated.
+func (a *analyzer) blindJoin(x *pg.A_Expr, le, re *encRef, op string) error {
+	lb, rb := le.table.Blind[le.column], re.table.Blind[re.column]
+	key := func(e *encRef, b BlindIndex) string {
+		if b.Key != "" {
+			return b.Key
+		}
+		return e.table.Name + "." + e.column
+	}
+	switch {
+	case key(le, lb) != key(re, rb):
+		return refuse(le.table, le.column, fmt.Sprintf("comparing it with %s.%s is not supported: their blind indexes use different keys; %s", re.table.Name, re.column, blindCan),
+			fmt.Sprintf("give one index the other's key (blind_index: {key_of: %s.%s} on %s.%s, then run kmspostgres reindex), or join on a plain column", le.table.Name, le.column, re.table.Name, re.column))
+	case lb.Bytea != rb.Bytea:
+		return refuse(le.table, le.column, fmt.Sprintf("its blind-index column and that of %s.%s are stored differently (text and bytea), so they cannot be compared", re.table.Name, re.column),
+			"store both index columns as text, or both as bytea")
+	case x.Kind != pg.A_Expr_Kind_AEXPR_OP || op != "=" && op != "<>":
+		return refuse(le.table, le.column, "two blind-indexed columns compare only with = or <>; "+blindCan, "compare them with = or <>")
+	case le.base == "" || re.base == "":
+		return refuse(le.table, le.column, "a blind-index comparison must name the tables' own columns, not ones passed through a subquery, CTE or set operation",
+			"move the condition into the subquery or CTE that reads the tables")
+	}
+	a.blind.rewrote = true
+	x.Lexpr, x.Rexpr = colRef(le.base, lb.Column), colRef(re.base, rb.Column)
+	return nil
 }
 
 // lookupOperand is the node that replaces an operand: NULL stays NULL,
