@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/kmspostgres/kmspostgres"
+	"github.com/kmspostgres/kmspostgres/blindindex"
 	"github.com/kmspostgres/kmspostgres/kmspgx"
 )
 
@@ -102,6 +103,8 @@ func pgxStrings(db kmspgxDB, query string, args ...any) (string, error) {
 
 // TestStatementsPgx runs the statement suite through kmspgx.
 func TestStatementsPgx(t *testing.T) {
+	// Not parallel: the blind-index master key is an environment variable.
+	t.Run("unique_violation_with_the_rows", pgxUniqueViolation)
 	t.Run("insert_select_update_delete", func(t *testing.T) {
 		t.Parallel()
 		forEachMode(t, func(t *testing.T, e *env) { insertSelectUpdateDelete(t, e, newPgxFront(t, e)) })
@@ -332,4 +335,53 @@ func pgxSchemaChanged(t *testing.T) {
 	if got := f.strings("SELECT * FROM users"); got != "1,a,a@x,NULL,NULL,NULL" {
 		t.Fatalf("after an outside ALTER: %s", got)
 	}
+}
+
+// pgxUniqueViolation: a unique violation on a blind-index column is a
+// *kmspostgres.UniqueError through kmspgx too, whether pgx reports it
+// from Exec or with the rows of an INSERT … RETURNING (with and without
+// an encrypted column to decrypt), and never quotes the value.
+func pgxUniqueViolation(t *testing.T) {
+	t.Setenv(blindindex.EnvMasterKey, testMasterKey)
+	e := newEnv(t, bidxDDL, bidxMap)
+	ctx := context.Background()
+	p := newPgxPool(t, e)
+	if _, err := p.Exec(ctx, "INSERT INTO users (name, email) VALUES ('bob', $1)", "bob@example.com"); err != nil {
+		t.Fatal(err)
+	}
+	var id int64
+	var email string
+	for how, err := range map[string]error{
+		"Exec": func() error {
+			_, err := p.Exec(ctx, "INSERT INTO users (name, email) VALUES ('dup', $1)", "Bob@Example.com")
+			return err
+		}(),
+		"RETURNING id":         p.QueryRow(ctx, "INSERT INTO users (name, email) VALUES ('dup', $1) RETURNING id", "Bob@Example.com").Scan(&id),
+		"RETURNING id, email":  p.QueryRow(ctx, "INSERT INTO users (name, email) VALUES ('dup', $1) RETURNING id, email", "Bob@Example.com").Scan(&id, &email),
+		"RETURNING in a batch": pgxBatchRow(ctx, p, "INSERT INTO users (name, email) VALUES ('dup', $1) RETURNING id", "Bob@Example.com"),
+	} {
+		var ue *kmspostgres.UniqueError
+		var pe *pgconn.PgError
+		if !errors.As(err, &ue) || ue.Table != "users" || ue.Column != "email" || ue.Index != "users_email_bidx" || !errors.As(err, &pe) || pe.Code != "23505" {
+			t.Errorf("%s: duplicate email: %v", how, err)
+		} else if strings.Contains(strings.ToLower(err.Error()), "bob@") {
+			t.Errorf("%s: error quotes the value: %v", how, err)
+		}
+	}
+	if st := p.Stat(); st.AcquiredConns() != 0 {
+		t.Fatalf("%d connections still acquired", st.AcquiredConns())
+	}
+}
+
+// pgxBatchRow runs one query in a batch and scans its one row.
+func pgxBatchRow(ctx context.Context, p *kmspgx.Pool, q string, args ...any) error {
+	b := &pgx.Batch{}
+	b.Queue(q, args...)
+	br := p.SendBatch(ctx, b)
+	var v any
+	err := br.QueryRow().Scan(&v)
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
