@@ -76,10 +76,19 @@ type adv struct {
 	// options) that exec, try, usable, write and query run on instead of
 	// c. c stays open beside it for the few cases that use database/sql
 	// directly (a prepared statement).
-	pc *kmspgx.Conn
+	pc advPgx
 	// urls are the DSNs of the *sql.DBs openWith made, so that use can
 	// open a kmspgx connection on the same DSN.
 	urls map[*sql.DB]string
+}
+
+// advPgx is what the /pgx variant runs statements on: a kmspgx.Conn, or
+// a kmspgx.Pool used one connection at a time (useTwo).
+type advPgx interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
 // pgx reports whether the case runs through the pgx front end.
@@ -236,18 +245,14 @@ func (a *adv) use(db *sql.DB) {
 // the kmspgx connection is opened first: its refusal is the one returned.
 func (a *adv) pin(db *sql.DB, viaPgx bool) error {
 	a.t.Helper()
-	var pc *kmspgx.Conn
+	var pc advPgx
 	if viaPgx {
-		dsn, ok := a.urls[db]
-		if !ok {
-			a.t.Fatal("harness: use of a *sql.DB that openWith did not make")
-		}
-		var err error
-		pc, err = kmspgx.Connect(a.ctx, dsn, append([]kmspostgres.Option{kmspostgres.WithProvider(a.kms), kmspostgres.WithObserver(a.events)}, a.opts...)...)
+		c, err := kmspgx.Connect(a.ctx, a.pgxDSN(db), a.pgxOptions()...)
 		if err != nil {
 			return err
 		}
-		a.t.Cleanup(func() { pc.Close(context.Background()) })
+		a.t.Cleanup(func() { c.Close(context.Background()) })
+		pc = c
 	}
 	c, err := db.Conn(a.ctx)
 	if err != nil {
@@ -259,6 +264,120 @@ func (a *adv) pin(db *sql.DB, viaPgx bool) error {
 	a.t.Cleanup(func() { c.Close() })
 	a.c, a.pc = c, pc
 	return nil
+}
+
+// pgxDSN is the DSN db was opened on.
+func (a *adv) pgxDSN(db *sql.DB) string {
+	a.t.Helper()
+	dsn, ok := a.urls[db]
+	if !ok {
+		a.t.Fatal("harness: a *sql.DB that openWith did not make")
+	}
+	return dsn
+}
+
+// pgxOptions are the options of a kmspgx connection or pool of the case.
+func (a *adv) pgxOptions() []kmspostgres.Option {
+	return append([]kmspostgres.Option{kmspostgres.WithProvider(a.kms), kmspostgres.WithObserver(a.events)}, a.opts...)
+}
+
+// useTwo pins a connection of db for the case, and returns a function
+// that moves the case to a second connection of the same engine (two
+// connections of one *sql.DB; in the /pgx variant, of one kmspgx.Pool:
+// the pool is used one statement at a time, so on its one connection,
+// until the switch holds that one in a transaction and the pool opens a
+// second).
+func (a *adv) useTwo(db *sql.DB) (other func()) {
+	a.t.Helper()
+	if !a.pgx() {
+		c, err := db.Conn(a.ctx)
+		if err != nil {
+			a.t.Fatal(err)
+		}
+		a.t.Cleanup(func() { c.Close() })
+		a.use(db)
+		return func() { a.c = c }
+	}
+	p, err := kmspgx.NewPool(a.ctx, a.pgxDSN(db), a.pgxOptions()...)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	a.t.Cleanup(p.Close)
+	a.pc = p
+	return func() {
+		a.t.Helper()
+		const q = "SELECT pg_backend_pid()"
+		var first, held, second uint32
+		if err := p.QueryRow(a.ctx, q).Scan(&first); err != nil {
+			a.t.Fatal(err)
+		}
+		tx, err := p.Begin(a.ctx)
+		if err != nil {
+			a.t.Fatal(err)
+		}
+		a.t.Cleanup(func() { tx.Rollback(context.Background()) }) // before p.Close
+		if err := tx.QueryRow(a.ctx, q).Scan(&held); err != nil {
+			a.t.Fatal(err)
+		}
+		if err := p.QueryRow(a.ctx, q).Scan(&second); err != nil {
+			a.t.Fatal(err)
+		}
+		if held != first || second == first {
+			a.t.Fatalf("harness: the pool's connections are not the ones meant: first %d, held %d, second %d", first, held, second)
+		}
+	}
+}
+
+// advTx is a transaction on the pinned connection, through the case's
+// front end.
+type advTx struct {
+	a  *adv
+	sq *sql.Tx
+	px pgx.Tx
+}
+
+// begin starts a transaction on the pinned connection.
+func (a *adv) begin() (*advTx, error) {
+	if a.pgx() {
+		tx, err := a.pc.Begin(a.ctx)
+		if err != nil {
+			return nil, err
+		}
+		return &advTx{a: a, px: tx}, nil
+	}
+	tx, err := a.c.BeginTx(a.ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &advTx{a: a, sq: tx}, nil
+}
+
+// Exec runs a statement in the transaction and returns the rows it
+// affected.
+func (t *advTx) Exec(q string, args ...any) (int64, error) {
+	if t.px != nil {
+		tag, err := t.px.Exec(t.a.ctx, q, args...)
+		return tag.RowsAffected(), err
+	}
+	res, err := t.sq.ExecContext(t.a.ctx, q, args...)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+func (t *advTx) Commit() error {
+	if t.px != nil {
+		return t.px.Commit(t.a.ctx)
+	}
+	return t.sq.Commit()
+}
+
+func (t *advTx) Rollback() error {
+	if t.px != nil {
+		return t.px.Rollback(t.a.ctx)
+	}
+	return t.sq.Rollback()
 }
 
 // openWith opens another *sql.DB through kmspostgres on the case's
@@ -1249,22 +1368,7 @@ func TestAdversarialNames(t *testing.T) {
 		{name: "set_local_search_path_in_transaction", ddl: advBilling, yaml: advBillingMap, run: func(a *adv) {
 			s := sec("sp-local")
 			a.writeFn(inv, []string{s}, a.reads(s, "SELECT email FROM {ns}_billing.invoices WHERE id = 1"), "SET LOCAL search_path; INSERT INTO invoices", func() error {
-				if a.pgx() {
-					tx, err := a.pc.Begin(a.ctx)
-					if err != nil {
-						return err
-					}
-					if _, err := tx.Exec(a.ctx, a.x("SET LOCAL search_path = {ns}_billing")); err != nil {
-						tx.Rollback(a.ctx)
-						return err
-					}
-					if _, err := tx.Exec(a.ctx, "INSERT INTO invoices (id, email) VALUES (1, $1)", s); err != nil {
-						tx.Rollback(a.ctx)
-						return err
-					}
-					return tx.Commit(a.ctx)
-				}
-				tx, err := a.c.BeginTx(a.ctx, nil)
+				tx, err := a.begin()
 				if err != nil {
 					return err
 				}
