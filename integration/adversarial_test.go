@@ -55,6 +55,7 @@ type advCase struct {
 	// migration. It runs twice: with the catalog checked before every
 	// statement (kmspostgres.WithCatalogCheckInterval(0)), and with the
 	// default interval, the migration then given that long to be seen.
+	// (Its /pgx variant checks before every statement.)
 	sameText bool
 }
 
@@ -73,9 +74,10 @@ type adv struct {
 	// passes them on.
 	opts []kmspostgres.Option
 	// pc, in the /pgx variant, is the kmspgx connection (same DSN, same
-	// options) that exec, try, usable, write and query run on instead of
-	// c. c stays open beside it for the few cases that use database/sql
-	// directly (a prepared statement).
+	// options) that exec, try, usable, write, query and begin run on
+	// instead of c. c stays open beside it for the few cases that use
+	// database/sql directly (a prepared statement: kmspgx refuses
+	// preparing by name).
 	pc advPgx
 	// urls are the DSNs of the *sql.DBs openWith made, so that use can
 	// open a kmspgx connection on the same DSN.
