@@ -189,9 +189,31 @@ func (s pgxSession) Query(ctx context.Context, sql string, args []any) (pgx.Rows
 		return nil, c.staleCheck(err)
 	}
 	if p.Out == nil && finish == nil {
-		return pr, nil
+		return &staleRows{Rows: pr, c: c}, nil
 	}
 	return newPgxRows(ctx, c, p, pr, nargs, finish)
+}
+
+// staleRows are pgx's rows of a rewritten statement the engine does not
+// decrypt. pgx reports a statement's error with its rows, not from Query
+// (database/sql's driver reads the first row in QueryContext, so there
+// it comes from Query): the error goes through staleCheck here, once, so
+// that a stale plan is dropped and a unique violation is named as it is
+// through database/sql.
+type staleRows struct {
+	pgx.Rows
+	c       *Conn
+	err     error
+	checked bool
+}
+
+func (r *staleRows) Err() error {
+	if !r.checked {
+		if err := r.Rows.Err(); err != nil {
+			r.err, r.checked = r.c.staleCheck(err), true
+		}
+	}
+	return r.err
 }
 
 // pgxSource reads a pgx result as driver rows for the engine's decryption:

@@ -77,8 +77,17 @@ func (r *pgxRows) Close() {
 		return
 	}
 	r.closed = true
-	if err := r.r.Close(); err != nil && r.err == nil {
-		r.err = err
+	if err := r.r.Close(); err != nil {
+		r.setErr(err)
+	}
+}
+
+// setErr keeps the first error. pgx reports a statement's error with its
+// rows, not from Query, so it goes through staleCheck here, as Query's
+// does.
+func (r *pgxRows) setErr(err error) {
+	if r.err == nil {
+		r.err = r.r.c.staleCheck(err)
 	}
 }
 
@@ -90,9 +99,7 @@ func (r *pgxRows) Conn() *pgx.Conn                              { return r.conn 
 func (r *pgxRows) TypeMap() *pgtype.Map                         { return r.m }
 
 func (r *pgxRows) fatal(err error) {
-	if r.err == nil {
-		r.err = err
-	}
+	r.setErr(err)
 	r.Close()
 }
 

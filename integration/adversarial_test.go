@@ -17,6 +17,10 @@ package integration
 //     where the right answer is known, exactly the right answer;
 //   - a statement aimed at one row never changes another row's stored bytes;
 //   - after a failed statement the same connection still answers a query.
+//
+// Every case also runs as <case>/pgx through the pgx front end (a
+// kmspgx.Conn on the same DSN and options), where the same properties
+// hold.
 
 import (
 	"context"
@@ -32,8 +36,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/kmspostgres/kmspostgres"
+	"github.com/kmspostgres/kmspostgres/kmspgx"
 )
 
 // advCase is one adversarial case: its own namespace with ddl and a schema
@@ -48,6 +55,7 @@ type advCase struct {
 	// migration. It runs twice: with the catalog checked before every
 	// statement (kmspostgres.WithCatalogCheckInterval(0)), and with the
 	// default interval, the migration then given that long to be seen.
+	// (Its /pgx variant checks before every statement.)
 	sameText bool
 }
 
@@ -65,7 +73,28 @@ type adv struct {
 	// opts are the connector options of the case's variant; openWith
 	// passes them on.
 	opts []kmspostgres.Option
+	// pc, in the /pgx variant, is the kmspgx connection (same DSN, same
+	// options) that exec, try, usable, write, query and begin run on
+	// instead of c. c stays open beside it for the few cases that use
+	// database/sql directly (a prepared statement: kmspgx refuses
+	// preparing by name).
+	pc advPgx
+	// urls are the DSNs of the *sql.DBs openWith made, so that use can
+	// open a kmspgx connection on the same DSN.
+	urls map[*sql.DB]string
 }
+
+// advPgx is what the /pgx variant runs statements on: a kmspgx.Conn, or
+// a kmspgx.Pool used one connection at a time (useTwo).
+type advPgx interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+// pgx reports whether the case runs through the pgx front end.
+func (a *adv) pgx() bool { return a.pc != nil }
 
 const advPlaceholderDDL = `CREATE TABLE adv_placeholder (id bigint PRIMARY KEY, v text, encrypted_kms_key text);`
 
@@ -129,24 +158,54 @@ func runAdversarial(t *testing.T, cases []advCase) {
 		if !c.sameText {
 			t.Run(c.name, func(t *testing.T) {
 				t.Parallel()
-				c.run(newAdv(t, c.ddl, yaml, nil, c.extra...))
+				c.run(newAdv(t, c.ddl, yaml, nil, false, c.extra...))
 			})
-			continue
+		} else {
+			t.Run(c.name+"/check_every_statement", func(t *testing.T) {
+				t.Parallel()
+				c.run(newAdv(t, c.ddl, yaml, []kmspostgres.Option{kmspostgres.WithCatalogCheckInterval(0)}, false, c.extra...))
+			})
+			t.Run(c.name+"/default_interval", func(t *testing.T) {
+				t.Parallel()
+				a := newAdv(t, c.ddl, yaml, nil, false, c.extra...)
+				a.settle = kmspostgres.DefaultCatalogCheckInterval + 100*time.Millisecond
+				c.run(a)
+			})
 		}
-		t.Run(c.name+"/check_every_statement", func(t *testing.T) {
+		// Every case runs through the pgx front end too (kmspgx), with
+		// the catalog checked before every statement for the sameText ones.
+		t.Run(c.name+"/pgx", func(t *testing.T) {
 			t.Parallel()
-			c.run(newAdv(t, c.ddl, yaml, []kmspostgres.Option{kmspostgres.WithCatalogCheckInterval(0)}, c.extra...))
-		})
-		t.Run(c.name+"/default_interval", func(t *testing.T) {
-			t.Parallel()
-			a := newAdv(t, c.ddl, yaml, nil, c.extra...)
-			a.settle = kmspostgres.DefaultCatalogCheckInterval + 100*time.Millisecond
-			c.run(a)
+			pgxKnownGap(t)
+			var opts []kmspostgres.Option
+			if c.sameText {
+				opts = []kmspostgres.Option{kmspostgres.WithCatalogCheckInterval(0)}
+			}
+			c.run(newAdv(t, c.ddl, yaml, opts, true, c.extra...))
 		})
 	}
 }
 
-func newAdv(t *testing.T, ddl, yaml string, opts []kmspostgres.Option, extra ...string) *adv {
+// pgxKnownGaps are the /pgx variants (full test names) that fail where
+// the database/sql variant passes, for a reason not fixed yet. Outside
+// CI they are skipped with their reason; under CI=true they run (and
+// fail), so that CI never passes over one in silence.
+var pgxKnownGaps = map[string]string{}
+
+func pgxKnownGap(t *testing.T) {
+	t.Helper()
+	reason, ok := pgxKnownGaps[t.Name()]
+	if !ok {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Logf("pgxKnownGaps: %s (running: CI=true skips nothing)", reason)
+		return
+	}
+	t.Skipf("pgxKnownGaps: %s", reason)
+}
+
+func newAdv(t *testing.T, ddl, yaml string, opts []kmspostgres.Option, viaPgx bool, extra ...string) *adv {
 	t.Helper()
 	e := newEnv(t, advPlaceholderDDL, advPlaceholderMap, extra...)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -168,20 +227,159 @@ func newAdv(t *testing.T, ddl, yaml string, opts []kmspostgres.Option, extra ...
 	}
 	e.db.Close()
 	e.db = e.open(opts...)
-	a := &adv{env: e, t: t, ctx: ctx, opts: opts}
-	a.use(e.db)
+	a := &adv{env: e, t: t, ctx: ctx, opts: opts, urls: map[*sql.DB]string{e.db: e.dsn()}}
+	if err := a.pin(e.db, viaPgx); err != nil {
+		t.Fatal(err)
+	}
 	return a
 }
 
-// use pins a new connection of db for the rest of the case.
+// use pins a new connection of db for the rest of the case (in the /pgx
+// variant, a kmspgx connection on db's DSN as well).
 func (a *adv) use(db *sql.DB) {
 	a.t.Helper()
+	if err := a.pin(db, a.pgx()); err != nil {
+		a.t.Fatal(err)
+	}
+}
+
+// pin is use that returns a refused connection's error. Through kmspgx,
+// the kmspgx connection is opened first: its refusal is the one returned.
+func (a *adv) pin(db *sql.DB, viaPgx bool) error {
+	a.t.Helper()
+	var pc advPgx
+	if viaPgx {
+		c, err := kmspgx.Connect(a.ctx, a.pgxDSN(db), a.pgxOptions()...)
+		if err != nil {
+			return err
+		}
+		a.t.Cleanup(func() { c.Close(context.Background()) })
+		pc = c
+	}
 	c, err := db.Conn(a.ctx)
+	if err != nil {
+		if pc != nil {
+			a.t.Fatalf("database/sql refused the connection kmspgx accepted: %v", err)
+		}
+		return err
+	}
+	a.t.Cleanup(func() { c.Close() })
+	a.c, a.pc = c, pc
+	return nil
+}
+
+// pgxDSN is the DSN db was opened on.
+func (a *adv) pgxDSN(db *sql.DB) string {
+	a.t.Helper()
+	dsn, ok := a.urls[db]
+	if !ok {
+		a.t.Fatal("harness: a *sql.DB that openWith did not make")
+	}
+	return dsn
+}
+
+// pgxOptions are the options of a kmspgx connection or pool of the case.
+func (a *adv) pgxOptions() []kmspostgres.Option {
+	return append([]kmspostgres.Option{kmspostgres.WithProvider(a.kms), kmspostgres.WithObserver(a.events)}, a.opts...)
+}
+
+// useTwo pins a connection of db for the case, and returns a function
+// that moves the case to a second connection of the same engine (two
+// connections of one *sql.DB; in the /pgx variant, of one kmspgx.Pool:
+// the pool is used one statement at a time, so on its one connection,
+// until the switch holds that one in a transaction and the pool opens a
+// second).
+func (a *adv) useTwo(db *sql.DB) (other func()) {
+	a.t.Helper()
+	if !a.pgx() {
+		c, err := db.Conn(a.ctx)
+		if err != nil {
+			a.t.Fatal(err)
+		}
+		a.t.Cleanup(func() { c.Close() })
+		a.use(db)
+		return func() { a.c = c }
+	}
+	p, err := kmspgx.NewPool(a.ctx, a.pgxDSN(db), a.pgxOptions()...)
 	if err != nil {
 		a.t.Fatal(err)
 	}
-	a.t.Cleanup(func() { c.Close() })
-	a.c = c
+	a.t.Cleanup(p.Close)
+	a.pc = p
+	return func() {
+		a.t.Helper()
+		const q = "SELECT pg_backend_pid()"
+		var first, held, second uint32
+		if err := p.QueryRow(a.ctx, q).Scan(&first); err != nil {
+			a.t.Fatal(err)
+		}
+		tx, err := p.Begin(a.ctx)
+		if err != nil {
+			a.t.Fatal(err)
+		}
+		a.t.Cleanup(func() { tx.Rollback(context.Background()) }) // before p.Close
+		if err := tx.QueryRow(a.ctx, q).Scan(&held); err != nil {
+			a.t.Fatal(err)
+		}
+		if err := p.QueryRow(a.ctx, q).Scan(&second); err != nil {
+			a.t.Fatal(err)
+		}
+		if held != first || second == first {
+			a.t.Fatalf("harness: the pool's connections are not the ones meant: first %d, held %d, second %d", first, held, second)
+		}
+	}
+}
+
+// advTx is a transaction on the pinned connection, through the case's
+// front end.
+type advTx struct {
+	a  *adv
+	sq *sql.Tx
+	px pgx.Tx
+}
+
+// begin starts a transaction on the pinned connection.
+func (a *adv) begin() (*advTx, error) {
+	if a.pgx() {
+		tx, err := a.pc.Begin(a.ctx)
+		if err != nil {
+			return nil, err
+		}
+		return &advTx{a: a, px: tx}, nil
+	}
+	tx, err := a.c.BeginTx(a.ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &advTx{a: a, sq: tx}, nil
+}
+
+// Exec runs a statement in the transaction and returns the rows it
+// affected.
+func (t *advTx) Exec(q string, args ...any) (int64, error) {
+	if t.px != nil {
+		tag, err := t.px.Exec(t.a.ctx, q, args...)
+		return tag.RowsAffected(), err
+	}
+	res, err := t.sq.ExecContext(t.a.ctx, q, args...)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+func (t *advTx) Commit() error {
+	if t.px != nil {
+		return t.px.Commit(t.a.ctx)
+	}
+	return t.sq.Commit()
+}
+
+func (t *advTx) Rollback() error {
+	if t.px != nil {
+		return t.px.Rollback(t.a.ctx)
+	}
+	return t.sq.Rollback()
 }
 
 // openWith opens another *sql.DB through kmspostgres on the case's
@@ -204,7 +402,19 @@ func (a *adv) openWith(kv ...string) *sql.DB {
 	}
 	db := sql.OpenDB(c)
 	a.t.Cleanup(func() { db.Close() })
+	a.urls[db] = u.String()
 	return db
+}
+
+// execOn runs a statement on the pinned connection of the case's front
+// end.
+func (a *adv) execOn(q string, args ...any) error {
+	if a.pgx() {
+		_, err := a.pc.Exec(a.ctx, q, args...)
+		return err
+	}
+	_, err := a.c.ExecContext(a.ctx, q, args...)
+	return err
 }
 
 // x replaces {ns} and {db} in a SQL text.
@@ -219,7 +429,7 @@ func (a *adv) x(s string) string {
 // exec runs a setup statement through the driver; it must succeed.
 func (a *adv) exec(q string, args ...any) {
 	a.t.Helper()
-	if _, err := a.c.ExecContext(a.ctx, a.x(q), args...); err != nil {
+	if err := a.execOn(a.x(q), args...); err != nil {
 		a.t.Fatalf("setup %s: %v", q, err)
 	}
 }
@@ -229,7 +439,7 @@ func (a *adv) exec(q string, args ...any) {
 // refuses); it logs a failure and checks the connection stays usable.
 func (a *adv) try(q string, args ...any) error {
 	a.t.Helper()
-	_, err := a.c.ExecContext(a.ctx, a.x(q), args...)
+	err := a.execOn(a.x(q), args...)
 	if err != nil {
 		a.t.Logf("refused: %s: %v", short(q), err)
 		a.usable()
@@ -300,7 +510,13 @@ func (a *adv) noPlaintext(tables []string, secrets []string) {
 func (a *adv) usable() {
 	a.t.Helper()
 	var n int
-	if err := a.c.QueryRowContext(a.ctx, "SELECT 1").Scan(&n); err != nil || n != 1 {
+	var err error
+	if a.pgx() {
+		err = a.pc.QueryRow(a.ctx, "SELECT 1").Scan(&n)
+	} else {
+		err = a.c.QueryRowContext(a.ctx, "SELECT 1").Scan(&n)
+	}
+	if err != nil || n != 1 {
 		a.t.Errorf("the connection is not usable after a failed statement: %v", err)
 	}
 }
@@ -312,8 +528,7 @@ func (a *adv) usable() {
 func (a *adv) write(tables, secrets []string, readback func(), q string, args ...any) error {
 	a.t.Helper()
 	return a.writeFn(tables, secrets, readback, q, func() error {
-		_, err := a.c.ExecContext(a.ctx, a.x(q), args...)
-		return err
+		return a.execOn(a.x(q), args...)
 	})
 }
 
@@ -341,6 +556,9 @@ func (a *adv) writeFn(tables, secrets []string, readback func(), what string, ru
 // the query fails later.
 func (a *adv) query(q string, args ...any) ([][]string, error) {
 	a.t.Helper()
+	if a.pgx() {
+		return a.queryPgx(q, args...)
+	}
 	rows, err := a.c.QueryContext(a.ctx, a.x(q), args...)
 	if err != nil {
 		return nil, err
@@ -370,6 +588,51 @@ func (a *adv) query(q string, args ...any) ([][]string, error) {
 		out = append(out, r)
 	}
 	return out, rows.Err()
+}
+
+// queryPgx is query through kmspgx. Each value is rendered as
+// database/sql would give it (the column type's DecodeDatabaseSQLValue);
+// the decoded value and the raw bytes are both checked for cells and
+// wrapped keys.
+func (a *adv) queryPgx(q string, args ...any) ([][]string, error) {
+	a.t.Helper()
+	rows, err := a.pc.Query(a.ctx, a.x(q), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out [][]string
+	for rows.Next() {
+		fds, m := rows.FieldDescriptions(), rows.TypeMap()
+		raw := rows.RawValues()
+		r := make([]string, len(fds))
+		for i, fd := range fds {
+			v, err := sqlValue(m, fd, raw[i])
+			if err != nil {
+				return out, fmt.Errorf("column %s: %w", fd.Name, err)
+			}
+			r[i] = render(v)
+			if leaky(v) || leaky(raw[i]) {
+				a.t.Errorf("%s: column %s returned a cell or wrapped key: %.120s", short(q), fd.Name, r[i])
+			}
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// sqlValue decodes a pgx wire value as pgx's database/sql driver would.
+func sqlValue(m *pgtype.Map, fd pgconn.FieldDescription, raw []byte) (any, error) {
+	if raw == nil {
+		return nil, nil
+	}
+	if dt, ok := m.TypeForOID(fd.DataTypeOID); ok {
+		return dt.Codec.DecodeDatabaseSQLValue(m, fd.DataTypeOID, fd.Format, raw)
+	}
+	if fd.Format == pgx.TextFormatCode {
+		return string(raw), nil
+	}
+	return slices.Clone(raw), nil
 }
 
 func render(v any) string {
@@ -1107,7 +1370,7 @@ func TestAdversarialNames(t *testing.T) {
 		{name: "set_local_search_path_in_transaction", ddl: advBilling, yaml: advBillingMap, run: func(a *adv) {
 			s := sec("sp-local")
 			a.writeFn(inv, []string{s}, a.reads(s, "SELECT email FROM {ns}_billing.invoices WHERE id = 1"), "SET LOCAL search_path; INSERT INTO invoices", func() error {
-				tx, err := a.c.BeginTx(a.ctx, nil)
+				tx, err := a.begin()
 				if err != nil {
 					return err
 				}
@@ -1211,6 +1474,9 @@ func TestAdversarialStaleCatalog(t *testing.T) {
 			a.readSafe([]int{2}, []string{sec("sas")}, "SELECT * FROM users")
 		}},
 		{name: "prepared_statement_across_migration", sameText: true, ddl: advUsersNoOrg, run: func(a *adv) {
+			// database/sql in the /pgx variant too: kmspgx refuses
+			// preparing by name, and runs the same text again as
+			// drop_column_then_same_positional_insert_text does.
 			st, err := a.c.PrepareContext(a.ctx, "INSERT INTO users VALUES ($1, $2)")
 			if err != nil {
 				a.t.Logf("refused: prepare: %v", err)
@@ -1356,13 +1622,10 @@ func TestAdversarialParse(t *testing.T) {
 		{name: "standard_conforming_strings_off_in_dsn", ddl: advUsers, run: func(a *adv) {
 			s := sec("scs-dsn")
 			// Refusing such connections outright is a fine outcome.
-			c, err := a.openWith("options", "-cstandard_conforming_strings=off").Conn(a.ctx)
-			if err != nil {
+			if err := a.pin(a.openWith("options", "-cstandard_conforming_strings=off"), a.pgx()); err != nil {
 				a.t.Logf("refused: connecting with standard_conforming_strings=off: %v", err)
 				return
 			}
-			a.t.Cleanup(func() { c.Close() })
-			a.c = c
 			if a.try("INSERT INTO users (id, org_id, name, email) VALUES (1, 10, 'a', $1)", seed) == nil {
 				a.noPlaintext(users, []string{seed})
 			}

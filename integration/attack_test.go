@@ -78,7 +78,7 @@ func TestAttackSearchPath(t *testing.T) {
 		{name: "set_rolled_back_then_cached_insert", ddl: ddl, yaml: advBillingMap, run: func(a *adv) {
 			// SET inside a transaction that rolls back: the server's path
 			// reverts to {ns}, the driver keeps believing {ns}_billing.
-			tx, err := a.c.BeginTx(a.ctx, nil)
+			tx, err := a.begin()
 			if err != nil {
 				a.t.Fatal(err)
 			}
@@ -96,7 +96,7 @@ func TestAttackSearchPath(t *testing.T) {
 		{name: "set_rolled_back_then_cached_select", ddl: ddl, yaml: advBillingMap, run: func(a *adv) {
 			a.rawExec("INSERT INTO invoices (id, email) VALUES (1, 'plain@example.com')")
 			a.exec("INSERT INTO {ns}_billing.invoices (id, email) VALUES (1, $1)", sec("rb-sel"))
-			tx, err := a.c.BeginTx(a.ctx, nil)
+			tx, err := a.begin()
 			if err != nil {
 				a.t.Fatal(err)
 			}
@@ -109,7 +109,7 @@ func TestAttackSearchPath(t *testing.T) {
 			a.readSafe([]int{0}, []string{sec("rb-sel")}, "SELECT email FROM invoices WHERE id = 1")
 		}},
 		{name: "rollback_to_savepoint_then_cached_insert", ddl: ddl, yaml: advBillingMap, run: func(a *adv) {
-			tx, err := a.c.BeginTx(a.ctx, nil)
+			tx, err := a.begin()
 			if err != nil {
 				a.t.Fatal(err)
 			}
@@ -160,32 +160,20 @@ func TestAttackSearchPath(t *testing.T) {
 		{name: "temp_table_on_one_connection_plan_reused_by_another", ddl: advBilling, yaml: advBillingMap, run: func(a *adv) {
 			// Both connections have the same search_path text; only the
 			// first has a temporary invoices, which shadows the mapped one.
-			db := a.openWith("search_path", a.ns+"_billing")
-			other, err := db.Conn(a.ctx)
-			if err != nil {
-				a.t.Fatal(err)
-			}
-			defer other.Close()
-			a.use(db)
+			other := a.useTwo(a.openWith("search_path", a.ns+"_billing"))
 			a.try("CREATE TEMP TABLE invoices (id bigint PRIMARY KEY, email text, encrypted_kms_key text)")
 			a.exec(ins, 1, "plain-temp@example.com") // the temporary table
-			a.c = other
+			other()
 			s := sec("temp-shared")
 			a.write(inv, []string{s}, a.reads(s, "SELECT email FROM {ns}_billing.invoices WHERE id = 2"), ins, 2, s)
 		}},
 		{name: "temp_table_on_one_connection_select_reused_by_another", ddl: advBilling, yaml: advBillingMap, run: func(a *adv) {
-			db := a.openWith("search_path", a.ns+"_billing")
-			other, err := db.Conn(a.ctx)
-			if err != nil {
-				a.t.Fatal(err)
-			}
-			defer other.Close()
-			a.use(db)
+			other := a.useTwo(a.openWith("search_path", a.ns+"_billing"))
 			a.exec("INSERT INTO {ns}_billing.invoices (id, email) VALUES (1, $1)", sec("temp-sel"))
 			a.try("CREATE TEMP TABLE invoices (id bigint PRIMARY KEY, email text, encrypted_kms_key text)")
 			a.try("INSERT INTO invoices (id, email) VALUES (1, 'plain-temp@example.com')")
 			a.readExact("plain-temp@example.com", "SELECT email FROM invoices WHERE id = 1")
-			a.c = other
+			other()
 			a.readSafe([]int{0}, []string{sec("temp-sel")}, "SELECT email FROM invoices WHERE id = 1")
 		}},
 		{name: "set_role_changes_dollar_user_schema", ddl: `
@@ -580,7 +568,7 @@ func TestAttackWrites(t *testing.T) {
 		}},
 		{name: "savepoint_around_refusal", ddl: advUsers, run: func(a *adv) {
 			a.seedUsers(1, 10, "a", sec("sp-seed"))
-			tx, err := a.c.BeginTx(a.ctx, nil)
+			tx, err := a.begin()
 			if err != nil {
 				a.t.Fatal(err)
 			}
