@@ -557,90 +557,53 @@ func (r *rows) verify(w *windowKeys) error {
 	if r.checks == nil {
 		return fmt.Errorf("kmspostgres: internal: blind-index checks without operands; refusing the result")
 	}
-	for ri, row := range r.buf {
+	for ri := range r.buf {
 		for ci, ch := range r.out.Checks {
-			si := ch.Source
-			ti := w.infos[si]
-			pk := w.pks[ri][si]
-			bad := cellError(ti, ch.Column, pk, ErrBlindIndexMismatch)
-			id := w.ids[ri][si]
-			if ch.Cond {
-				if err := r.verifyCond(w, ri, ci, ch, bad); err != nil {
-					return err
-				}
-				continue
-			}
-			if row[ch.At] == nil || id == (rowKeyID{}) {
-				return bad // NULL matches no equality
-			}
-			ck := r.keys[id]
-			if ck == nil {
-				return cellError(ti, ch.Column, pk, w.pending[id].err)
-			}
-			v, err := openCell(ti, ch.Column, envelope.CellAAD(ti.table.Name, ch.Column), ck, row[ch.At])
-			if err != nil {
-				return cellError(ti, ch.Column, pk, err)
-			}
-			ix, err := r.c.connector.index(ti.table, ch.Column)
-			if err != nil {
+			if err := r.verifyCheck(w, ri, ci, ch); err != nil {
 				return err
 			}
-			s, _ := v.(string)
-			if !slices.Contains(r.checks[ci], ix.Normalize(s)) {
-				return bad
-			}
-			row[ch.At] = nil // no plaintext kept beyond the check
 		}
 	}
 	return nil
 }
 
-// verifyCond checks a comparison under OR or NOT: the server's value of
-// it (true, false or NULL) must be the value PostgreSQL computes on the
-// decrypted cell. A row whose index value was copied from another row
-// fails, whichever way the WHERE clause uses the comparison.
-func (r *rows) verifyCond(w *windowKeys, ri, ci int, ch rewrite.Check, bad error) error {
+// verifyCheck checks one check of one row. A top-level equality must
+// hold on the decrypted value (NULL matches no equality). A comparison
+// under OR or NOT (Cond) must have, on the server, the value PostgreSQL
+// computes on the decrypted value: true, false or NULL. Either way a row
+// whose index value was copied from another row fails.
+func (r *rows) verifyCheck(w *windowKeys, ri, ci int, ch rewrite.Check) error {
 	row := r.buf[ri]
-	si := ch.Source
-	ti := w.infos[si]
-	pk := w.pks[ri][si]
-	server, ok := row[ch.CondAt].(bool)
-	serverNull := row[ch.CondAt] == nil
-	if !ok && !serverNull {
-		return fmt.Errorf("kmspostgres: internal: a blind-index condition read as %T; refusing the result", row[ch.CondAt])
-	}
-	row[ch.CondAt] = nil
-	id := w.ids[ri][si]
-	if row[ch.At] == nil || id == (rowKeyID{}) {
-		if !serverNull {
-			return bad // a NULL value compares as NULL
+	ti := w.infos[ch.Source]
+	bad := cellError(ti, ch.Column, w.pks[ri][ch.Source], ErrBlindIndexMismatch)
+	var server, serverNull bool
+	if ch.Cond {
+		var ok bool
+		server, ok = row[ch.CondAt].(bool)
+		serverNull = row[ch.CondAt] == nil
+		if !ok && !serverNull {
+			return fmt.Errorf("kmspostgres: internal: a blind-index condition read as %T; refusing the result", row[ch.CondAt])
 		}
-		row[ch.At] = nil
-		return nil
+		row[ch.CondAt] = nil
 	}
-	ck := r.keys[id]
-	if ck == nil {
-		return cellError(ti, ch.Column, pk, w.pending[id].err)
-	}
-	v, err := openCell(ti, ch.Column, envelope.CellAAD(ti.table.Name, ch.Column), ck, row[ch.At])
-	if err != nil {
-		return cellError(ti, ch.Column, pk, err)
-	}
+	in, null, err := r.checkMember(w, ri, ci, ch)
 	row[ch.At] = nil // no plaintext kept beyond the check
-	ix, err := r.c.connector.index(ti.table, ch.Column)
-	if err != nil {
-		return err
-	}
-	s, _ := v.(string)
-	in := slices.Contains(r.checks[ci], ix.Normalize(s))
-	// As PostgreSQL: a match decides; otherwise a NULL operand makes the
-	// comparison NULL.
 	switch {
-	case in:
+	case err != nil:
+		return err
+	case !ch.Cond:
+		if !in {
+			return bad
+		}
+	case null: // a NULL value compares as NULL
+		if !serverNull {
+			return bad
+		}
+	case in: // as PostgreSQL: a match decides…
 		if serverNull || server == ch.Negated {
 			return bad
 		}
-	case r.checkNulls[ci]:
+	case r.checkNulls[ci]: // …otherwise a NULL operand makes it NULL
 		if !serverNull {
 			return bad
 		}
@@ -650,6 +613,33 @@ func (r *rows) verifyCond(w *windowKeys, ri, ci int, ch rewrite.Check, bad error
 		}
 	}
 	return nil
+}
+
+// checkMember decrypts a check's cell and reports whether its normalized
+// value is among the check's operands, or that it is NULL.
+func (r *rows) checkMember(w *windowKeys, ri, ci int, ch rewrite.Check) (in, null bool, err error) {
+	row := r.buf[ri]
+	si := ch.Source
+	ti := w.infos[si]
+	pk := w.pks[ri][si]
+	id := w.ids[ri][si]
+	if row[ch.At] == nil || id == (rowKeyID{}) {
+		return false, true, nil
+	}
+	ck := r.keys[id]
+	if ck == nil {
+		return false, false, cellError(ti, ch.Column, pk, w.pending[id].err)
+	}
+	v, err := openCell(ti, ch.Column, envelope.CellAAD(ti.table.Name, ch.Column), ck, row[ch.At])
+	if err != nil {
+		return false, false, cellError(ti, ch.Column, pk, err)
+	}
+	ix, err := r.c.connector.index(ti.table, ch.Column)
+	if err != nil {
+		return false, false, err
+	}
+	s, _ := v.(string)
+	return slices.Contains(r.checks[ci], ix.Normalize(s)), false, nil
 }
 
 // parseTextArray parses a one-dimensional array in PostgreSQL's text
