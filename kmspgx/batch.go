@@ -113,7 +113,7 @@ func (br *batchResults) Exec() (pgconn.CommandTag, error) {
 	if err != nil {
 		return pgconn.CommandTag{}, err
 	}
-	tag, err := br.s.exec(br.ctx, qq.SQL, qq.Arguments)
+	tag, err := br.s.Exec(br.ctx, qq.SQL, qq.Arguments...)
 	if err != nil {
 		return tag, br.fail(err)
 	}
@@ -127,7 +127,7 @@ func (br *batchResults) Query() (pgx.Rows, error) {
 	if err != nil {
 		return errRows{err}, err
 	}
-	rows, err := br.s.query(br.ctx, qq.SQL, qq.Arguments)
+	rows, err := br.s.Query(br.ctx, qq.SQL, qq.Arguments...)
 	if err != nil {
 		return rows, br.fail(err)
 	}

@@ -17,11 +17,14 @@ type session struct {
 	pc *pgx.Conn
 }
 
-func (s session) exec(ctx context.Context, sql string, args []any) (pgconn.CommandTag, error) {
+// Exec runs a statement, as pgx's Exec does.
+func (s session) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
 	return s.s.Exec(ctx, sql, args)
 }
 
-func (s session) query(ctx context.Context, sql string, args []any) (pgx.Rows, error) {
+// Query runs a query, as pgx's Query does; encrypted columns read as
+// plaintext. The rows must be closed before the connection is used again.
+func (s session) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
 	rows, err := s.s.Query(ctx, sql, args)
 	if err != nil {
 		return errRows{err}, err
@@ -29,9 +32,29 @@ func (s session) query(ctx context.Context, sql string, args []any) (pgx.Rows, e
 	return rows, nil
 }
 
-func (s session) copyFrom(ctx context.Context, table pgx.Identifier, cols []string, src pgx.CopyFromSource) (int64, error) {
-	return s.s.CopyFrom(ctx, table, cols, src)
+// QueryRow runs a query that returns at most one row, as pgx's QueryRow
+// does (pgx.ErrNoRows when there is none).
+func (s session) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	rows, err := s.Query(ctx, sql, args...)
+	return &row{rows: rows, err: err}
 }
+
+// CopyFrom copies rows into a table, as pgx's CopyFrom does: into an
+// encrypted table, every row gets its own data key and sealed cells
+// (see the README, "pgx and pgxpool").
+func (s session) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {
+	return s.s.CopyFrom(ctx, table, columns, src)
+}
+
+// SendBatch runs a batch: every queued statement is planned, rewritten and
+// decrypted as if sent alone. See Pool.SendBatch.
+func (s session) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	return sendBatch(ctx, s, b, nil)
+}
+
+// Conn returns the underlying pgx connection. Statements run on it
+// directly bypass encryption: keep it for administration.
+func (s session) Conn() *pgx.Conn { return s.pc }
 
 // Conn is one connection, as *pgx.Conn, whose statements run through the
 // engine. It is not safe for concurrent use.
@@ -68,10 +91,6 @@ func connect(ctx context.Context, cfg *pgx.ConnConfig, schemaPath string, opts [
 	return &Conn{session{s: s, pc: pc}}, nil
 }
 
-// Conn returns the underlying pgx connection. Statements run on it
-// directly bypass encryption: keep it for administration.
-func (c *Conn) Conn() *pgx.Conn { return c.pc }
-
 // Close closes the connection.
 func (c *Conn) Close(ctx context.Context) error { return c.pc.Close(ctx) }
 
@@ -80,37 +99,6 @@ func (c *Conn) Ping(ctx context.Context) error { return c.pc.Ping(ctx) }
 
 // IsClosed reports whether the connection is closed.
 func (c *Conn) IsClosed() bool { return c.pc.IsClosed() }
-
-// Exec runs a statement, as pgx.Conn.Exec does.
-func (c *Conn) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	return c.exec(ctx, sql, args)
-}
-
-// Query runs a query, as pgx.Conn.Query does; encrypted columns read as
-// plaintext. The rows must be closed before the connection is used again.
-func (c *Conn) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	return c.query(ctx, sql, args)
-}
-
-// QueryRow runs a query that returns at most one row, as
-// pgx.Conn.QueryRow does (pgx.ErrNoRows when there is none).
-func (c *Conn) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	rows, err := c.query(ctx, sql, args)
-	return &row{rows: rows, err: err}
-}
-
-// CopyFrom copies rows into a table, as pgx.Conn.CopyFrom does: into an
-// encrypted table, every row gets its own data key and sealed cells
-// (see the README, "pgx and pgxpool").
-func (c *Conn) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {
-	return c.copyFrom(ctx, table, columns, src)
-}
-
-// SendBatch runs a batch: every queued statement is planned, rewritten and
-// decrypted as if sent alone. See Pool.SendBatch.
-func (c *Conn) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	return sendBatch(ctx, c.session, b, nil)
-}
 
 // Begin starts a transaction.
 func (c *Conn) Begin(ctx context.Context) (pgx.Tx, error) {

@@ -92,7 +92,7 @@ func (p *Pool) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comman
 		return pgconn.CommandTag{}, err
 	}
 	defer c.Release()
-	return s.exec(ctx, sql, args)
+	return s.Exec(ctx, sql, args...)
 }
 
 // Query runs a query on a connection from the pool, which goes back to the
@@ -102,7 +102,7 @@ func (p *Pool) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, er
 	if err != nil {
 		return errRows{err}, err
 	}
-	rows, err := s.query(ctx, sql, args)
+	rows, err := s.Query(ctx, sql, args...)
 	if err != nil {
 		c.Release()
 		return rows, err
@@ -124,7 +124,7 @@ func (p *Pool) CopyFrom(ctx context.Context, table pgx.Identifier, columns []str
 		return 0, err
 	}
 	defer c.Release()
-	return s.copyFrom(ctx, table, columns, src)
+	return s.CopyFrom(ctx, table, columns, src)
 }
 
 // SendBatch runs a batch on a connection from the pool, which goes back

@@ -58,32 +58,6 @@ func (t *Tx) end(err error) error {
 	return err
 }
 
-// Exec runs a statement in the transaction.
-func (t *Tx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	return t.exec(ctx, sql, args)
-}
-
-// Query runs a query in the transaction.
-func (t *Tx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	return t.query(ctx, sql, args)
-}
-
-// QueryRow runs a query that returns at most one row.
-func (t *Tx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	rows, err := t.query(ctx, sql, args)
-	return &row{rows: rows, err: err}
-}
-
-// CopyFrom copies rows into a table in the transaction.
-func (t *Tx) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {
-	return t.copyFrom(ctx, table, columns, src)
-}
-
-// SendBatch runs a batch in the transaction.
-func (t *Tx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	return sendBatch(ctx, t.session, b, nil)
-}
-
 // LargeObjects is pgx's: large objects are not table columns and are not
 // encrypted.
 func (t *Tx) LargeObjects() pgx.LargeObjects { return t.inner.LargeObjects() }
@@ -94,9 +68,5 @@ func (t *Tx) LargeObjects() pgx.LargeObjects { return t.inner.LargeObjects() }
 func (t *Tx) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
 	return nil, errPrepare
 }
-
-// Conn returns the underlying pgx connection; statements run on it
-// directly bypass encryption.
-func (t *Tx) Conn() *pgx.Conn { return t.pc }
 
 var errPrepare = errors.New("kmspgx: Prepare by name is not supported: statements run by name would bypass the driver; pgx already prepares and caches every statement it runs, including the driver's rewritten ones")
