@@ -1367,3 +1367,36 @@ func TestAttackPgxUndocumentedRawConn(t *testing.T) {
 	}
 	e.assertNoPlaintext("people", "rows-conn-plaintext@example.org", "rewriter-conn-plaintext@example.org")
 }
+
+// A batch outside a transaction runs in one, "like pgx's implicit
+// transaction: an error rolls the whole batch back". A statement that
+// merely starts with SAVEPOINT or RELEASE (which fail outside a
+// transaction block) must not turn that off: pgx's implicit transaction
+// would roll the INSERT back with the failing SAVEPOINT.
+func TestAttackPgxBatchSavepointOutsideTx(t *testing.T) {
+	e := newEnv(t, pgxDDL, pgxMap)
+	ctx := context.Background()
+	pool := newPgxPool(t, e)
+	for _, stmt := range []string{"SAVEPOINT s1", "RELEASE SAVEPOINT s1", "ROLLBACK TO SAVEPOINT s1"} {
+		b := &pgx.Batch{}
+		b.Queue("INSERT INTO people (name, email) VALUES ($1, $2)", stmt, "batch-savepoint@example.org")
+		b.Queue(stmt)
+		err := pool.SendBatch(ctx, b).Close()
+		t.Logf("%s: %v", stmt, err)
+		if err == nil {
+			continue
+		}
+		if n := apgxCount(t, e, "people WHERE name = '"+stmt+"'"); n != 0 {
+			t.Errorf("batch with %q failed (%v) but its INSERT was committed", stmt, err)
+		}
+	}
+	// The same batches through plain pgx on an unmapped copy of the table.
+	if _, err := e.raw.Exec(ctx, "CREATE TABLE plain_people (name text, email text)"); err != nil {
+		t.Fatal(err)
+	}
+	b := &pgx.Batch{}
+	b.Queue("INSERT INTO plain_people (name, email) VALUES ($1, $2)", "p", "x")
+	b.Queue("SAVEPOINT s1")
+	err := e.raw.SendBatch(ctx, b).Close()
+	t.Logf("pgx itself: %v, %d rows kept", err, apgxCount(t, e, "plain_people"))
+}
