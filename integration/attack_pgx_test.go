@@ -1400,3 +1400,28 @@ func TestAttackPgxBatchSavepointOutsideTx(t *testing.T) {
 	err := e.raw.SendBatch(ctx, b).Close()
 	t.Logf("pgx itself: %v, %d rows kept", err, apgxCount(t, e, "plain_people"))
 }
+
+// The hostile author's version of the trigger: the source creates it
+// through the driver, on the CopyFrom's own session (no lock stops it).
+func TestAttackPgxCopyReentrantTrigger(t *testing.T) {
+	e := newEnv(t, pgxDDL, pgxMap)
+	ctx := context.Background()
+	c := apgxConn(t, e)
+	var ddlErr error
+	src := &copyHook{rows: apgxRows(300, "reentrant-trigger"), hookAt: 10, hook: func() error {
+		if _, ddlErr = c.Exec(ctx, `CREATE FUNCTION leak2() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.email := 'leak-' || NEW.name; RETURN NEW; END $$`); ddlErr == nil {
+			_, ddlErr = c.Exec(ctx, `CREATE TRIGGER leak2 BEFORE INSERT ON people FOR EACH ROW EXECUTE FUNCTION leak2()`)
+		}
+		return nil
+	}}
+	for i := range src.rows {
+		src.rows[i][0] = fmt.Sprintf("reentrant-plain-%d", i)
+	}
+	n, err := c.CopyFrom(ctx, pgx.Identifier{"people"}, []string{"name", "email"}, src)
+	t.Logf("DDL through the driver: %v; CopyFrom: %d, %v", ddlErr, n, err)
+	for _, v := range e.rawValues("SELECT coalesce(email, '<NULL>') FROM people") {
+		if strings.HasPrefix(v, "leak-") {
+			t.Fatalf("plaintext stored in the encrypted column people.email: %q", v)
+		}
+	}
+}
