@@ -182,11 +182,17 @@ func (c *Conn) afterStatement(p *rewrite.Plan) {
 }
 
 // txEnded is afterStatement for a transaction ended through database/sql
-// (Tx.Commit, Tx.Rollback), which does not pass through plan.
+// (Tx.Commit, Tx.Rollback), which does not pass through plan, or for a
+// savepoint or transaction ended through kmspgx's pgx.Tx. A savepoint
+// ends inside a transaction whose own settings (SET LOCAL, a SET that a
+// later ROLLBACK undoes) still change when it ends: localSet stays until
+// the connection is outside any transaction, as in afterStatement.
 func (c *Conn) txEnded() {
 	if c.localSet {
 		c.path = ""
-		c.localSet = false
+		if c.pc.PgConn().TxStatus() == 'I' {
+			c.localSet = false
+		}
 	}
 }
 

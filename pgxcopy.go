@@ -1,10 +1,13 @@
 package kmspostgres
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"reflect"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -45,6 +48,14 @@ func (s pgxSession) CopyFrom(ctx context.Context, table pgx.Identifier, columns 
 		b.WriteString("$" + strconv.Itoa(i+1))
 	}
 	b.WriteString(")")
+	// What the plan is made against: the catalog as it is now (checked,
+	// not taken from the cache) and the session's search_path. The COPY
+	// must run against the same, checked again under the table's lock.
+	gen, err := c.connector.catalog.fresh(ctx, c.pc, true)
+	if err != nil {
+		return 0, err
+	}
+	path := c.searchPath(ctx)
 	p, err := c.plan(ctx, b.String())
 	if err != nil {
 		return 0, err
@@ -64,22 +75,76 @@ func (s pgxSession) CopyFrom(ctx context.Context, table pgx.Identifier, columns 
 	if err != nil {
 		return 0, err
 	}
-	finish, err := c.ensureTx(ctx)
+	// COPY into the relation the plan resolved, not the caller's name
+	// again: a search_path changed or a table created meanwhile would send
+	// the sealed rows elsewhere.
+	target := pgx.Identifier{p.Insert.Table.Schema, p.Insert.Table.Relname}
+	if len(table) == 3 {
+		// database.schema.table: the server checks the database's name.
+		target = pgx.Identifier{table[0], target[0], target[1]}
+	}
+	finish, err := s.copyTx(ctx)
 	if err != nil {
 		return 0, err
 	}
-	n, err := s.copyChunks(ctx, p, table, len(columns), cols, params, src)
+	// Under ROW EXCLUSIVE no other session can add a trigger, rule or
+	// column to the table, its partitions or children until the
+	// transaction ends; what changed before the lock, or what this
+	// session changed itself (the source may run statements), is seen by
+	// checking the catalog and the search_path before each COPY.
+	check := func() error {
+		g, err := c.connector.catalog.fresh(ctx, c.pc, true)
+		if err != nil {
+			return err
+		}
+		if g != gen || c.searchPath(ctx) != path {
+			return &rewrite.RefusalError{Table: p.Insert.Table.Name,
+				Reason: "the database's catalog or the session's search_path changed while CopyFrom ran, so its plan may no longer be what the COPY would do; nothing was written",
+				Fix:    "run the CopyFrom again"}
+		}
+		return nil
+	}
+	_, err = c.pc.Exec(ctx, "LOCK TABLE "+target.Sanitize()+" IN ROW EXCLUSIVE MODE")
+	var n int64
+	if err == nil {
+		n, err = s.copyChunks(ctx, p, target, len(columns), cols, params, src, check)
+	}
 	if err = finish(err); err != nil {
 		return 0, c.staleCheck(err)
 	}
 	return n, nil
 }
 
+// copyTx makes a CopyFrom all or nothing: outside a transaction it runs
+// in one; inside the caller's, in a savepoint, so that a CopyFrom that
+// fails after some chunks went to the server leaves none of them for the
+// caller's COMMIT.
+func (s pgxSession) copyTx(ctx context.Context) (func(error) error, error) {
+	c := s.c
+	conn := c.pc
+	if conn.PgConn().TxStatus() == 'I' {
+		return c.ensureTx(ctx)
+	}
+	if _, err := conn.Exec(ctx, "SAVEPOINT kmspostgres_copy"); err != nil {
+		return nil, err
+	}
+	return func(err error) error {
+		if err == nil {
+			if _, err = conn.Exec(ctx, "RELEASE SAVEPOINT kmspostgres_copy"); err == nil {
+				return nil
+			}
+		}
+		_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK TO SAVEPOINT kmspostgres_copy; RELEASE SAVEPOINT kmspostgres_copy")
+		c.path = "" // the rollback undid whatever the source SET
+		return err
+	}, nil
+}
+
 // copyChunks reads, keys and copies the rows chunk by chunk, sealing the
 // next chunk while the server takes the current one: the ids of a chunk
 // are taken (on the connection) before the COPY before it starts, and the
 // keys and cells made (off the connection) while it runs.
-func (s pgxSession) copyChunks(ctx context.Context, p *rewrite.Plan, table pgx.Identifier, k int, cols []string, params []int, src pgx.CopyFromSource) (int64, error) {
+func (s pgxSession) copyChunks(ctx context.Context, p *rewrite.Plan, table pgx.Identifier, k int, cols []string, params []int, src pgx.CopyFromSource, check func() error) (int64, error) {
 	cur, err := s.readChunk(ctx, p, table, k, src)
 	if err != nil || cur == nil {
 		return 0, err
@@ -94,6 +159,11 @@ func (s pgxSession) copyChunks(ctx context.Context, p *rewrite.Plan, table pgx.I
 			if next, err = s.readChunk(ctx, p, table, k, src); err != nil {
 				return 0, err
 			}
+		}
+		// The source ran since the last check (it may run statements on
+		// this session): check again before anything is copied.
+		if err := check(); err != nil {
+			return 0, err
 		}
 		sealed := make(chan error, 1)
 		if next != nil {
@@ -139,7 +209,9 @@ func (s pgxSession) readChunk(ctx context.Context, p *rewrite.Plan, table pgx.Id
 		if len(vals) != k {
 			return nil, fmt.Errorf("kmspostgres: CopyFrom into %s: a row has %d values for %d columns", table.Sanitize(), len(vals), k)
 		}
-		b.args = append(b.args, vals...)
+		for _, v := range vals {
+			b.args = append(b.args, copyValue(v))
+		}
 		b.n++
 	}
 	if err := src.Err(); err != nil {
@@ -179,4 +251,34 @@ func (s pgxSession) sealChunk(ctx context.Context, p *rewrite.Plan, params []int
 		b.rows[r] = row
 	}
 	return nil
+}
+
+// copyValue keeps what a source's value stands for when it is read: pgx
+// encodes each row before it asks for the next, so a source may hand out
+// the same pointers or buffers on every row, but CopyFrom holds a chunk
+// of rows before sealing and sending them. Byte slices and other slices
+// are copied, and pointers are followed where pgx would encode the value
+// they point to (the pointer type has no methods of its own); anything
+// else is kept as it is.
+func copyValue(v any) any {
+	switch x := v.(type) {
+	case nil, string, bool, int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64, float32, float64, time.Time:
+		return v
+	case []byte:
+		return bytes.Clone(x)
+	}
+	rv := reflect.ValueOf(v)
+	switch rv.Kind() {
+	case reflect.Pointer:
+		if !rv.IsNil() && rv.Type().NumMethod() == rv.Elem().Type().NumMethod() {
+			return copyValue(rv.Elem().Interface())
+		}
+	case reflect.Slice:
+		if !rv.IsNil() {
+			c := reflect.MakeSlice(rv.Type(), rv.Len(), rv.Len())
+			reflect.Copy(c, rv)
+			return c.Interface()
+		}
+	}
+	return v
 }

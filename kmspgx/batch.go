@@ -29,8 +29,14 @@ var _ pgx.BatchResults = (*batchResults)(nil)
 
 // txControl matches statements that begin or end transactions: a batch
 // holding one runs as its statements say, not inside an implicit
-// transaction.
-var txControl = regexp.MustCompile(`(?is)^\s*(BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE\s+TRANSACTION)\b`)
+// transaction. SAVEPOINT, RELEASE and ROLLBACK TO neither begin nor end
+// one (outside a transaction block they fail): a batch holding them still
+// runs in one, so that their failure rolls the batch back, as pgx's
+// implicit transaction does.
+var (
+	txControl  = regexp.MustCompile(`(?is)^\s*(BEGIN|START|COMMIT|END|ROLLBACK|ABORT|PREPARE\s+TRANSACTION)\b`)
+	rollbackTo = regexp.MustCompile(`(?is)^\s*ROLLBACK\s+((WORK|TRANSACTION)\s+)?TO\b`)
+)
 
 func sendBatch(ctx context.Context, s session, b *pgx.Batch, release func()) pgx.BatchResults {
 	br := &batchResults{ctx: ctx, s: s, b: b, release: release}
@@ -42,7 +48,7 @@ func sendBatch(ctx context.Context, s session, b *pgx.Batch, release func()) pgx
 		return br
 	}
 	for _, qq := range b.QueuedQueries {
-		if txControl.MatchString(qq.SQL) {
+		if txControl.MatchString(qq.SQL) && !rollbackTo.MatchString(qq.SQL) {
 			return br
 		}
 	}
