@@ -13,6 +13,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"slices"
 	"strings"
@@ -912,7 +913,7 @@ func apgxTypesRows() [][]any {
 		{int16(-32768), int32(2147483647), int64(-9223372036854775808), float32(0.1), 3.141592653589793, "-0.0025", true,
 			time.Date(1815, 12, 10, 0, 0, 0, 0, time.UTC), ts, ts.Add(time.Hour), "13:14:15.123456", "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
 			`{"a": [1, 2], "b": "é"}`, `{"k": null}`, []byte{0, 1, 2, 255}, "héllo\nworld", []byte{0xde, 0xad}, []int32{1, 2}},
-		{int16(7), int32(-1), int64(0), float32(-0.0), 0.0, "NaN", false,
+		{int16(7), int32(-1), int64(0), float32(math.Copysign(0, -1)), 0.0, "NaN", false,
 			time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(1969, 12, 31, 23, 59, 59, 999999000, time.UTC), time.Date(2262, 4, 11, 0, 0, 0, 0, time.UTC), "00:00:00", "00000000-0000-0000-0000-000000000000",
 			`[]`, `"s"`, []byte{}, "", []byte{}, []int32{}},
 		{nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil},
