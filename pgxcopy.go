@@ -16,7 +16,7 @@ import (
 
 // copyChunk is how many rows CopyFrom keys and seals at once: one block
 // of ids, the KMS calls of the chunk in parallel, then one COPY.
-const copyChunk = 256
+const copyChunk = 1024
 
 // CopyFrom is pgx's CopyFrom through the engine. Whether a COPY may run
 // as it is, and what it must write, is decided as for the INSERT of one

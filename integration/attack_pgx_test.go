@@ -310,7 +310,7 @@ const shadowPeople = `(id bigint, name text, email text, dob bytea, born text, b
 // session's search_path after CopyFrom planned: the COPY must still go to
 // the table the plan resolved (or fail), never split rows into the shadow.
 func TestAttackPgxCopyShadowedMidStream(t *testing.T) {
-	for _, at := range []int{0, 300} { // before the first chunk, and in the second
+	for _, at := range []int{0, 1200} { // before the first chunk (of 1,024 rows), and in the second
 		t.Run(fmt.Sprint(at), func(t *testing.T) {
 			e := newEnv(t, pgxDDL, pgxMap)
 			ctx := context.Background()
@@ -319,7 +319,7 @@ func TestAttackPgxCopyShadowedMidStream(t *testing.T) {
 			if _, err := c.Exec(ctx, "SET search_path = "+sh+", "+e.ns); err != nil {
 				t.Fatal(err)
 			}
-			src := &copyHook{rows: apgxRows(600, "shadow"), hookAt: at, hook: func() error {
+			src := &copyHook{rows: apgxRows(2400, "shadow"), hookAt: at, hook: func() error {
 				_, err := e.raw.Exec(ctx, "CREATE TABLE "+sh+".people "+shadowPeople)
 				return err
 			}}
@@ -329,7 +329,7 @@ func TestAttackPgxCopyShadowedMidStream(t *testing.T) {
 			if inShadow != 0 {
 				t.Errorf("%d rows (ciphertext and wrapped keys) went to %s.people, a table the plan did not resolve", inShadow, sh)
 			}
-			if err == nil && inTable != 600 {
+			if err == nil && inTable != 2400 {
 				t.Errorf("CopyFrom reported %d rows but the encrypted table has %d", n, inTable)
 			}
 			if err != nil && inTable != 0 {
@@ -655,9 +655,9 @@ func TestAttackPgxCopyFailsMidStream(t *testing.T) {
 	e := newEnv(t, pgxDDL, pgxMap)
 	pool := newPgxPool(t, e)
 	for _, mode := range []string{"values-error", "next-error", "short", "long", "bad-plain", "bad-cell", "kms-down", "cancel"} {
-		for _, at := range []int{0, 300, 700} {
+		for _, at := range []int{0, 1200, 2800} { // in the first, second and third chunk of 1,024 rows
 			ctx, cancel := context.WithCancel(context.Background())
-			src := &failSource{n: 1000, at: at, mode: mode}
+			src := &failSource{n: 3000, at: at, mode: mode}
 			switch mode {
 			case "kms-down":
 				src.onAt = func() { e.kms.SetUnavailable(true) }
@@ -687,7 +687,7 @@ func TestAttackPgxCopyFailsMidStream(t *testing.T) {
 	// A CopyFrom that fails after two chunks went to the server: pgx
 	// aborts the COPY, and with it the caller's transaction; nothing of
 	// the failed CopyFrom may be committed.
-	_, err = tx.CopyFrom(context.Background(), pgx.Identifier{"people"}, []string{"name", "email"}, &failSource{n: 1000, at: 700, mode: "values-error"})
+	_, err = tx.CopyFrom(context.Background(), pgx.Identifier{"people"}, []string{"name", "email"}, &failSource{n: 3000, at: 2800, mode: "values-error"})
 	if err == nil {
 		t.Fatal("no error")
 	}
