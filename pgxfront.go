@@ -68,6 +68,14 @@ type pgxSession struct{ c *Conn }
 
 func (s pgxSession) TxEnded() { s.c.txEnded() }
 
+// TxControl plans sql (without reporting a refusal: the statement is
+// refused, and reported, when it runs) and says whether it begins or
+// ends a transaction.
+func (s pgxSession) TxControl(ctx context.Context, sql string) bool {
+	p, err := s.c.planStatement(ctx, sql)
+	return err == nil && p.TxControl
+}
+
 // splitOptions separates pgx's leading query options (an exec mode, result
 // formats) from the arguments, and applies a QueryRewriter (pgx.NamedArgs)
 // so that the engine plans the SQL the server will see.
@@ -265,10 +273,10 @@ func (s *pgxSource) Next(dest []driver.Value) error {
 		}
 		f := &s.fds[i]
 		switch f.DataTypeOID {
-		case 25, 1043, 1042, 19, 705: // text, varchar, bpchar, name, unknown: the same bytes in both formats
+		case pgtype.TextOID, pgtype.VarcharOID, pgtype.BPCharOID, pgtype.NameOID, pgtype.UnknownOID: // the same bytes in both formats
 			dest[i] = string(b)
 			continue
-		case 17: // bytea
+		case pgtype.ByteaOID:
 			if f.Format == pgx.BinaryFormatCode {
 				dest[i] = append([]byte{}, b...)
 				continue

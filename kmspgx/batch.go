@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"regexp"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -27,17 +26,6 @@ type batchResults struct {
 
 var _ pgx.BatchResults = (*batchResults)(nil)
 
-// txControl matches statements that begin or end transactions: a batch
-// holding one runs as its statements say, not inside an implicit
-// transaction. SAVEPOINT, RELEASE and ROLLBACK TO neither begin nor end
-// one (outside a transaction block they fail): a batch holding them still
-// runs in one, so that their failure rolls the batch back, as pgx's
-// implicit transaction does.
-var (
-	txControl  = regexp.MustCompile(`(?is)^\s*(BEGIN|START|COMMIT|END|ROLLBACK|ABORT|PREPARE\s+TRANSACTION)\b`)
-	rollbackTo = regexp.MustCompile(`(?is)^\s*ROLLBACK\s+((WORK|TRANSACTION)\s+)?TO\b`)
-)
-
 func sendBatch(ctx context.Context, s session, b *pgx.Batch, release func()) pgx.BatchResults {
 	br := &batchResults{ctx: ctx, s: s, b: b, release: release}
 	if batchBeginsTx(b) {
@@ -47,8 +35,12 @@ func sendBatch(ctx context.Context, s session, b *pgx.Batch, release func()) pgx
 	if s.pc.PgConn().TxStatus() != 'I' {
 		return br
 	}
+	// A batch that begins or ends transactions runs as its statements say;
+	// the others run in one, so that a failure (SAVEPOINT, RELEASE and
+	// ROLLBACK TO included, which fail outside a transaction block) rolls
+	// the whole batch back, as pgx's implicit transaction does.
 	for _, qq := range b.QueuedQueries {
-		if txControl.MatchString(qq.SQL) && !rollbackTo.MatchString(qq.SQL) {
+		if s.s.TxControl(ctx, qq.SQL) {
 			return br
 		}
 	}

@@ -15,6 +15,10 @@ type Plan struct {
 	SetsConfig, LocalConfig bool
 	// EndsTx: COMMIT, ROLLBACK and the like, which undo SET LOCAL.
 	EndsTx bool
+	// TxControl: the statement begins or ends a transaction (BEGIN,
+	// START TRANSACTION, COMMIT, ROLLBACK, PREPARE TRANSACTION, …); not
+	// SAVEPOINT, RELEASE or ROLLBACK TO, which only work inside one.
+	TxControl bool
 	// DropsStatements: DISCARD ALL, DISCARD PLANS or DEALLOCATE ALL
 	// removed the session's prepared statements, which pgx caches.
 	DropsStatements bool

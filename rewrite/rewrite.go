@@ -141,6 +141,11 @@ func configEffects(p *Plan, tree *pg.ParseResult) {
 			p.DropsStatements = true
 		case *pg.Node_TransactionStmt:
 			switch x.TransactionStmt.Kind {
+			case pg.TransactionStmtKind_TRANS_STMT_SAVEPOINT, pg.TransactionStmtKind_TRANS_STMT_RELEASE, pg.TransactionStmtKind_TRANS_STMT_ROLLBACK_TO:
+			default:
+				p.TxControl = true
+			}
+			switch x.TransactionStmt.Kind {
 			case pg.TransactionStmtKind_TRANS_STMT_COMMIT, pg.TransactionStmtKind_TRANS_STMT_ROLLBACK,
 				pg.TransactionStmtKind_TRANS_STMT_ROLLBACK_TO, pg.TransactionStmtKind_TRANS_STMT_COMMIT_PREPARED,
 				pg.TransactionStmtKind_TRANS_STMT_ROLLBACK_PREPARED, pg.TransactionStmtKind_TRANS_STMT_PREPARE:

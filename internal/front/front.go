@@ -24,6 +24,9 @@ type Session interface {
 	Exec(ctx context.Context, sql string, args []any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args []any) (pgx.Rows, error)
 	CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error)
+	// TxControl reports whether sql begins or ends a transaction, as the
+	// SQL parser reads it (false for SQL the engine would refuse).
+	TxControl(ctx context.Context, sql string) bool
 	// TxEnded tells the engine a transaction begun through the front end
 	// ended (settings a SET LOCAL changed are read again).
 	TxEnded()
