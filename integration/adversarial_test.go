@@ -176,7 +176,6 @@ func runAdversarial(t *testing.T, cases []advCase) {
 		// the catalog checked before every statement for the sameText ones.
 		t.Run(c.name+"/pgx", func(t *testing.T) {
 			t.Parallel()
-			pgxKnownGap(t)
 			var opts []kmspostgres.Option
 			if c.sameText {
 				opts = []kmspostgres.Option{kmspostgres.WithCatalogCheckInterval(0)}
@@ -184,25 +183,6 @@ func runAdversarial(t *testing.T, cases []advCase) {
 			c.run(newAdv(t, c.ddl, yaml, opts, true, c.extra...))
 		})
 	}
-}
-
-// pgxKnownGaps are the /pgx variants (full test names) that fail where
-// the database/sql variant passes, for a reason not fixed yet. Outside
-// CI they are skipped with their reason; under CI=true they run (and
-// fail), so that CI never passes over one in silence.
-var pgxKnownGaps = map[string]string{}
-
-func pgxKnownGap(t *testing.T) {
-	t.Helper()
-	reason, ok := pgxKnownGaps[t.Name()]
-	if !ok {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Logf("pgxKnownGaps: %s (running: CI=true skips nothing)", reason)
-		return
-	}
-	t.Skipf("pgxKnownGaps: %s", reason)
 }
 
 func newAdv(t *testing.T, ddl, yaml string, opts []kmspostgres.Option, viaPgx bool, extra ...string) *adv {
