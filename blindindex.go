@@ -373,52 +373,63 @@ func (c *Connector) indexCells(t *rewrite.Table, cells []rewrite.Cell, args []dr
 
 // lookupOperands resolves the operands of a plan's lookups: one value, or
 // the elements of an array argument (NULL elements and NULL values drop
-// out: they match nothing).
-func lookupOperands(l rewrite.Lookup, args []driver.NamedValue) ([]any, error) {
+// out: they match nothing). null reports whether one did: a comparison
+// that matches no operand is then NULL rather than false.
+func lookupOperands(l rewrite.Lookup, args []driver.NamedValue) (ops []any, null bool, err error) {
 	v, err := valueOf(l.Value, args)
 	if err != nil || v == nil {
-		return nil, err
+		return nil, err == nil, err
 	}
 	if !l.Array {
-		return []any{v}, nil
+		return []any{v}, false, nil
 	}
-	var out []any
 	if b, ok := v.([]byte); ok {
 		v = string(b)
+	}
+	add := func(e any) {
+		if e == nil {
+			null = true
+			return
+		}
+		ops = append(ops, e)
 	}
 	switch a := v.(type) {
 	case string: // an array in PostgreSQL's text form, as pq.Array gives it
 		elems, err := parseTextArray(a)
 		if err != nil {
-			return nil, &rewrite.RefusalError{Table: l.Table.Name, Column: l.Column, Reason: "= ANY on a blind-indexed column: " + err.Error(), Fix: "pass a []string or pq.Array of one"}
+			return nil, false, &rewrite.RefusalError{Table: l.Table.Name, Column: l.Column, Reason: "= ANY on a blind-indexed column: " + err.Error(), Fix: "pass a []string or pq.Array of one"}
 		}
 		for _, s := range elems {
-			if s != nil {
-				out = append(out, *s)
+			if s == nil {
+				add(nil)
+			} else {
+				add(*s)
 			}
 		}
 	case []string:
 		for _, s := range a {
-			out = append(out, s)
+			add(s)
 		}
 	case []*string:
 		for _, s := range a {
-			if s != nil {
-				out = append(out, *s)
+			if s == nil {
+				add(nil)
+			} else {
+				add(*s)
 			}
 		}
 	case []any:
 		for _, s := range a {
-			if s, err := resolveValue(s); err != nil {
-				return nil, err
-			} else if s != nil {
-				out = append(out, s)
+			r, err := resolveValue(s)
+			if err != nil {
+				return nil, false, err
 			}
+			add(r)
 		}
 	default:
-		return nil, &rewrite.RefusalError{Table: l.Table.Name, Column: l.Column, Reason: fmt.Sprintf("= ANY on a blind-indexed column takes a []string, not %T", v), Fix: "pass the values as a []string"}
+		return nil, false, &rewrite.RefusalError{Table: l.Table.Name, Column: l.Column, Reason: fmt.Sprintf("= ANY on a blind-indexed column takes a []string, not %T", v), Fix: "pass the values as a []string"}
 	}
-	return out, nil
+	return ops, null, nil
 }
 
 // lookups computes the index values a plan compares with.
@@ -428,7 +439,7 @@ func (c *Connector) lookups(p *rewrite.Plan, args []driver.NamedValue) ([]any, e
 	}
 	out := make([]any, len(p.Lookups))
 	for i, l := range p.Lookups {
-		ops, err := lookupOperands(l, args)
+		ops, _, err := lookupOperands(l, args)
 		if err != nil {
 			return nil, err
 		}
@@ -471,43 +482,9 @@ func (c *Connector) lookups(p *rewrite.Plan, args []driver.NamedValue) ([]any, e
 var ErrBlindIndexMismatch = fmt.Errorf("%w: a row's blind index does not match its value (was the index column written past the driver?)", ErrDecrypt)
 
 // blindChecks holds, per check of a result, the normalized operands a
-// row's decrypted value must be among, and whether a NULL was among the
-// caller's operands (which makes a comparison NULL rather than false).
+// row's decrypted value must be among (rows.checkNulls says whether a NULL
+// was among them too).
 type blindChecks [][]string
-
-// lookupHasNull reports whether a lookup's operand is NULL or an array
-// with a NULL element.
-func lookupHasNull(l rewrite.Lookup, args []driver.NamedValue) (bool, error) {
-	v, err := valueOf(l.Value, args)
-	if err != nil || v == nil {
-		return v == nil, err
-	}
-	if !l.Array {
-		return false, nil
-	}
-	if b, ok := v.([]byte); ok {
-		v = string(b)
-	}
-	switch a := v.(type) {
-	case string:
-		elems, err := parseTextArray(a)
-		if err != nil {
-			return false, err
-		}
-		return slices.Contains(elems, nil), nil
-	case []*string:
-		return slices.Contains(a, nil), nil
-	case []any:
-		for _, e := range a {
-			if r, err := resolveValue(e); err != nil {
-				return false, err
-			} else if r == nil {
-				return true, nil
-			}
-		}
-	}
-	return false, nil
-}
 
 // attachChecks gives a result set the operands of its plan's checks.
 func (c *Conn) attachChecks(dr driver.Rows, p *rewrite.Plan, args []driver.NamedValue) error {
@@ -519,22 +496,16 @@ func (c *Conn) attachChecks(dr driver.Rows, p *rewrite.Plan, args []driver.Named
 	r.checkNulls = make([]bool, len(p.Out.Checks))
 	for i, ch := range p.Out.Checks {
 		r.checkNulls[i] = ch.NullOperand
-		for _, li := range ch.Lookups {
-			null, err := lookupHasNull(p.Lookups[li], args)
-			if err != nil {
-				return err
-			}
-			r.checkNulls[i] = r.checkNulls[i] || null
-		}
 		ix, err := c.connector.index(ch.Table, ch.Column)
 		if err != nil {
 			return err
 		}
 		for _, li := range ch.Lookups {
-			ops, err := lookupOperands(p.Lookups[li], args)
+			ops, null, err := lookupOperands(p.Lookups[li], args)
 			if err != nil {
 				return err
 			}
+			r.checkNulls[i] = r.checkNulls[i] || null
 			for _, op := range ops {
 				pt, err := envelope.Text.Encode(op)
 				if err != nil {
@@ -766,7 +737,7 @@ func (u *updateKeyer) verify(locked []updRow, keys map[string][]rowKey) error {
 			return err
 		}
 		for _, li := range ch.Lookups {
-			ops, err := lookupOperands(u.p.Lookups[li], u.args)
+			ops, _, err := lookupOperands(u.p.Lookups[li], u.args)
 			if err != nil {
 				return err
 			}
