@@ -68,6 +68,20 @@ type pgxSession struct{ c *Conn }
 
 func (s pgxSession) TxEnded() { s.c.txEnded() }
 
+// EnsureTx is the engine's ensureTx; the engine then reads settings the
+// transaction changed again.
+func (s pgxSession) EnsureTx(ctx context.Context) (func(error) error, error) {
+	finish, err := s.c.ensureTx(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return func(err error) error {
+		err = finish(err)
+		s.c.txEnded()
+		return err
+	}, nil
+}
+
 // TxControl plans sql (without reporting a refusal: the statement is
 // refused, and reported, when it runs) and says whether it begins or
 // ends a transaction.

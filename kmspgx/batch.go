@@ -44,22 +44,12 @@ func sendBatch(ctx context.Context, s session, b *pgx.Batch, release func()) pgx
 			return br
 		}
 	}
-	if _, err := s.pc.Exec(ctx, "BEGIN"); err != nil {
+	finish, err := s.s.EnsureTx(ctx)
+	if err != nil {
 		br.err = err
 		return br
 	}
-	br.finish = func(err error) error {
-		end := "COMMIT"
-		if err != nil {
-			end = "ROLLBACK"
-		}
-		_, cerr := s.pc.Exec(context.WithoutCancel(ctx), end)
-		s.s.TxEnded()
-		if err != nil {
-			return err
-		}
-		return cerr
-	}
+	br.finish = finish
 	return br
 }
 

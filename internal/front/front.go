@@ -27,6 +27,10 @@ type Session interface {
 	// TxControl reports whether sql begins or ends a transaction, as the
 	// SQL parser reads it (false for SQL the engine would refuse).
 	TxControl(ctx context.Context, sql string) bool
+	// EnsureTx begins a transaction when the connection is outside one;
+	// finish commits it, or rolls it back on error (inside the caller's
+	// transaction it only returns the error).
+	EnsureTx(ctx context.Context) (finish func(error) error, err error)
 	// TxEnded tells the engine a transaction begun through the front end
 	// ended (settings a SET LOCAL changed are read again).
 	TxEnded()
