@@ -350,10 +350,7 @@ type pendingCheck struct {
 
 // addChecks places the checks in the output after its hidden key columns.
 func addChecks(o *Output, groups []*group, checks []pendingCheck) {
-	pos := o.Visible
-	for _, s := range o.Sources {
-		pos += 1 + len(s.PKAt)
-	}
+	pos := o.Visible + o.keyColumns()
 	for _, c := range checks {
 		src := -1
 		for gi, g := range groups {
@@ -376,15 +373,22 @@ func addChecks(o *Output, groups []*group, checks []pendingCheck) {
 // Hidden is how many result columns follow the visible ones: row keys,
 // primary keys, check cells and check conditions.
 func (o *Output) Hidden() int {
-	n := 0
-	for _, s := range o.Sources {
-		n += 1 + len(s.PKAt)
-	}
+	n := o.keyColumns()
 	for _, c := range o.Checks {
 		n++
 		if c.Cond {
 			n++
 		}
+	}
+	return n
+}
+
+// keyColumns is how many hidden columns the row keys take: each source's
+// key column and primary key.
+func (o *Output) keyColumns() int {
+	n := 0
+	for _, s := range o.Sources {
+		n += 1 + len(s.PKAt)
 	}
 	return n
 }
@@ -487,10 +491,7 @@ func (a *analyzer) returningChecks(list *[]*pg.Node, where *pg.Node, out *Output
 	if out == nil {
 		return
 	}
-	pos := out.Visible
-	for _, s := range out.Sources {
-		pos += 1 + len(s.PKAt)
-	}
+	pos := out.Visible + out.keyColumns()
 	var checks []pendingCheck
 	var srcs []int
 	for _, n := range conjuncts(where) {
