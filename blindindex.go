@@ -492,30 +492,41 @@ func (c *Conn) attachChecks(dr driver.Rows, p *rewrite.Plan, args []driver.Named
 	if !ok || p.Out == nil || len(p.Out.Checks) == 0 {
 		return nil
 	}
-	r.checks = make(blindChecks, len(p.Out.Checks))
-	r.checkNulls = make([]bool, len(p.Out.Checks))
-	for i, ch := range p.Out.Checks {
-		r.checkNulls[i] = ch.NullOperand
-		ix, err := c.connector.index(ch.Table, ch.Column)
+	var err error
+	r.checks, r.checkNulls, err = c.connector.checkOperands(p, p.Out.Checks, args)
+	return err
+}
+
+// checkOperands returns, per check, its operands normalized by the
+// column's index, and whether a NULL is among them.
+func (c *Connector) checkOperands(p *rewrite.Plan, checks []rewrite.Check, args []driver.NamedValue) (blindChecks, []bool, error) {
+	operands := make(blindChecks, len(checks))
+	nulls := make([]bool, len(checks))
+	for i, ch := range checks {
+		nulls[i] = ch.NullOperand
+		if len(ch.Lookups) == 0 {
+			continue
+		}
+		ix, err := c.index(ch.Table, ch.Column)
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
 		for _, li := range ch.Lookups {
 			ops, null, err := lookupOperands(p.Lookups[li], args)
 			if err != nil {
-				return err
+				return nil, nil, err
 			}
-			r.checkNulls[i] = r.checkNulls[i] || null
+			nulls[i] = nulls[i] || null
 			for _, op := range ops {
 				pt, err := envelope.Text.Encode(op)
 				if err != nil {
-					return &CellError{Table: ch.Table.Name, Column: ch.Column, Err: err}
+					return nil, nil, &CellError{Table: ch.Table.Name, Column: ch.Column, Err: err}
 				}
-				r.checks[i] = append(r.checks[i], ix.Normalize(string(pt)))
+				operands[i] = append(operands[i], ix.Normalize(string(pt)))
 			}
 		}
 	}
-	return nil
+	return operands, nulls, nil
 }
 
 // verify decrypts, for every row of the window, the columns the plan's
@@ -540,77 +551,89 @@ func (r *rows) verify(w *windowKeys) error {
 
 // verifyCheck checks one check of one row. A top-level equality must
 // hold on the decrypted value (NULL matches no equality). A comparison
-// under OR or NOT (Cond) must have, on the server, the value PostgreSQL
-// computes on the decrypted value: true, false or NULL. Either way a row
-// whose index value was copied from another row fails.
+// under OR or NOT, or in a join (Cond), must have, on the server, the
+// value PostgreSQL computes on the decrypted values: true, false or NULL.
+// Either way a row whose index value was copied from another row fails.
 func (r *rows) verifyCheck(w *windowKeys, ri, ci int, ch rewrite.Check) error {
 	row := r.buf[ri]
-	ti := w.infos[ch.Source]
-	bad := cellError(ti, ch.Column, w.pks[ri][ch.Source], ErrBlindIndexMismatch)
-	var server, serverNull bool
+	var server any
 	if ch.Cond {
-		var ok bool
-		server, ok = row[ch.CondAt].(bool)
-		serverNull = row[ch.CondAt] == nil
-		if !ok && !serverNull {
-			return fmt.Errorf("kmspostgres: internal: a blind-index condition read as %T; refusing the result", row[ch.CondAt])
-		}
+		server = row[ch.CondAt]
 		row[ch.CondAt] = nil
 	}
-	in, null, err := r.checkMember(w, ri, ci, ch)
-	row[ch.At] = nil // no plaintext kept beyond the check
-	switch {
-	case err != nil:
-		return err
-	case !ch.Cond:
-		if !in {
-			return bad
-		}
-	case null: // a NULL value compares as NULL
-		if !serverNull {
-			return bad
-		}
-	case in: // as PostgreSQL: a match decides…
-		if serverNull || server == ch.Negated {
-			return bad
-		}
-	case r.checkNulls[ci]: // …otherwise a NULL operand makes it NULL
-		if !serverNull {
-			return bad
-		}
-	default:
-		if serverNull || server != ch.Negated {
-			return bad
-		}
+	var in, null bool
+	s, null, err := r.checkValue(w, ri, ch.Source, ch.At, ch.Table, ch.Column)
+	if err == nil && ch.Pair {
+		var ps string
+		var pnull bool
+		ps, pnull, err = r.checkValue(w, ri, ch.PairSource, ch.PairAt, ch.PairTable, ch.PairColumn)
+		in, null = s == ps, null || pnull
+	} else if err == nil && !null {
+		in = slices.Contains(r.checks[ci], s)
 	}
-	return nil
+	if err != nil {
+		return err
+	}
+	ok, err := checkAgrees(ch, in, null, r.checkNulls[ci], server)
+	if err != nil || ok {
+		return err
+	}
+	return cellError(w.infos[ch.Source], ch.Column, w.pks[ri][ch.Source], ErrBlindIndexMismatch)
 }
 
-// checkMember decrypts a check's cell and reports whether its normalized
-// value is among the check's operands, or that it is NULL.
-func (r *rows) checkMember(w *windowKeys, ri, ci int, ch rewrite.Check) (in, null bool, err error) {
+// checkAgrees decides a blind-index check from the decrypted values: in,
+// the value is among the operands (or, for a pair, the two values are
+// equal); null, a value is NULL; nullOperand, a NULL is among the
+// operands; server, the server's value of the comparison (a bool or nil),
+// read when ch.Cond.
+func checkAgrees(ch rewrite.Check, in, null, nullOperand bool, server any) (bool, error) {
+	if !ch.Cond {
+		return in, nil
+	}
+	b, isBool := server.(bool)
+	serverNull := server == nil
+	if !isBool && !serverNull {
+		return false, fmt.Errorf("kmspostgres: internal: a blind-index condition read as %T; refusing the result", server)
+	}
+	switch {
+	case null: // a NULL value compares as NULL
+		return serverNull, nil
+	case in: // as PostgreSQL: a match decides…
+		return !serverNull && b != ch.Negated, nil
+	case nullOperand: // …otherwise a NULL operand makes it NULL
+		return serverNull, nil
+	default:
+		return !serverNull && b == ch.Negated, nil
+	}
+}
+
+// checkValue decrypts the cell a check reads at position at of a row,
+// with the row key of source, and returns it normalized by the column's
+// index, or that it is NULL. The plaintext is not kept in the row.
+func (r *rows) checkValue(w *windowKeys, ri, source, at int, t *rewrite.Table, column string) (string, bool, error) {
 	row := r.buf[ri]
-	si := ch.Source
-	ti := w.infos[si]
-	pk := w.pks[ri][si]
-	id := w.ids[ri][si]
-	if row[ch.At] == nil || id == (rowKeyID{}) {
-		return false, true, nil
+	ti := w.infos[source]
+	pk := w.pks[ri][source]
+	id := w.ids[ri][source]
+	cell := row[at]
+	row[at] = nil // no plaintext kept beyond the check
+	if cell == nil || id == (rowKeyID{}) {
+		return "", true, nil
 	}
 	ck := r.keys[id]
 	if ck == nil {
-		return false, false, cellError(ti, ch.Column, pk, w.pending[id].err)
+		return "", false, cellError(ti, column, pk, w.pending[id].err)
 	}
-	v, err := openCell(ti, ch.Column, envelope.CellAAD(ti.table.Name, ch.Column), ck, row[ch.At])
+	v, err := openCell(ti, column, envelope.CellAAD(ti.table.Name, column), ck, cell)
 	if err != nil {
-		return false, false, cellError(ti, ch.Column, pk, err)
+		return "", false, cellError(ti, column, pk, err)
 	}
-	ix, err := r.c.connector.index(ti.table, ch.Column)
+	ix, err := r.c.connector.index(t, column)
 	if err != nil {
-		return false, false, err
+		return "", false, err
 	}
 	s, _ := v.(string)
-	return slices.Contains(r.checks[ci], ix.Normalize(s)), false, nil
+	return ix.Normalize(s), false, nil
 }
 
 // parseTextArray parses a one-dimensional array in PostgreSQL's text
@@ -718,6 +741,19 @@ func (c *Connector) uniqueError(pe *pgconn.PgError) error {
 type checkCell struct {
 	key  *string
 	cell any
+	cond any // the server's value of a Cond check: a bool or nil
+}
+
+// checkDest lists the scan destinations of a row's checks, in the order
+// the row finder reads them.
+func checkDest(dest []any, cells []checkCell, checks []rewrite.Check) []any {
+	for i := range cells {
+		dest = append(dest, &cells[i].key, &cells[i].cell)
+		if checks[i].Cond {
+			dest = append(dest, &cells[i].cond)
+		}
+	}
+	return dest
 }
 
 // verify checks, before an UPDATE writes them, that the locked rows hold
@@ -730,64 +766,67 @@ func (u *updateKeyer) verify(locked []updRow, keys map[string][]rowKey) error {
 	if len(up.Checks) == 0 {
 		return nil
 	}
-	operands := make([][]string, len(up.Checks))
-	for i, ch := range up.Checks {
-		ix, err := u.c.connector.index(ch.Table, ch.Column)
-		if err != nil {
-			return err
-		}
-		for _, li := range ch.Lookups {
-			ops, _, err := lookupOperands(u.p.Lookups[li], u.args)
-			if err != nil {
-				return err
-			}
-			for _, op := range ops {
-				pt, err := envelope.Text.Encode(op)
-				if err != nil {
-					return &CellError{Table: ch.Table.Name, Column: ch.Column, Err: err}
-				}
-				operands[i] = append(operands[i], ix.Normalize(string(pt)))
-			}
-		}
+	operands, nullOperand, err := u.c.connector.checkOperands(u.p, up.Checks, u.args)
+	if err != nil {
+		return err
 	}
 	for _, r := range locked {
 		for i, ch := range up.Checks {
 			cc := r.checks[i]
 			bad := &CellError{Table: u.ti.table.Name, Column: ch.Column, PK: pkLabel(u.ti.table, r.pk), Err: ErrBlindIndexMismatch}
-			if cc.cell == nil || cc.key == nil {
-				return bad
-			}
-			var ck *envelope.CellKey
-			for ki, k := range up.Keys {
-				if k.Key == ch.Source && !k.Fresh && keys[r.id][ki].wrapped == *cc.key {
-					ck = keys[r.id][ki].ck
-				}
-			}
-			if ck == nil {
-				rk, err := u.c.openKey(u.ctx, u.ti, ch.Source, r.pk, *cc.key)
-				if errors.Is(err, ErrPermission) {
-					err = fmt.Errorf("%w (checking that the row holds the value its blind index says needs decrypt rights)", err)
-				}
-				if err != nil {
-					return err
-				}
-				ck = rk.ck
-			}
-			v, err := openCell(u.ti, ch.Column, envelope.CellAAD(u.ti.table.Name, ch.Column), ck, cc.cell)
-			if err != nil {
-				return cellError(u.ti, ch.Column, r.pk, err)
-			}
-			ix, err := u.c.connector.index(ch.Table, ch.Column)
+			s, null, err := u.checkValue(r, keys, ch, cc)
 			if err != nil {
 				return err
 			}
-			s, _ := v.(string)
-			if !slices.Contains(operands[i], ix.Normalize(s)) {
+			ok, err := checkAgrees(ch, !null && slices.Contains(operands[i], s), null, nullOperand[i], cc.cond)
+			if err != nil {
+				return err
+			}
+			if !ok {
 				return bad
 			}
 		}
 	}
 	return nil
+}
+
+// checkValue decrypts a locked row's cell for a check and returns it
+// normalized, or that it is NULL. The cell key is the one just unwrapped
+// for the row when the UPDATE keeps the row's key, else the row's key is
+// unwrapped for the check. A cell without a key is a mismatch.
+func (u *updateKeyer) checkValue(r updRow, keys map[string][]rowKey, ch rewrite.Check, cc checkCell) (string, bool, error) {
+	if cc.cell == nil {
+		return "", true, nil
+	}
+	if cc.key == nil {
+		return "", false, &CellError{Table: u.ti.table.Name, Column: ch.Column, PK: pkLabel(u.ti.table, r.pk), Err: ErrBlindIndexMismatch}
+	}
+	var ck *envelope.CellKey
+	for ki, k := range u.up.Keys {
+		if k.Key == ch.Source && !k.Fresh && keys[r.id][ki].wrapped == *cc.key {
+			ck = keys[r.id][ki].ck
+		}
+	}
+	if ck == nil {
+		rk, err := u.c.openKey(u.ctx, u.ti, ch.Source, r.pk, *cc.key)
+		if errors.Is(err, ErrPermission) {
+			err = fmt.Errorf("%w (checking that the row holds the value its blind index says needs decrypt rights)", err)
+		}
+		if err != nil {
+			return "", false, err
+		}
+		ck = rk.ck
+	}
+	v, err := openCell(u.ti, ch.Column, envelope.CellAAD(u.ti.table.Name, ch.Column), ck, cc.cell)
+	if err != nil {
+		return "", false, cellError(u.ti, ch.Column, r.pk, err)
+	}
+	ix, err := u.c.connector.index(ch.Table, ch.Column)
+	if err != nil {
+		return "", false, err
+	}
+	s, _ := v.(string)
+	return ix.Normalize(s), false, nil
 }
 
 // prepareVerified runs a DELETE's or UPDATE's blind-index check: in a
@@ -835,9 +874,7 @@ func (c *Conn) verifyRows(ctx context.Context, p *rewrite.Plan, args []driver.Na
 		for i := range r.pk {
 			dest = append(dest, &r.pk[i])
 		}
-		for i := range r.checks {
-			dest = append(dest, &r.checks[i].key, &r.checks[i].cell)
-		}
+		dest = checkDest(dest, r.checks, v.Checks)
 		err := row.Scan(dest...)
 		r.id = strings.Join(r.pk, "\x00")
 		return r, err

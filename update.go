@@ -186,7 +186,7 @@ func (u *updateKeyer) selectRows(sql string) ([]updRow, error) {
 	npk, nk := len(u.up.Table.PrimaryKey), len(u.up.Keys)
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (updRow, error) {
 		r := updRow{pk: make([]string, npk), keys: make([]*string, nk), others: make([]bool, nk), checks: make([]checkCell, len(u.up.Checks))}
-		dest := make([]any, 0, 2+npk+2*nk+2*len(r.checks))
+		dest := make([]any, 0, 2+npk+2*nk+3*len(r.checks))
 		dest = append(dest, &r.ctid, &r.toid)
 		for i := range r.pk {
 			dest = append(dest, &r.pk[i])
@@ -197,9 +197,7 @@ func (u *updateKeyer) selectRows(sql string) ([]updRow, error) {
 		for i := range r.others {
 			dest = append(dest, &r.others[i])
 		}
-		for i := range r.checks {
-			dest = append(dest, &r.checks[i].key, &r.checks[i].cell)
-		}
+		dest = checkDest(dest, r.checks, u.up.Checks)
 		err := row.Scan(dest...)
 		r.id = strings.Join(r.pk, "\x00")
 		return r, err

@@ -631,6 +631,56 @@ func TestBlindIndexUnderOrAndNot(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
+// TestBlindIndexWriteConditionsTampered: an UPDATE or DELETE whose WHERE
+// compares a blind-indexed column under OR or NOT (not a top-level AND
+// term) checks each row it would change by value, as reads do: a row
+// whose index value was copied from another row makes the statement fail,
+// and nothing changes.
+func TestBlindIndexWriteConditionsTampered(t *testing.T) {
+	t.Setenv(blindindex.EnvMasterKey, testMasterKey)
+	e := newEnv(t, strings.Replace(bidxDDL, "CREATE UNIQUE INDEX", "CREATE INDEX", 1), bidxMap)
+	e.exec("INSERT INTO users (name, email) VALUES ('alice', 'alice@example.com'), ('mallory', 'mallory@example.com'), ('nomail', NULL)")
+	ctx := context.Background()
+	pool := newPgxPool(t, e)
+	// Untampered, they change exactly the rows the values select.
+	e.exec("UPDATE users SET name = name || '+' WHERE email = $1 OR name = 'nomail'", "ALICE@example.com")
+	e.exec("UPDATE users SET email = $1 WHERE NOT (email <> $2) OR email IS NULL", "nomail@example.com", "nobody@example.com")
+	if _, err := pool.Exec(ctx, "UPDATE users SET name = name || '*' WHERE email <> $1", "alice@example.com"); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := queryAll(e.db, "SELECT name, email FROM users ORDER BY id")
+	if err != nil || fmt.Sprint(got) != "[[alice+ alice@example.com] [mallory* mallory@example.com] [nomail+* nomail@example.com]]" {
+		t.Fatalf("after the untampered writes: %v %v", got, err)
+	}
+
+	// Mallory's row takes alice's index value.
+	if _, err := e.raw.Exec(ctx, "UPDATE users SET email_bidx = (SELECT email_bidx FROM users WHERE name = 'alice+') WHERE name = 'mallory*'"); err != nil {
+		t.Fatal(err)
+	}
+	before := e.rawValues("SELECT name || ':' || email || ':' || email_bidx FROM users ORDER BY id")
+	for _, c := range []struct {
+		sql  string
+		args []any
+	}{
+		{"UPDATE users SET name = 'x' WHERE email = $1 OR id < 0", []any{"alice@example.com"}},
+		{"UPDATE users SET name = 'x' WHERE NOT (email <> $1)", []any{"alice@example.com"}},
+		{"UPDATE users SET email = $1 WHERE email = $2 OR id < 0", []any{"x@example.com", "alice@example.com"}},
+		{"DELETE FROM users WHERE email IN ($1) OR false", []any{"alice@example.com"}},
+		{"DELETE FROM users WHERE (email = $1) IS TRUE", []any{"alice@example.com"}},
+	} {
+		_, err := e.db.Exec(c.sql, c.args...)
+		if !errors.Is(err, kmspostgres.ErrBlindIndexMismatch) {
+			t.Errorf("%s: %v, want ErrBlindIndexMismatch", c.sql, err)
+		}
+		if _, err := pool.Exec(ctx, c.sql, c.args...); !errors.Is(err, kmspostgres.ErrBlindIndexMismatch) {
+			t.Errorf("kmspgx %s: %v, want ErrBlindIndexMismatch", c.sql, err)
+		}
+	}
+	if after := e.rawValues("SELECT name || ':' || email || ':' || email_bidx FROM users ORDER BY id"); !slices.Equal(before, after) {
+		t.Fatalf("a refused statement changed rows:\n%q\n%q", before, after)
+	}
+}
+
 // TestBlindIndexJoin: two columns whose indexes share one key (key_of)
 // can be joined on; others are refused with the fix.
 func TestBlindIndexJoin(t *testing.T) {
@@ -673,6 +723,34 @@ tables:
 	if err != nil || len(got) != 2 || got[0] != (pair{"i1", "ada@example.org"}) || got[1] != (pair{"i3", "bob@example.org"}) {
 		t.Fatalf("kmspgx join: %+v %v", got, err)
 	}
+	// Invite i2 (carol) takes ada's index value: a join would pair it
+	// with ada. Every join shape that returns the pair fails instead.
+	if _, err := e.raw.Exec(ctx, "UPDATE invites SET email_bidx = (SELECT email_bidx FROM users WHERE name = 'ada') WHERE code = 'i2'"); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		"SELECT u.name, i.code FROM users u JOIN invites i ON u.email = i.email",
+		"SELECT u.name, i.code FROM users u, invites i WHERE i.email = u.email",
+		"SELECT u.name, i.code FROM invites i LEFT JOIN users u ON u.email = i.email",
+		"SELECT u.name, i.code FROM users u JOIN invites i ON u.email = i.email OR i.code = 'zz'",
+		"SELECT u.name, i.code FROM users u JOIN invites i ON NOT (u.email <> i.email)",
+	} {
+		_, _, err := queryAll(e.db, q)
+		if !errors.Is(err, kmspostgres.ErrBlindIndexMismatch) {
+			t.Errorf("%s: %v, want ErrBlindIndexMismatch", q, err)
+		}
+		rows, err := pool.Query(ctx, q)
+		if err == nil {
+			_, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (any, error) { return r.Values() })
+		}
+		if !errors.Is(err, kmspostgres.ErrBlindIndexMismatch) {
+			t.Errorf("kmspgx %s: %v, want ErrBlindIndexMismatch", q, err)
+		}
+	}
+	// The honest rows of an outer join that the forged one is not part of
+	// still read.
+	wantNames(t, e.names("SELECT u.name || ':' || coalesce(i.code, '-') FROM users u LEFT JOIN invites i ON u.email = i.email AND i.code <> 'i2' ORDER BY u.id"), "ada:i1", "bob:i3")
+
 	_, err = e.db.Query("SELECT 1 FROM users u JOIN leads l ON u.email = l.email")
 	mustErrIs(t, err, kmspostgres.ErrUnsupported)
 	if err == nil || !strings.Contains(err.Error(), "key_of") {
@@ -704,4 +782,31 @@ tables:
 			t.Errorf("%s: %v, want %q", c.extra, err, c.want)
 		}
 	}
+}
+
+// queryAll reads every row of a query as values; the error is the query's
+// or the first row's.
+func queryAll(db *sql.DB, q string, args ...any) ([][]any, int, error) {
+	rows, err := db.Query(q, args...)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	cols, err := rows.Columns()
+	if err != nil {
+		return nil, 0, err
+	}
+	var out [][]any
+	for rows.Next() {
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(vals))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			return out, len(out), err
+		}
+		out = append(out, vals)
+	}
+	return out, len(out), rows.Err()
 }

@@ -2,6 +2,7 @@ package rewrite
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
@@ -52,6 +53,16 @@ type Check struct {
 	// Negated: the comparison is <>, NOT IN or <> ALL. NullOperand: it
 	// has a NULL literal among its operands.
 	Negated, NullOperand bool
+
+	// Pair: the comparison is of two blind-indexed columns that share one
+	// index key (a join, a.email = b.email); it has no lookups, and always
+	// Cond. The other column is read at PairAt with the row key of
+	// Sources[PairSource]; the driver compares the two decrypted values.
+	Pair       bool
+	PairAt     int
+	PairSource int
+	PairTable  *Table
+	PairColumn string
 }
 
 // blindCan says what a blind index can and cannot do, for refusals.
@@ -70,6 +81,13 @@ type blindState struct {
 	// IN, = ANY) a matching row must satisfy by value, negated ones (<>,
 	// NOT IN, <> ALL) it must not.
 	preds map[*pg.A_Expr]*blindPred
+	// joins are the rewritten comparisons of two index columns.
+	joins map[*pg.A_Expr]*blindJoinPred
+}
+
+type blindJoinPred struct {
+	l, r    *encRef
+	negated bool
 }
 
 type blindPred struct {
@@ -207,6 +225,10 @@ func (a *analyzer) blindJoin(x *pg.A_Expr, le, re *encRef, op string) error {
 	}
 	a.blind.rewrote = true
 	x.Lexpr, x.Rexpr = colRef(le.base, lb.Column), colRef(re.base, rb.Column)
+	if a.blind.joins == nil {
+		a.blind.joins = map[*pg.A_Expr]*blindJoinPred{}
+	}
+	a.blind.joins[x] = &blindJoinPred{l: le, r: re, negated: op == "<>"}
 	return nil
 }
 
@@ -255,9 +277,13 @@ func refuseBlindWrite(t *Table, col, enc string) error {
 }
 
 // blindChecks adds to a top-level SELECT the encrypted columns that its
-// WHERE clause's blind-index equalities (top-level AND terms) compare, as
-// hidden columns after the row keys, so that the driver can verify each
-// returned row by value.
+// blind-index comparisons compare, as hidden columns after the row keys,
+// so that the driver can verify each returned row by value: the terms of
+// the WHERE clause's top-level AND must hold on the values; every other
+// comparison of the WHERE clause and of the JOIN … ON conditions (under OR
+// or NOT, joins of two index columns, outer joins) is read as the
+// server's boolean value beside its cells, which must agree with the
+// values.
 func (a *analyzer) blindChecks(sel *pg.SelectStmt, groups []*group) ([]*group, []pendingCheck) {
 	var checks []pendingCheck
 	groupFor := func(e *encRef) *group {
@@ -283,25 +309,33 @@ func (a *analyzer) blindChecks(sel *pg.SelectStmt, groups []*group) ([]*group, [
 		checks = append(checks, pendingCheck{enc: e, group: g, lookups: p.lookups})
 		covered[n] = true
 	}
-	// The other comparisons of the WHERE clause (under OR or NOT), outside
-	// subqueries, which have their own rows: the server's value of each is
-	// read beside the cell.
-	walk(&pg.List{Items: []*pg.Node{sel.WhereClause}}, func(n *pg.Node) bool { // the clause itself is visited too
-		if covered[n] || n.GetSubLink() != nil {
+	// The other comparisons, outside subqueries (which have their own
+	// rows): the server's value of each is read beside the cells.
+	for _, root := range qualRoots(sel) {
+		walk(&pg.List{Items: []*pg.Node{root}}, func(n *pg.Node) bool { // the root itself is visited too
+			if covered[n] || n.GetSubLink() != nil || n.GetRangeSubselect() != nil {
+				return false
+			}
+			x := n.GetAExpr()
+			if j := a.blind.joins[x]; j != nil && j.l.src != nil && j.r.src != nil {
+				checks = append(checks, pendingCheck{enc: j.l, group: groupFor(j.l), pair: j.r, pairGroup: groupFor(j.r),
+					cond: proto.Clone(n).(*pg.Node), negated: j.negated})
+				return false
+			}
+			p := a.blind.preds[x]
+			if p == nil || len(p.lookups) == 0 {
+				return true
+			}
+			checks = append(checks, pendingCheck{enc: p.enc, group: groupFor(p.enc), lookups: p.lookups,
+				cond: proto.Clone(n).(*pg.Node), negated: p.negated, nullOper: p.nullOper})
 			return false
-		}
-		x := n.GetAExpr()
-		p := a.blind.preds[x]
-		if p == nil || len(p.lookups) == 0 {
-			return true
-		}
-		g := groupFor(p.enc)
-		checks = append(checks, pendingCheck{enc: p.enc, group: g, lookups: p.lookups,
-			cond: proto.Clone(n).(*pg.Node), negated: p.negated, nullOper: p.nullOper})
-		return false
-	})
+		})
+	}
 	for i, c := range checks {
 		sel.TargetList = append(sel.TargetList, resTarget("__kmspg_c"+strconv.Itoa(i), colRef(c.enc.base, c.enc.column)))
+		if c.pair != nil {
+			sel.TargetList = append(sel.TargetList, resTarget("__kmspg_j"+strconv.Itoa(i), colRef(c.pair.base, c.pair.column)))
+		}
 	}
 	for i, c := range checks {
 		if c.cond != nil {
@@ -309,6 +343,33 @@ func (a *analyzer) blindChecks(sel *pg.SelectStmt, groups []*group) ([]*group, [
 		}
 	}
 	return groups, checks
+}
+
+// qualRoots returns the conditions of a SELECT whose columns the select
+// list can name: its WHERE clause, and the ON conditions of the joins of
+// its FROM list, except inside a join with an alias (which hides its
+// tables' names) or a subquery.
+func qualRoots(sel *pg.SelectStmt) []*pg.Node {
+	var roots []*pg.Node
+	if sel.WhereClause != nil {
+		roots = append(roots, sel.WhereClause)
+	}
+	var from func(n *pg.Node)
+	from = func(n *pg.Node) {
+		j := n.GetJoinExpr()
+		if j == nil || j.Alias != nil {
+			return
+		}
+		if j.Quals != nil {
+			roots = append(roots, j.Quals)
+		}
+		from(j.Larg)
+		from(j.Rarg)
+	}
+	for _, n := range sel.FromClause {
+		from(n)
+	}
+	return roots
 }
 
 // positiveTerm returns the blind-index predicate a WHERE term is: one
@@ -346,21 +407,26 @@ type pendingCheck struct {
 	// cond: the comparison, read as a boolean column (see Check.Cond).
 	cond              *pg.Node
 	negated, nullOper bool
+	// pair: the other column of a comparison of two index columns.
+	pair      *encRef
+	pairGroup *group
 }
 
 // addChecks places the checks in the output after its hidden key columns.
 func addChecks(o *Output, groups []*group, checks []pendingCheck) {
 	pos := o.Visible + o.keyColumns()
+	source := func(g *group) int {
+		return slices.Index(groups, g)
+	}
 	for _, c := range checks {
-		src := -1
-		for gi, g := range groups {
-			if g == c.group {
-				src = gi
-			}
-		}
-		o.Checks = append(o.Checks, Check{At: pos, Source: src, Table: c.enc.table, Column: c.enc.column, Lookups: c.lookups,
-			Cond: c.cond != nil, Negated: c.negated, NullOperand: c.nullOper})
+		ch := Check{At: pos, Source: source(c.group), Table: c.enc.table, Column: c.enc.column, Lookups: c.lookups,
+			Cond: c.cond != nil, Negated: c.negated, NullOperand: c.nullOper}
 		pos++
+		if c.pair != nil {
+			ch.Pair, ch.PairAt, ch.PairSource, ch.PairTable, ch.PairColumn = true, pos, source(c.pairGroup), c.pair.table, c.pair.column
+			pos++
+		}
+		o.Checks = append(o.Checks, ch)
 	}
 	for i := range o.Checks {
 		if o.Checks[i].Cond {
@@ -376,6 +442,9 @@ func (o *Output) Hidden() int {
 	n := o.keyColumns()
 	for _, c := range o.Checks {
 		n++
+		if c.Pair {
+			n++
+		}
 		if c.Cond {
 			n++
 		}
@@ -519,23 +588,63 @@ func (a *analyzer) returningChecks(list *[]*pg.Node, where *pg.Node, out *Output
 	}
 }
 
-// updateChecks adds to the row finder of an UPDATE that writes encrypted
-// columns the key column and the encrypted column of each blind-index
-// equality among its WHERE clause's AND terms, so that the driver can
-// verify each locked row by value before writing it.
-func (a *analyzer) updateChecks(up *Update, sel *pg.SelectStmt, where *pg.Node, t *Table) {
-	pos := len(sel.TargetList)
+// targetChecks returns the blind-index comparisons of a DELETE's or
+// UPDATE's WHERE clause on the columns of its target table t (named qual
+// in the statement), outside subqueries: the top-level AND terms, which
+// must hold on the values, and the others (under OR or NOT, <>), which
+// are read as the server's value. Comparisons of other tables' columns
+// (FROM, USING) are not checked: the driver does not read those rows.
+func (a *analyzer) targetChecks(where *pg.Node, t *Table, qual string) []pendingCheck {
+	var checks []pendingCheck
+	covered := map[*pg.Node]bool{}
+	on := func(e *encRef) bool { return e.table == t && e.base == qual }
 	for _, n := range conjuncts(where) {
-		p := a.positiveTerm(n)
-		if p == nil || len(p.lookups) == 0 || p.enc.table != t {
-			continue
+		if p := a.positiveTerm(n); p != nil && len(p.lookups) > 0 && on(p.enc) {
+			checks = append(checks, pendingCheck{enc: p.enc, lookups: p.lookups})
+			covered[n] = true
 		}
-		e := p.enc
-		key := t.Encrypted[e.column].Key
-		sel.TargetList = append(sel.TargetList, resTarget("", colRef(e.base, t.Keys[key].Column)), resTarget("", colRef(e.base, e.column)))
-		up.Checks = append(up.Checks, Check{At: pos + 1, Source: key, Table: t, Column: e.column, Lookups: p.lookups})
-		pos += 2
 	}
+	if where == nil {
+		return checks
+	}
+	walk(&pg.List{Items: []*pg.Node{where}}, func(n *pg.Node) bool {
+		if covered[n] || n.GetSubLink() != nil {
+			return false
+		}
+		p := a.blind.preds[n.GetAExpr()]
+		if p == nil || len(p.lookups) == 0 || !on(p.enc) {
+			return true
+		}
+		checks = append(checks, pendingCheck{enc: p.enc, lookups: p.lookups, cond: proto.Clone(n).(*pg.Node), negated: p.negated, nullOper: p.nullOper})
+		return false
+	})
+	return checks
+}
+
+// addTargetChecks appends to a row finder's select list, per check, the
+// row's key column, the compared cell and, for a condition, the server's
+// value of it, and returns the checks with their positions.
+func addTargetChecks(sel *pg.SelectStmt, t *Table, qual string, pending []pendingCheck) []Check {
+	var out []Check
+	for _, c := range pending {
+		key := t.Encrypted[c.enc.column].Key
+		sel.TargetList = append(sel.TargetList, resTarget("", colRef(qual, t.Keys[key].Column)), resTarget("", colRef(qual, c.enc.column)))
+		ch := Check{At: len(sel.TargetList) - 1, Source: key, Table: t, Column: c.enc.column, Lookups: c.lookups,
+			Cond: c.cond != nil, Negated: c.negated, NullOperand: c.nullOper}
+		if c.cond != nil {
+			sel.TargetList = append(sel.TargetList, resTarget("", c.cond))
+			ch.CondAt = len(sel.TargetList) - 1
+		}
+		out = append(out, ch)
+	}
+	return out
+}
+
+// updateChecks adds to the row finder of an UPDATE that writes encrypted
+// columns the checks of its WHERE clause (targetChecks), so that the
+// driver can verify each locked row by value before writing it.
+func (a *analyzer) updateChecks(up *Update, sel *pg.SelectStmt, where *pg.Node, t *Table, qual string) {
+	up.Checks = addTargetChecks(sel, t, qual, a.targetChecks(where, t, qual))
 }
 
 // preVerify plans the check of a DELETE's or UPDATE's rows when its WHERE
@@ -565,15 +674,7 @@ func (a *analyzer) preVerify(rv *pg.RangeVar, t *Table, with *pg.WithClause, fro
 		sel.TargetList = append(sel.TargetList, resTarget("", castText(colRef(qual, p))))
 	}
 	v := &Verify{Table: t, CtidSlot: 0, TableoidSlot: 1, Slots: 2}
-	for _, n := range conjuncts(*where) {
-		p := a.positiveTerm(n)
-		if p == nil || len(p.lookups) == 0 || p.enc.table != t || p.enc.base != qual {
-			continue
-		}
-		key := t.Encrypted[p.enc.column].Key
-		sel.TargetList = append(sel.TargetList, resTarget("", colRef(qual, t.Keys[key].Column)), resTarget("", colRef(qual, p.enc.column)))
-		v.Checks = append(v.Checks, Check{At: len(sel.TargetList) - 1, Source: key, Table: t, Column: p.enc.column, Lookups: p.lookups})
-	}
+	v.Checks = addTargetChecks(sel, t, qual, a.targetChecks(*where, t, qual))
 	if len(v.Checks) == 0 {
 		return nil, nil
 	}

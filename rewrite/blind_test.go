@@ -51,9 +51,7 @@ func describeBlind(p *Plan) string {
 	if p.Out != nil {
 		for _, c := range p.Out.Checks {
 			fmt.Fprintf(&b, "\ncheck: %s.%s at %d src%d lookups=%v", c.Table.Name, c.Column, c.At, c.Source, c.Lookups)
-			if c.Cond {
-				fmt.Fprintf(&b, " cond at %d negated=%v null=%v", c.CondAt, c.Negated, c.NullOperand)
-			}
+			describeCheckTail(&b, c)
 		}
 	}
 	if p.Insert != nil {
@@ -65,15 +63,28 @@ func describeBlind(p *Plan) string {
 		fmt.Fprintf(&b, "\nverify: %s\n  selargs=%v slots=%d", v.SelectSQL, v.SelectArgs, v.Slots)
 		for _, c := range v.Checks {
 			fmt.Fprintf(&b, "\n  verify check: %s.%s at %d key %d lookups=%v", c.Table.Name, c.Column, c.At, c.Source, c.Lookups)
+			describeCheckTail(&b, c)
 		}
 	}
 	if p.Update != nil {
 		fmt.Fprintf(&b, "\n  update indexes=%v", p.Update.Indexes)
 		for _, c := range p.Update.Checks {
 			fmt.Fprintf(&b, "\n  update check: %s.%s at %d key %d lookups=%v", c.Table.Name, c.Column, c.At, c.Source, c.Lookups)
+			describeCheckTail(&b, c)
 		}
 	}
 	return b.String()
+}
+
+// describeCheckTail prints what a check has beyond its cell: the pair's
+// cell and the server's condition.
+func describeCheckTail(b *strings.Builder, c Check) {
+	if c.Pair {
+		fmt.Fprintf(b, " pair %s.%s at %d src%d", c.PairTable.Name, c.PairColumn, c.PairAt, c.PairSource)
+	}
+	if c.Cond {
+		fmt.Fprintf(b, " cond at %d negated=%v null=%v", c.CondAt, c.Negated, c.NullOperand)
+	}
 }
 
 var blindCases = []string{
@@ -106,6 +117,9 @@ var blindCases = []string{
 	"SELECT id FROM users WHERE lower(email) = $1",
 	"SELECT id FROM users WHERE email = name",
 	"SELECT a.id FROM users a JOIN users b ON a.email = b.email",
+	"SELECT a.id, b.id FROM users a LEFT JOIN users b ON a.email = b.email OR b.email = $1 WHERE a.id = 1",
+	"SELECT a.id FROM users a, users b WHERE a.email <> b.email",
+	"SELECT a.id FROM users a WHERE EXISTS (SELECT 1 FROM users b WHERE a.email = b.email AND b.id <> a.id)",
 	"SELECT id FROM users WHERE email = ANY('{a,b}')",
 	"WITH u AS (SELECT id, email FROM users) SELECT id FROM u WHERE email = $1",
 	"SELECT id FROM users WHERE email_bidx = $1",
@@ -123,6 +137,9 @@ var blindCases = []string{
 	"UPDATE users SET email_bidx = $1 WHERE id = $2",
 	"DELETE FROM users WHERE email = $1 RETURNING id",
 	"DELETE FROM users WHERE email IN ($1, $2)",
+	"DELETE FROM users WHERE email = $1 OR id = $2",
+	"UPDATE users SET name = $1 WHERE NOT (email <> $2) AND id > 0",
+	"UPDATE users SET email = $1 WHERE email = $2 OR email IS NULL",
 	"DELETE FROM users u WHERE u.email = $1 AND org_id = $2 RETURNING u.id, u.email",
 	"UPDATE users SET name = $1 WHERE email = $2 RETURNING *",
 }

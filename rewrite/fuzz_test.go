@@ -207,6 +207,9 @@ func checkPlan(t *testing.T, sql string, p *Plan) {
 	if p.Out != nil {
 		for _, c := range p.Out.Checks {
 			checkAt[c.At] = true
+			if c.Pair {
+				checkAt[c.PairAt] = true
+			}
 		}
 	}
 	for _, rs := range tree.Stmts {
