@@ -562,7 +562,13 @@ func (r *rows) verifyCheck(w *windowKeys, ri, ci int, ch rewrite.Check) error {
 		row[ch.CondAt] = nil
 	}
 	var in, null bool
-	s, null, err := r.checkValue(w, ri, ch.Source, ch.At, ch.Table, ch.Column)
+	var s string
+	var err error
+	if ch.Visible {
+		s, null, err = r.visibleValue(ri, ch)
+	} else {
+		s, null, err = r.checkValue(w, ri, ch.Source, ch.At, ch.Table, ch.Column)
+	}
 	if err == nil && ch.Pair {
 		var ps string
 		var pnull bool
@@ -604,6 +610,24 @@ func checkAgrees(ch rewrite.Check, in, null, nullOperand bool, server any) (bool
 		return serverNull, nil
 	default:
 		return !serverNull && b == ch.Negated, nil
+	}
+}
+
+// visibleValue returns the decrypted value of a result column a check
+// compares (Check.Visible), normalized by the column's index, or that it
+// is NULL.
+func (r *rows) visibleValue(ri int, ch rewrite.Check) (string, bool, error) {
+	switch v := r.buf[ri][ch.At].(type) {
+	case nil:
+		return "", true, nil
+	case string:
+		ix, err := r.c.connector.index(ch.Table, ch.Column)
+		if err != nil {
+			return "", false, err
+		}
+		return ix.Normalize(v), false, nil
+	default:
+		return "", false, fmt.Errorf("kmspostgres: internal: %s.%s was decrypted as %T for its blind-index check; refusing the result", ch.Table.Name, ch.Column, v)
 	}
 }
 

@@ -26,8 +26,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"os"
 	"strings"
+	"sync"
 
 	"golang.org/x/crypto/argon2"
 )
@@ -186,6 +188,9 @@ type Index struct {
 	key       [KeySize]byte
 	algorithm Algorithm
 	normalize Normalizer
+	// macs holds keyed HMAC-SHA256 states: Reset returns one to the
+	// keyed state, so the key is not set up again per value.
+	macs sync.Pool
 }
 
 // New returns the index with the given per-index key, algorithm and
@@ -194,7 +199,9 @@ func New(key [KeySize]byte, a Algorithm, n Normalizer) (*Index, error) {
 	if a != Argon2id && a != HMACSHA256 {
 		return nil, fmt.Errorf("blindindex: unknown algorithm %v", a)
 	}
-	return &Index{key: key, algorithm: a, normalize: n}, nil
+	ix := &Index{key: key, algorithm: a, normalize: n}
+	ix.macs.New = func() any { return hmac.New(sha256.New, ix.key[:]) }
+	return ix, nil
 }
 
 // Algorithm returns the index's algorithm.
@@ -218,9 +225,12 @@ func (ix *Index) Sum(v []byte) []byte {
 	case Argon2id:
 		return argon2.IDKey(v, ix.key[:], argonTime, argonMemory, argonThreads, Size)
 	default:
-		mac := hmac.New(sha256.New, ix.key[:])
+		mac := ix.macs.Get().(hash.Hash)
 		mac.Write(v)
-		return mac.Sum(nil)
+		sum := mac.Sum(make([]byte, 0, Size))
+		mac.Reset()
+		ix.macs.Put(mac)
+		return sum
 	}
 }
 

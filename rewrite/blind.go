@@ -50,6 +50,10 @@ type Check struct {
 
 	Cond   bool
 	CondAt int
+	// Visible: At is a result column the caller reads (the compared column
+	// is returned), whose value is decrypted before the check; otherwise
+	// At is a hidden column of ciphertext read for the check alone.
+	Visible bool
 	// Negated: the comparison is <>, NOT IN or <> ALL. NullOperand: it
 	// has a NULL literal among its operands.
 	Negated, NullOperand bool
@@ -284,7 +288,7 @@ func refuseBlindWrite(t *Table, col, enc string) error {
 // or NOT, joins of two index columns, outer joins) is read as the
 // server's boolean value beside its cells, which must agree with the
 // values.
-func (a *analyzer) blindChecks(sel *pg.SelectStmt, groups []*group) ([]*group, []pendingCheck) {
+func (a *analyzer) blindChecks(sel *pg.SelectStmt, groups []*group, outs []*out) ([]*group, []pendingCheck) {
 	var checks []pendingCheck
 	groupFor := func(e *encRef) *group {
 		for _, have := range groups {
@@ -331,8 +335,20 @@ func (a *analyzer) blindChecks(sel *pg.SelectStmt, groups []*group) ([]*group, [
 			return false
 		})
 	}
-	for i, c := range checks {
-		sel.TargetList = append(sel.TargetList, resTarget("__kmspg_c"+strconv.Itoa(i), colRef(c.enc.base, c.enc.column)))
+	for i := range checks {
+		c := &checks[i]
+		// A compared column the query returns from the same row is
+		// checked on its decrypted value: not read twice.
+		c.visibleAt = -1
+		for oi, o := range outs {
+			if o.enc != nil && o.enc.src == c.enc.src && o.enc.table == c.enc.table && o.enc.column == c.enc.column && o.enc.groupOf(groups, oi) == c.group {
+				c.visibleAt = oi
+				break
+			}
+		}
+		if c.visibleAt < 0 {
+			sel.TargetList = append(sel.TargetList, resTarget("__kmspg_c"+strconv.Itoa(i), colRef(c.enc.base, c.enc.column)))
+		}
 		if c.pair != nil {
 			sel.TargetList = append(sel.TargetList, resTarget("__kmspg_j"+strconv.Itoa(i), colRef(c.pair.base, c.pair.column)))
 		}
@@ -410,6 +426,8 @@ type pendingCheck struct {
 	// pair: the other column of a comparison of two index columns.
 	pair      *encRef
 	pairGroup *group
+	// visibleAt: the result column that returns the compared cell, or -1.
+	visibleAt int
 }
 
 // addChecks places the checks in the output after its hidden key columns.
@@ -421,7 +439,11 @@ func addChecks(o *Output, groups []*group, checks []pendingCheck) {
 	for _, c := range checks {
 		ch := Check{At: pos, Source: source(c.group), Table: c.enc.table, Column: c.enc.column, Lookups: c.lookups,
 			Cond: c.cond != nil, Negated: c.negated, NullOperand: c.nullOper}
-		pos++
+		if c.visibleAt >= 0 {
+			ch.At, ch.Visible = c.visibleAt, true
+		} else {
+			pos++
+		}
 		if c.pair != nil {
 			ch.Pair, ch.PairAt, ch.PairSource, ch.PairTable, ch.PairColumn = true, pos, source(c.pairGroup), c.pair.table, c.pair.column
 			pos++
@@ -441,7 +463,9 @@ func addChecks(o *Output, groups []*group, checks []pendingCheck) {
 func (o *Output) Hidden() int {
 	n := o.keyColumns()
 	for _, c := range o.Checks {
-		n++
+		if !c.Visible {
+			n++
+		}
 		if c.Pair {
 			n++
 		}

@@ -79,6 +79,9 @@ func describeBlind(p *Plan) string {
 // describeCheckTail prints what a check has beyond its cell: the pair's
 // cell and the server's condition.
 func describeCheckTail(b *strings.Builder, c Check) {
+	if c.Visible {
+		b.WriteString(" visible")
+	}
 	if c.Pair {
 		fmt.Fprintf(b, " pair %s.%s at %d src%d", c.PairTable.Name, c.PairColumn, c.PairAt, c.PairSource)
 	}

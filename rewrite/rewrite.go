@@ -342,7 +342,7 @@ func (a *analyzer) topSelect(stmt *pg.Node, sel *pg.SelectStmt) (*Plan, error) {
 	groups := a.expose(sel, info)
 	var checks []pendingCheck
 	if checkable(sel) {
-		groups, checks = a.blindChecks(sel, groups)
+		groups, checks = a.blindChecks(sel, groups, info.outs)
 	}
 	if !hasEnc(info.outs) && len(checks) == 0 {
 		return &Plan{Passthrough: true}, nil
