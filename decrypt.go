@@ -134,7 +134,7 @@ func (r *rows) collectKeys() (*windowKeys, error) {
 			if _, ok := w.pending[id]; ok {
 				continue
 			}
-			it, err := unwrapItemFor(w.infos[si], s, text, pk)
+			it, err := r.itemFor(w.infos[si], s, text, pk, id.pk)
 			if err != nil {
 				ti := w.infos[si]
 				return nil, r.sourceError(w, si, pk, keyColumnHint(err, ti.table.Name, ti.table.Keys[s.Key].Column))
@@ -144,6 +144,16 @@ func (r *rows) collectKeys() (*windowKeys, error) {
 		}
 	}
 	return w, nil
+}
+
+// itemFor is the item that unwraps a row's key column. With the data-key
+// cache on, parsing it and building its context wait for a cache miss:
+// the item is looked up by what the row holds (rowCacheID).
+func (r *rows) itemFor(ti *tableInfo, s rewrite.Source, text string, pk []string, joinedPK string) (*unwrapItem, error) {
+	if r.c.connector.keyring.cache != nil {
+		return &unwrapItem{rowID: rowCacheID(ti, s.Key, joinedPK, text), row: &rowSource{ti: ti, key: s.Key, pk: pk, text: text}}, nil
+	}
+	return unwrapItemFor(ti, s, text, pk)
 }
 
 // unwrapItemFor parses a key column and builds the context to unwrap it.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -163,6 +165,9 @@ func (k *keyring) halted() error {
 // emitCacheHit reports a data key served from the cache: no KMS call, so
 // no KMS audit log entry; observers see it.
 func (k *keyring) emitCacheHit(it *unwrapItem) {
+	if len(k.observers) == 0 || it.resolve() != nil {
+		return
+	}
 	k.emit(providers.OpUnwrap, it.keyID, it.version, it.ctx, time.Now(), nil, providers.CacheHit)
 }
 
@@ -187,6 +192,75 @@ type unwrapItem struct {
 	err     error             // result
 	cached  bool              // the result came from the cache
 	cacheID string            // set when this item's unwrap fills the cache
+
+	// rowID, when set, is the item's id in the cache (rowCacheID), and
+	// row says where the key comes from: keyID, version, ctx and wrapped
+	// are filled by resolve only when they are needed (a cache miss, or
+	// an observer of a hit), so that a hit builds no context.
+	rowID string
+	row   *rowSource
+}
+
+// rowSource is a row's key column as read, for a lazily resolved item.
+type rowSource struct {
+	ti   *tableInfo
+	key  int
+	pk   []string
+	text string
+}
+
+// resolve parses a lazy item's key column and builds its context.
+func (it *unwrapItem) resolve() error {
+	if it.row == nil {
+		return nil
+	}
+	src := it.row
+	it.row = nil
+	wk, err := envelope.ParseWrappedKey(src.text)
+	if err != nil {
+		return err
+	}
+	keyID, ectx, err := src.ti.entry.contextFor(src.ti.key(src.key), wk.Version, src.pk)
+	if err != nil {
+		return err
+	}
+	it.keyID, it.version, it.ctx, it.wrapped = keyID, wk.Version, ectx, wk.Ciphertext
+	return nil
+}
+
+// resolveAll resolves lazy items and returns those that resolved; the
+// others keep their error.
+func resolveAll(items []*unwrapItem) []*unwrapItem {
+	out := items[:0:0]
+	for _, it := range items {
+		if err := it.resolve(); err != nil {
+			it.err = err
+			continue
+		}
+		out = append(out, it)
+	}
+	return out
+}
+
+// rowCacheID identifies a row's data key in the cache by what the row
+// holds: the schema-map table, the key, the primary key and the key
+// column's text (which carries the version). Within one connector, whose
+// schema map is fixed, these determine the key id, the wrapped key and
+// the context, so a cached key still serves only the row and context it
+// was unwrapped for; but the context need not be built to look it up. It
+// starts with 0x01, which no key id does: the two kinds of id never meet.
+func rowCacheID(ti *tableInfo, key int, pk, text string) string {
+	var b strings.Builder
+	b.Grow(len(ti.entry.Name) + len(pk) + len(text) + 8)
+	b.WriteByte(1)
+	b.WriteString(ti.entry.Name)
+	b.WriteByte(0)
+	b.WriteString(strconv.Itoa(key))
+	b.WriteByte(0)
+	b.WriteString(pk)
+	b.WriteByte(0)
+	b.WriteString(text)
+	return b.String()
 }
 
 // cacheID identifies a data key in the cache: key id, wrapped key and
@@ -204,6 +278,7 @@ func cacheID(keyID string, wrapped []byte, c envelope.Context) (string, error) {
 // make one), else all from the KMS.
 func (k *keyring) openItems(ctx context.Context, items []*unwrapItem, limit int) {
 	if k.cache == nil {
+		items = resolveAll(items)
 		k.unwrapAll(ctx, items, limit)
 		readyItems(items)
 		return
@@ -221,10 +296,13 @@ func (k *keyring) openItems(ctx context.Context, items []*unwrapItem, limit int)
 	var owned []*unwrapItem
 	var waiters []waiter
 	for _, it := range items {
-		id, err := cacheID(it.keyID, it.wrapped, it.ctx)
-		if err != nil {
-			it.err = err
-			continue
+		id := it.rowID
+		if id == "" {
+			var err error
+			if id, err = cacheID(it.keyID, it.wrapped, it.ctx); err != nil {
+				it.err = err
+				continue
+			}
 		}
 		v, ok, owner, wait := k.cache.Claim(id)
 		switch {
@@ -239,8 +317,9 @@ func (k *keyring) openItems(ctx context.Context, items []*unwrapItem, limit int)
 		}
 	}
 	// Publish every key this caller owns before waiting on others'.
-	k.unwrapAll(ctx, owned, limit)
-	readyItems(owned)
+	ready := resolveAll(owned)
+	k.unwrapAll(ctx, ready, limit)
+	readyItems(ready)
 	for _, it := range owned {
 		if it.err != nil {
 			k.cache.Abandon(it.cacheID)
@@ -257,6 +336,7 @@ func (k *keyring) openItems(ctx context.Context, items []*unwrapItem, limit int)
 		}
 		again = append(again, w.it) // the owner's unwrap failed: try ours
 	}
+	again = resolveAll(again)
 	k.unwrapAll(ctx, again, limit)
 	readyItems(again)
 }
