@@ -445,6 +445,7 @@ CREATE TABLE users_us PARTITION OF users FOR VALUES IN ('us');`, `
 key_id: insecure-test-key
 tables:
   users:
+    primary_key: [id, region]
     columns:
       email: {blind_index: {expression: lower_trim, algorithm: hmac_sha256}}
 `, "default_query_exec_mode="+mode)
@@ -496,5 +497,44 @@ tables:
 				t.Errorf("a refused statement changed rows:\n%q\n%q", before, after)
 			}
 		})
+	}
+}
+
+// TestAttackBidxNonUniquePrimaryKey: the map's primary_key (default id)
+// is checked for existence and type only, not for being unique. On a
+// partitioned table, whose real primary key must include the partition
+// column, the default map is accepted with id alone; two rows then share
+// one encryption context, and the README's "the ciphertext cannot be
+// copied across rows (its key is bound to the row's primary key)" fails:
+// alice's email cells (ciphertext, key column, index) copied into
+// mallory's row in the other partition decrypt there, and alice's lookup
+// returns mallory's row with no error. (The same map makes an UPDATE key
+// both rows under one id, a data race under -race in keyRows.)
+func TestAttackBidxNonUniquePrimaryKey(t *testing.T) {
+	t.Setenv(blindindex.EnvMasterKey, testMasterKey)
+	e := newEnv(t, `
+CREATE TABLE users (id bigint, region text, name text, email text, encrypted_kms_key text, email_bidx text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+CREATE TABLE users_eu PARTITION OF users FOR VALUES IN ('eu');
+CREATE TABLE users_us PARTITION OF users FOR VALUES IN ('us');`, `
+key_id: insecure-test-key
+tables:
+  users:
+    columns:
+      email: {blind_index: {expression: lower_trim, algorithm: hmac_sha256}}
+`)
+	_, err := e.db.Exec("INSERT INTO users (id, region, name, email) VALUES (1, 'eu', 'alice', 'alice@example.com'), (1, 'us', 'mallory', 'mallory@example.com')")
+	if err != nil {
+		if errors.Is(err, kmspostgres.ErrSchema) || errors.Is(err, kmspostgres.ErrUnsupported) {
+			return // secure: the map is refused
+		}
+		t.Fatalf("insert: %v", err)
+	}
+	e.rawExec(`UPDATE users u SET email = a.email, encrypted_kms_key = a.encrypted_kms_key, email_bidx = a.email_bidx
+		FROM users a WHERE a.region = 'eu' AND a.id = 1 AND u.region = 'us' AND u.id = 1`)
+	got, _, err := queryAll(e.db, "SELECT name, email FROM users WHERE email = $1 ORDER BY region", attackAlice)
+	for _, r := range got {
+		if fmt.Sprint(r...) == "malloryalice@example.com" {
+			t.Errorf("alice's lookup returned mallory's row with alice's copied cells: %v (err %v); want the map refused (primary_key is not unique) or the row refused", got, err)
+		}
 	}
 }
