@@ -376,6 +376,21 @@ func (c *Connector) indexCells(t *rewrite.Table, cells []rewrite.Cell, args []dr
 // out: they match nothing). null reports whether one did: a comparison
 // that matches no operand is then NULL rather than false.
 func lookupOperands(l rewrite.Lookup, args []driver.NamedValue) (ops []any, null bool, err error) {
+	elems, null, err := lookupElems(l, args)
+	for _, e := range elems {
+		if e == nil {
+			null = true
+			continue
+		}
+		ops = append(ops, e)
+	}
+	return ops, null, err
+}
+
+// lookupElems returns a lookup's operand, or each element of an array
+// operand, NULL elements included (nil); whole says the operand itself is
+// NULL.
+func lookupElems(l rewrite.Lookup, args []driver.NamedValue) (elems []any, whole bool, err error) {
 	v, err := valueOf(l.Value, args)
 	if err != nil || v == nil {
 		return nil, err == nil, err
@@ -386,13 +401,22 @@ func lookupOperands(l rewrite.Lookup, args []driver.NamedValue) (ops []any, null
 	if b, ok := v.([]byte); ok {
 		v = string(b)
 	}
-	add := func(e any) {
-		if e == nil {
-			null = true
-			return
+	switch a := v.(type) { // pgx sends a nil slice as NULL
+	case []string:
+		if a == nil {
+			return nil, true, nil
 		}
-		ops = append(ops, e)
+	case []*string:
+		if a == nil {
+			return nil, true, nil
+		}
+	case []any:
+		if a == nil {
+			return nil, true, nil
+		}
 	}
+	ops := []any{}
+	add := func(e any) { ops = append(ops, e) }
 	switch a := v.(type) {
 	case string: // an array in PostgreSQL's text form, as pq.Array gives it
 		elems, err := parseTextArray(a)
@@ -429,7 +453,7 @@ func lookupOperands(l rewrite.Lookup, args []driver.NamedValue) (ops []any, null
 	default:
 		return nil, false, &rewrite.RefusalError{Table: l.Table.Name, Column: l.Column, Reason: fmt.Sprintf("= ANY on a blind-indexed column takes a []string, not %T", v), Fix: "pass the values as a []string"}
 	}
-	return ops, null, nil
+	return ops, false, nil
 }
 
 // lookups computes the index values a plan compares with.
@@ -439,30 +463,40 @@ func (c *Connector) lookups(p *rewrite.Plan, args []driver.NamedValue) ([]any, e
 	}
 	out := make([]any, len(p.Lookups))
 	for i, l := range p.Lookups {
-		ops, _, err := lookupOperands(l, args)
+		elems, whole, err := lookupElems(l, args)
 		if err != nil {
 			return nil, err
 		}
 		if !l.Array {
-			if len(ops) == 1 {
-				out[i], err = c.indexValue(l.Table, l.Column, ops[0])
+			if len(elems) == 1 {
+				out[i], err = c.indexValue(l.Table, l.Column, elems[0])
 			}
 			if err != nil {
 				return nil, err
 			}
 			continue
 		}
+		// The array the server compares with has the query's NULLs where
+		// the query has them, and is NULL when the query's is: = ANY and
+		// <> ALL then answer as they would on the values.
 		bytea := l.Table.Blind[l.Column].Bytea
-		texts, raws := make([]string, len(ops)), make([][]byte, len(ops))
-		for j, op := range ops {
-			iv, err := c.indexValue(l.Table, l.Column, op)
+		if whole {
+			continue // NULL
+		}
+		texts, raws := make([]*string, len(elems)), make([][]byte, len(elems))
+		for j, e := range elems {
+			if e == nil {
+				continue
+			}
+			iv, err := c.indexValue(l.Table, l.Column, e)
 			if err != nil {
 				return nil, err
 			}
 			if bytea {
 				raws[j] = iv.([]byte)
 			} else {
-				texts[j] = iv.(string)
+				s := iv.(string)
+				texts[j] = &s
 			}
 		}
 		if bytea {
@@ -481,10 +515,18 @@ func (c *Connector) lookups(p *rewrite.Plan, args []driver.NamedValue) ([]any, e
 // ErrDecrypt; use errors.Is.
 var ErrBlindIndexMismatch = fmt.Errorf("%w: a row's blind index does not match its value (was the index column written past the driver?)", ErrDecrypt)
 
-// blindChecks holds, per check of a result, the normalized operands a
-// row's decrypted value must be among (rows.checkNulls says whether a NULL
-// was among them too).
-type blindChecks [][]string
+// checkOperand is what a blind-index check compares a row's decrypted
+// value with: the query's operands normalized by the column's index,
+// whether a NULL is among them, and whether they are an empty array (an
+// = ANY or <> ALL of no elements, whose value does not depend on the row).
+type checkOperand struct {
+	values []string
+	null   bool
+	empty  bool
+}
+
+// blindChecks holds the operands of each check of a result.
+type blindChecks []checkOperand
 
 // attachChecks gives a result set the operands of its plan's checks.
 func (c *Conn) attachChecks(dr driver.Rows, p *rewrite.Plan, args []driver.NamedValue) error {
@@ -493,40 +535,45 @@ func (c *Conn) attachChecks(dr driver.Rows, p *rewrite.Plan, args []driver.Named
 		return nil
 	}
 	var err error
-	r.checks, r.checkNulls, err = c.connector.checkOperands(p, p.Out.Checks, args)
+	r.checks, err = c.connector.checkOperands(p, p.Out.Checks, args)
 	return err
 }
 
-// checkOperands returns, per check, its operands normalized by the
-// column's index, and whether a NULL is among them.
-func (c *Connector) checkOperands(p *rewrite.Plan, checks []rewrite.Check, args []driver.NamedValue) (blindChecks, []bool, error) {
-	operands := make(blindChecks, len(checks))
-	nulls := make([]bool, len(checks))
+// checkOperands returns the operands of each check.
+func (c *Connector) checkOperands(p *rewrite.Plan, checks []rewrite.Check, args []driver.NamedValue) (blindChecks, error) {
+	out := make(blindChecks, len(checks))
 	for i, ch := range checks {
-		nulls[i] = ch.NullOperand
+		op := &out[i]
+		op.null = ch.NullOperand
 		if len(ch.Lookups) == 0 {
 			continue
 		}
 		ix, err := c.index(ch.Table, ch.Column)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		for _, li := range ch.Lookups {
-			ops, null, err := lookupOperands(p.Lookups[li], args)
+			l := p.Lookups[li]
+			elems, whole, err := lookupElems(l, args)
 			if err != nil {
-				return nil, nil, err
+				return nil, err
 			}
-			nulls[i] = nulls[i] || null
-			for _, op := range ops {
-				pt, err := envelope.Text.Encode(op)
-				if err != nil {
-					return nil, nil, &CellError{Table: ch.Table.Name, Column: ch.Column, Err: err}
+			op.empty = ch.Cond && len(ch.Lookups) == 1 && l.Array && !whole && len(elems) == 0
+			op.null = op.null || whole
+			for _, e := range elems {
+				if e == nil {
+					op.null = true
+					continue
 				}
-				operands[i] = append(operands[i], ix.Normalize(string(pt)))
+				pt, err := envelope.Text.Encode(e)
+				if err != nil {
+					return nil, &CellError{Table: ch.Table.Name, Column: ch.Column, Err: err}
+				}
+				op.values = append(op.values, ix.Normalize(string(pt)))
 			}
 		}
 	}
-	return operands, nulls, nil
+	return out, nil
 }
 
 // verify decrypts, for every row of the window, the columns the plan's
@@ -575,12 +622,12 @@ func (r *rows) verifyCheck(w *windowKeys, ri, ci int, ch rewrite.Check) error {
 		ps, pnull, err = r.checkValue(w, ri, ch.PairSource, ch.PairAt, ch.PairTable, ch.PairColumn)
 		in, null = s == ps, null || pnull
 	} else if err == nil && !null {
-		in = slices.Contains(r.checks[ci], s)
+		in = slices.Contains(r.checks[ci].values, s)
 	}
 	if err != nil {
 		return err
 	}
-	ok, err := checkAgrees(ch, in, null, r.checkNulls[ci], server)
+	ok, err := checkAgrees(ch, in, null, r.checks[ci], server)
 	if err != nil || ok {
 		return err
 	}
@@ -589,10 +636,10 @@ func (r *rows) verifyCheck(w *windowKeys, ri, ci int, ch rewrite.Check) error {
 
 // checkAgrees decides a blind-index check from the decrypted values: in,
 // the value is among the operands (or, for a pair, the two values are
-// equal); null, a value is NULL; nullOperand, a NULL is among the
-// operands; server, the server's value of the comparison (a bool or nil),
-// read when ch.Cond.
-func checkAgrees(ch rewrite.Check, in, null, nullOperand bool, server any) (bool, error) {
+// equal); null, a value is NULL; op, the operands; server, the server's
+// value of the comparison (a bool or nil), read when ch.Cond. It computes
+// the comparison as PostgreSQL does and says whether the server agrees.
+func checkAgrees(ch rewrite.Check, in, null bool, op checkOperand, server any) (bool, error) {
 	if !ch.Cond {
 		return in, nil
 	}
@@ -602,11 +649,13 @@ func checkAgrees(ch rewrite.Check, in, null, nullOperand bool, server any) (bool
 		return false, fmt.Errorf("kmspostgres: internal: a blind-index condition read as %T; refusing the result", server)
 	}
 	switch {
+	case op.empty: // = ANY('{}') is false and <> ALL('{}') true, even for NULL
+		return !serverNull && b == ch.Negated, nil
 	case null: // a NULL value compares as NULL
 		return serverNull, nil
 	case in: // as PostgreSQL: a match decides…
 		return !serverNull && b != ch.Negated, nil
-	case nullOperand: // …otherwise a NULL operand makes it NULL
+	case op.null: // …otherwise a NULL operand makes it NULL
 		return serverNull, nil
 	default:
 		return !serverNull && b == ch.Negated, nil
@@ -790,7 +839,7 @@ func (u *updateKeyer) verify(locked []updRow, keys map[string][]rowKey) error {
 	if len(up.Checks) == 0 {
 		return nil
 	}
-	operands, nullOperand, err := u.c.connector.checkOperands(u.p, up.Checks, u.args)
+	operands, err := u.c.connector.checkOperands(u.p, up.Checks, u.args)
 	if err != nil {
 		return err
 	}
@@ -802,7 +851,7 @@ func (u *updateKeyer) verify(locked []updRow, keys map[string][]rowKey) error {
 			if err != nil {
 				return err
 			}
-			ok, err := checkAgrees(ch, !null && slices.Contains(operands[i], s), null, nullOperand[i], cc.cond)
+			ok, err := checkAgrees(ch, !null && slices.Contains(operands[i].values, s), null, operands[i], cc.cond)
 			if err != nil {
 				return err
 			}

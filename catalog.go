@@ -69,6 +69,8 @@ type catalog struct {
 	builtin map[string]bool      // functions in pg_catalog, by name
 
 	cols map[uint32][]string // other relations' columns
+
+	topOID uint32 // the mapped table being loaded (loadTable)
 }
 
 func newCatalog(s *Schema, ttl time.Duration) *catalog { return &catalog{schema: s, ttl: ttl} }
@@ -459,6 +461,10 @@ func (c *catalog) loadTable(ctx context.Context, conn *pgx.Conn, entry *Table) e
 		return nil
 	}
 	rels := []relation{top}
+	// The mapped table's own unique index covers its partitions; an
+	// inheritance child's rows are not kept unique with the parent's by
+	// PostgreSQL at all (a known limit, see the README).
+	c.topOID = top.oid
 	rows, err := conn.Query(ctx, `WITH RECURSIVE ch(oid) AS (
 			SELECT inhrelid FROM pg_inherits WHERE inhparent = $1
 			UNION SELECT i.inhrelid FROM pg_inherits i JOIN ch ON i.inhparent = ch.oid)
@@ -522,6 +528,14 @@ func (c *catalog) loadRelation(ctx context.Context, conn *pgx.Conn, entry *Table
 	}
 	if err := c.checkPrimaryKey(t, attrs); err != nil {
 		return fail(err)
+	}
+	if rel.oid == c.topOID {
+		if err := c.checkUnique(ctx, conn, t, rel.oid, attrs); err != nil {
+			if _, ok := err.(computedError); ok {
+				return fail(err.(computedError).error)
+			}
+			return nil, err
+		}
 	}
 	if err := c.checkKeys(t, entry, attrs); err != nil {
 		return fail(err)
@@ -598,6 +612,28 @@ func (c *catalog) checkPrimaryKey(t *rewrite.Table, attrs map[string]attr) error
 			return c.mismatch(t.Name, "primary-key column %s is %s; supported: smallint, integer, bigint, uuid, text, varchar", p, a.typ)
 		}
 		t.PKTypes = append(t.PKTypes, a.typ)
+	}
+	return nil
+}
+
+// checkUnique makes sure the database keeps the map's primary key unique:
+// a PRIMARY KEY or UNIQUE index (not partial, not on expressions) whose
+// key columns are all primary-key columns. Rows that shared a primary key
+// would share a data key's context, and one row's cells would decrypt in
+// the other's.
+func (c *catalog) checkUnique(ctx context.Context, conn *pgx.Conn, t *rewrite.Table, oid uint32, attrs map[string]attr) error {
+	nums := make([]int16, len(t.PrimaryKey))
+	for i, p := range t.PrimaryKey {
+		nums[i] = attrs[p].num
+	}
+	var ok bool
+	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = $1 AND i.indisunique AND i.indpred IS NULL
+		AND i.indexprs IS NULL AND (SELECT bool_and(k = ANY($2::int2[])) FROM unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) k))`, oid, nums).Scan(&ok)
+	if err != nil {
+		return fmt.Errorf("kmspostgres: reading the unique indexes of %s: %w", t.Name, err)
+	}
+	if !ok {
+		return computedError{c.mismatch(t.Name, "its primary_key (%s) is not unique in the database: rows with one primary key would share their data key's context; add a PRIMARY KEY or UNIQUE constraint on those columns, or list the table's real primary-key columns (a partitioned table's include the partition key) in primary_key", strings.Join(t.PrimaryKey, ", "))}
 	}
 	return nil
 }

@@ -37,8 +37,7 @@ type rows struct {
 	aads [][]byte                       // per visible column, made on first use
 	done bool
 	// checks are the operands of the plan's blind-index checks.
-	checks     blindChecks
-	checkNulls []bool
+	checks blindChecks
 }
 
 var (

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
 	"google.golang.org/protobuf/proto"
@@ -314,8 +315,13 @@ func (a *analyzer) blindChecks(sel *pg.SelectStmt, groups []*group, outs []*out)
 		covered[n] = true
 	}
 	// The other comparisons, outside subqueries (which have their own
-	// rows): the server's value of each is read beside the cells.
-	for _, root := range qualRoots(sel) {
+	// rows): the server's value of each is read beside the cells. Those
+	// of the select list and ORDER BY too: a forged value must not make
+	// the server report a row as matching, or pick it first.
+	roots := qualRoots(sel)
+	roots = append(roots, sel.TargetList...) // before the checks' columns are added
+	roots = append(roots, sel.SortClause...)
+	for _, root := range roots {
 		walk(&pg.List{Items: []*pg.Node{root}}, func(n *pg.Node) bool { // the root itself is visited too
 			if covered[n] || n.GetSubLink() != nil || n.GetRangeSubselect() != nil {
 				return false
@@ -487,8 +493,11 @@ func (o *Output) keyColumns() int {
 }
 
 // checkable reports whether hidden columns can be added to a SELECT
-// without changing its rows: no set operation, grouping, DISTINCT,
-// window or function call (an aggregate would need them grouped).
+// without changing its rows: no set operation, grouping, DISTINCT, window
+// or aggregate. Other function calls and subqueries in the select list
+// are computed per row, so they do not stop the checks. (An aggregate the
+// driver does not know by name, a user-defined one, makes the server
+// refuse the hidden columns: the query fails rather than go unchecked.)
 func checkable(sel *pg.SelectStmt) bool {
 	if sel.Op != pg.SetOperation_SETOP_NONE || len(sel.GroupClause) > 0 || sel.HavingClause != nil ||
 		len(sel.DistinctClause) > 0 || len(sel.WindowClause) > 0 || len(sel.ValuesLists) > 0 {
@@ -497,14 +506,37 @@ func checkable(sel *pg.SelectStmt) bool {
 	ok := true
 	for _, t := range sel.TargetList {
 		walk(t, func(n *pg.Node) bool {
-			switch n.Node.(type) {
-			case *pg.Node_FuncCall, *pg.Node_SubLink:
+			if n.GetSubLink() != nil {
+				return false // the subquery's own aggregates are its own
+			}
+			if f := n.GetFuncCall(); f != nil && (f.AggStar || f.AggDistinct || f.AggFilter != nil || f.AggWithinGroup ||
+				len(f.AggOrder) > 0 || f.Over != nil || aggregates[strings.ToLower(lastName(f.Funcname))]) {
 				ok = false
 			}
 			return ok
 		})
 	}
 	return ok
+}
+
+// aggregates are PostgreSQL's built-in aggregate functions, by name.
+var aggregates = map[string]bool{}
+
+func init() {
+	for _, n := range strings.Fields(`array_agg avg bit_and bit_or bit_xor bool_and bool_or count every json_agg jsonb_agg
+		json_object_agg jsonb_object_agg json_objectagg json_arrayagg max min range_agg range_intersect_agg string_agg sum
+		xmlagg any_value corr covar_pop covar_samp regr_avgx regr_avgy regr_count regr_intercept regr_r2 regr_slope
+		regr_sxx regr_sxy regr_syy stddev stddev_pop stddev_samp variance var_pop var_samp mode percentile_cont
+		percentile_disc rank dense_rank percent_rank cume_dist grouping`) {
+		aggregates[n] = true
+	}
+}
+
+func lastName(names []*pg.Node) string {
+	if len(names) == 0 {
+		return ""
+	}
+	return names[len(names)-1].GetString_().GetSval()
 }
 
 // blindWritten lists the blind-indexed columns among cols, in order.
@@ -618,10 +650,25 @@ func (a *analyzer) returningChecks(list *[]*pg.Node, where *pg.Node, out *Output
 // must hold on the values, and the others (under OR or NOT, <>), which
 // are read as the server's value. Comparisons of other tables' columns
 // (FROM, USING) are not checked: the driver does not read those rows.
-func (a *analyzer) targetChecks(where *pg.Node, t *Table, qual string) []pendingCheck {
+func (a *analyzer) targetChecks(where *pg.Node, t *Table, qual string) ([]pendingCheck, error) {
 	var checks []pendingCheck
 	covered := map[*pg.Node]bool{}
 	on := func(e *encRef) bool { return e.table == t && e.base == qual }
+	// A comparison of the target's index column with another index column
+	// cannot be checked row by row here: refused.
+	for x, j := range a.blind.joins {
+		if on(j.l) || on(j.r) {
+			if where == nil || !contains(where, x) {
+				continue
+			}
+			e := j.l
+			if !on(e) {
+				e = j.r
+			}
+			return nil, refuse(t, e.column, "an UPDATE or DELETE that compares it with another blind-indexed column cannot be checked against forged index values",
+				"select the rows with the join first, then update or delete them by primary key")
+		}
+	}
 	for _, n := range conjuncts(where) {
 		if p := a.positiveTerm(n); p != nil && len(p.lookups) > 0 && on(p.enc) {
 			checks = append(checks, pendingCheck{enc: p.enc, lookups: p.lookups})
@@ -629,7 +676,7 @@ func (a *analyzer) targetChecks(where *pg.Node, t *Table, qual string) []pending
 		}
 	}
 	if where == nil {
-		return checks
+		return checks, nil
 	}
 	walk(&pg.List{Items: []*pg.Node{where}}, func(n *pg.Node) bool {
 		if covered[n] || n.GetSubLink() != nil {
@@ -642,7 +689,19 @@ func (a *analyzer) targetChecks(where *pg.Node, t *Table, qual string) []pending
 		checks = append(checks, pendingCheck{enc: p.enc, lookups: p.lookups, cond: proto.Clone(n).(*pg.Node), negated: p.negated, nullOper: p.nullOper})
 		return false
 	})
-	return checks
+	return checks, nil
+}
+
+// contains reports whether x is within n.
+func contains(n *pg.Node, x *pg.A_Expr) bool {
+	found := false
+	walk(&pg.List{Items: []*pg.Node{n}}, func(m *pg.Node) bool {
+		if m.GetAExpr() == x {
+			found = true
+		}
+		return !found
+	})
+	return found
 }
 
 // addTargetChecks appends to a row finder's select list, per check, the
@@ -667,8 +726,10 @@ func addTargetChecks(sel *pg.SelectStmt, t *Table, qual string, pending []pendin
 // updateChecks adds to the row finder of an UPDATE that writes encrypted
 // columns the checks of its WHERE clause (targetChecks), so that the
 // driver can verify each locked row by value before writing it.
-func (a *analyzer) updateChecks(up *Update, sel *pg.SelectStmt, where *pg.Node, t *Table, qual string) {
-	up.Checks = addTargetChecks(sel, t, qual, a.targetChecks(where, t, qual))
+func (a *analyzer) updateChecks(up *Update, sel *pg.SelectStmt, where *pg.Node, t *Table, qual string) error {
+	pending, err := a.targetChecks(where, t, qual)
+	up.Checks = addTargetChecks(sel, t, qual, pending)
+	return err
 }
 
 // preVerify plans the check of a DELETE's or UPDATE's rows when its WHERE
@@ -698,13 +759,16 @@ func (a *analyzer) preVerify(rv *pg.RangeVar, t *Table, with *pg.WithClause, fro
 		sel.TargetList = append(sel.TargetList, resTarget("", castText(colRef(qual, p))))
 	}
 	v := &Verify{Table: t, CtidSlot: 0, TableoidSlot: 1, Slots: 2}
-	v.Checks = addTargetChecks(sel, t, qual, a.targetChecks(*where, t, qual))
+	pending, err := a.targetChecks(*where, t, qual)
+	if err != nil {
+		return nil, err
+	}
+	v.Checks = addTargetChecks(sel, t, qual, pending)
 	if len(v.Checks) == 0 {
 		return nil, nil
 	}
 	node := &pg.Node{Node: &pg.Node_SelectStmt{SelectStmt: sel}}
 	v.SelectArgs = renumber(node)
-	var err error
 	if v.SelectSQL, err = deparse(a.version, node); err != nil {
 		return nil, &ParseError{Err: err}
 	}

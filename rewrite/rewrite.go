@@ -1066,7 +1066,9 @@ func (a *analyzer) rowFinder(up *Update, upd *pg.UpdateStmt, rv *pg.RangeVar, t 
 		}
 		sel.TargetList = append(sel.TargetList, resTarget("", any))
 	}
-	a.updateChecks(up, sel, upd.WhereClause, t, qual)
+	if err := a.updateChecks(up, sel, upd.WhereClause, t, qual); err != nil {
+		return err
+	}
 	lock := proto.Clone(sel).(*pg.SelectStmt)
 	lock.LockingClause = []*pg.Node{{Node: &pg.Node_LockingClause{LockingClause: &pg.LockingClause{
 		Strength: pg.LockClauseStrength_LCS_FORNOKEYUPDATE, WaitPolicy: pg.LockWaitPolicy_LockWaitBlock}}}}
