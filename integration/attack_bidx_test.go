@@ -49,6 +49,13 @@ tables:
 
 const attackAlice = "alice@example.com"
 
+// partitionedUsersDDL: users partitioned by region, whose real primary key
+// is (id, region).
+const partitionedUsersDDL = `
+CREATE TABLE users (id bigint, region text, name text, email text, encrypted_kms_key text, email_bidx text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+CREATE TABLE users_eu PARTITION OF users FOR VALUES IN ('eu');
+CREATE TABLE users_us PARTITION OF users FOR VALUES IN ('us');`
+
 // newAttackBidxEnv seeds alice (1), mallory (2), bob (3) and nomail (4),
 // the same rows in plain_users, and invites of alice and mallory.
 func newAttackBidxEnv(t *testing.T, ddl string) (*env, *kmspgx.Pool) {
@@ -367,10 +374,7 @@ func TestAttackBidxPinPartitionedAndBatch(t *testing.T) {
 	t.Setenv(blindindex.EnvMasterKey, testMasterKey)
 	for _, mode := range execModes {
 		t.Run(mode, func(t *testing.T) {
-			e := newEnv(t, `
-CREATE TABLE users (id bigint, region text, name text, email text, encrypted_kms_key text, email_bidx text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
-CREATE TABLE users_eu PARTITION OF users FOR VALUES IN ('eu');
-CREATE TABLE users_us PARTITION OF users FOR VALUES IN ('us');`, `
+			e := newEnv(t, partitionedUsersDDL, `
 key_id: insecure-test-key
 tables:
   users:
@@ -441,10 +445,7 @@ tables:
 // both rows under one id, a data race under -race in keyRows.)
 func TestAttackBidxNonUniquePrimaryKey(t *testing.T) {
 	t.Setenv(blindindex.EnvMasterKey, testMasterKey)
-	e := newEnv(t, `
-CREATE TABLE users (id bigint, region text, name text, email text, encrypted_kms_key text, email_bidx text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
-CREATE TABLE users_eu PARTITION OF users FOR VALUES IN ('eu');
-CREATE TABLE users_us PARTITION OF users FOR VALUES IN ('us');`, `
+	e := newEnv(t, partitionedUsersDDL, `
 key_id: insecure-test-key
 tables:
   users:
