@@ -371,22 +371,6 @@ func (c *Connector) indexCells(t *rewrite.Table, cells []rewrite.Cell, args []dr
 	return nil
 }
 
-// lookupOperands resolves the operands of a plan's lookups: one value, or
-// the elements of an array argument (NULL elements and NULL values drop
-// out: they match nothing). null reports whether one did: a comparison
-// that matches no operand is then NULL rather than false.
-func lookupOperands(l rewrite.Lookup, args []driver.NamedValue) (ops []any, null bool, err error) {
-	elems, null, err := lookupElems(l, args)
-	for _, e := range elems {
-		if e == nil {
-			null = true
-			continue
-		}
-		ops = append(ops, e)
-	}
-	return ops, null, err
-}
-
 // lookupElems returns a lookup's operand, or each element of an array
 // operand, NULL elements included (nil); whole says the operand itself is
 // NULL.
