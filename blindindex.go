@@ -996,3 +996,106 @@ func (s *Schema) validateBlindKeys() error {
 	}
 	return nil
 }
+
+// checkConflicts runs an upsert's ConflictChecks before the statement: it
+// reads and locks the existing rows whose index column holds an index
+// value the INSERT writes, and refuses the statement unless each holds a
+// value the INSERT writes with that index value (normalized). A row whose
+// index value was copied from another row would otherwise be the one the
+// upsert updates and returns. The check unwraps those rows' keys, so it
+// needs decrypt rights when a conflicting row exists.
+func (c *Conn) checkConflicts(ctx context.Context, ip *rewrite.Insert, args []driver.NamedValue, slots []any) error {
+	ti := c.connector.catalog.info(ip.Table)
+	for _, cc := range ip.ConflictChecks {
+		ix, err := c.connector.index(ip.Table, cc.Column)
+		if err != nil {
+			return err
+		}
+		// Index value → the normalized value the INSERT writes with it.
+		want := map[string]string{}
+		var texts []string
+		var raws [][]byte
+		for _, row := range ip.Rows {
+			for _, cell := range row.Indexes {
+				if cell.Column != cc.Column || slots[cell.Slot] == nil {
+					continue
+				}
+				v, err := valueOf(cell.Value, args)
+				if err != nil {
+					return err
+				}
+				pt, err := envelope.Text.Encode(v)
+				if err != nil {
+					return &CellError{Table: ip.Table.Name, Column: cc.Column, Err: err}
+				}
+				switch iv := slots[cell.Slot].(type) {
+				case string:
+					texts = append(texts, iv)
+					want[iv] = ix.Normalize(string(pt))
+				case []byte:
+					raws = append(raws, iv)
+					want[string(iv)] = ix.Normalize(string(pt))
+				}
+			}
+		}
+		var arg any = texts
+		if raws != nil {
+			arg = raws
+		}
+		if len(want) == 0 {
+			continue
+		}
+		rows, err := c.pc.Query(ctx, cc.SelectSQL, arg)
+		if err != nil {
+			return err
+		}
+		type existing struct {
+			key  *string
+			pk   []string
+			cell any
+			idx  any
+		}
+		found, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (existing, error) {
+			e := existing{pk: make([]string, len(ip.Table.PrimaryKey))}
+			dest := []any{&e.key}
+			for i := range e.pk {
+				dest = append(dest, &e.pk[i])
+			}
+			dest = append(dest, &e.cell, &e.idx)
+			return e, r.Scan(dest...)
+		})
+		if err != nil {
+			return err
+		}
+		key := ip.Table.Encrypted[cc.Column].Key
+		for _, e := range found {
+			bad := &CellError{Table: ti.table.Name, Column: cc.Column, PK: pkLabel(ti.table, e.pk), Err: ErrBlindIndexMismatch}
+			var idx string
+			switch v := e.idx.(type) {
+			case string:
+				idx = v
+			case []byte:
+				idx = string(v)
+			}
+			expect, ok := want[idx]
+			if !ok || e.key == nil || e.cell == nil {
+				return bad
+			}
+			rk, err := c.openKey(ctx, ti, key, e.pk, *e.key)
+			if errors.Is(err, ErrPermission) {
+				err = fmt.Errorf("%w (checking the row an upsert on a blind index would update needs decrypt rights)", err)
+			}
+			if err != nil {
+				return err
+			}
+			v, err := openCell(ti, cc.Column, envelope.CellAAD(ti.table.Name, cc.Column), rk.ck, e.cell)
+			if err != nil {
+				return cellError(ti, cc.Column, e.pk, err)
+			}
+			if s, _ := v.(string); ix.Normalize(s) != expect {
+				return bad
+			}
+		}
+	}
+	return nil
+}

@@ -17,19 +17,40 @@ import (
 // primary keys the statement leaves out are taken, one data key per row
 // and key is minted and wrapped, and every cell is sealed. Nothing is
 // written if any step fails.
-func (c *Conn) prepareInsert(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue) (string, []driver.NamedValue, error) {
+func (c *Conn) prepareInsert(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue) (string, []driver.NamedValue, func(error) error, error) {
+	if len(p.Insert.ConflictChecks) == 0 {
+		gen, err := c.generatePKs(ctx, p.Insert)
+		if err != nil {
+			return "", nil, nil, err
+		}
+		q, a, _, err := c.sealRows(ctx, p, args, gen)
+		return q, a, nil, err
+	}
+	// An upsert whose conflict a blind index decides: the rows it may
+	// update are checked and locked in the same transaction first.
+	finish, err := c.ensureTx(ctx)
+	if err != nil {
+		return "", nil, nil, err
+	}
 	gen, err := c.generatePKs(ctx, p.Insert)
 	if err != nil {
-		return "", nil, err
+		return "", nil, nil, finish(err)
 	}
-	return c.sealRows(ctx, p, args, gen)
+	q, a, slots, err := c.sealRows(ctx, p, args, gen)
+	if err == nil {
+		err = c.checkConflicts(ctx, p.Insert, args, slots)
+	}
+	if err != nil {
+		return "", nil, nil, finish(err)
+	}
+	return q, a, finish, nil
 }
 
 // sealRows is prepareInsert once the generated primary keys are known:
 // it mints and wraps the keys, seals the cells and computes blind
 // indexes. It does not use the connection, so CopyFrom runs it beside a
 // COPY in flight.
-func (c *Conn) sealRows(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue, gen []any) (string, []driver.NamedValue, error) {
+func (c *Conn) sealRows(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue, gen []any) (string, []driver.NamedValue, []any, error) {
 	ip := p.Insert
 	ti := c.connector.catalog.info(ip.Table)
 	slots := make([]any, ip.Slots)
@@ -38,7 +59,7 @@ func (c *Conn) sealRows(ctx context.Context, p *rewrite.Plan, args []driver.Name
 	args = slices.Clone(args)
 	jobs, err := insertKeyJobs(ip, args, slots, gen)
 	if err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
 	err = forEach(len(jobs), c.connector.kmsConcurrency, func(i int) error {
 		j := jobs[i]
@@ -47,23 +68,23 @@ func (c *Conn) sealRows(ctx context.Context, p *rewrite.Plan, args []driver.Name
 		return err
 	})
 	if err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
 	if err := sealInsert(ti, ip, args, slots, jobs); err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
 	c.sealedInsert(ctx, ip, slots)
 	for _, row := range ip.Rows {
 		if err := c.connector.indexCells(ip.Table, row.Indexes, args, slots); err != nil {
-			return "", nil, err
+			return "", nil, nil, err
 		}
 	}
 	lk, err := c.connector.lookups(p, args)
 	if err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
 	a, err := planArgs(p.Args, args, slots, lk)
-	return p.SQL, a, err
+	return p.SQL, a, slots, err
 }
 
 // generatePKs makes the primary keys the statement leaves to the driver:

@@ -231,7 +231,7 @@ func (s pgxSession) readChunk(ctx context.Context, p *rewrite.Plan, table pgx.Id
 // sealChunk keys and seals a chunk as one INSERT of its rows would, and
 // lays it out as COPY rows in the rewritten column order.
 func (s pgxSession) sealChunk(ctx context.Context, p *rewrite.Plan, params []int, b *copyBatch) error {
-	_, a, err := s.c.sealRows(ctx, b.plan, namedArgs(b.args), b.gen)
+	_, a, _, err := s.c.sealRows(ctx, b.plan, namedArgs(b.args), b.gen)
 	if err != nil {
 		return err
 	}

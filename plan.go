@@ -185,8 +185,7 @@ func planArgs(p []rewrite.Arg, args []driver.NamedValue, slots, lookups []any) (
 func (c *Conn) statement(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue) (string, []driver.NamedValue, func(error) error, error) {
 	switch {
 	case p.Insert != nil:
-		q, a, err := c.prepareInsert(ctx, p, args)
-		return q, a, nil, err
+		return c.prepareInsert(ctx, p, args)
 	case p.Update != nil:
 		return c.prepareUpdate(ctx, p, args)
 	case p.Verify != nil:

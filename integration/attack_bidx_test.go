@@ -167,6 +167,54 @@ func TestAttackBidxComparisonOutsideWhere(t *testing.T) {
 	}
 }
 
+// TestAttackBidxOnConflictDoUpdate: INSERT … ON CONFLICT (email) DO
+// UPDATE (the conflict is decided by the unique index on email_bidx).
+// With alice's index value moved into mallory's row, alice's sign-in
+// upsert would update mallory's row and RETURNING would hand alice's
+// session mallory's id and decrypted email; the driver checks the rows an
+// upsert may update first, and refuses it.
+func TestAttackBidxOnConflictDoUpdate(t *testing.T) {
+	e, pool := newAttackBidxEnv(t, strings.Replace(attackBidxDDL, "CREATE INDEX users_email_bidx", "CREATE UNIQUE INDEX users_email_bidx", 1))
+	// The unique index allows one holder: alice's value moves to mallory.
+	e.rawExec(`UPDATE users SET email_bidx = CASE name WHEN 'mallory' THEN (SELECT email_bidx FROM users WHERE name = 'alice') END
+		WHERE name IN ('alice', 'mallory')`)
+	ctx := context.Background()
+	const upsert = "INSERT INTO users (name, email) VALUES ($2, $1) ON CONFLICT (email) DO UPDATE SET name = EXCLUDED.name RETURNING id, name, email"
+	before := e.snapshot("users")
+	check := func(fe string, id int64, email string, err error) {
+		t.Helper()
+		switch {
+		case err == nil && (id == 2 || strings.Contains(email, "mallory")):
+			t.Errorf("%s: alice's upsert updated mallory's row and returned it: id %d, email %q", fe, id, email)
+		case !errors.Is(err, kmspostgres.ErrBlindIndexMismatch):
+			t.Errorf("%s: %v (row %d %q), want ErrBlindIndexMismatch: the conflicting row's index is forged", fe, err, id, email)
+		}
+	}
+	// Each runs in a transaction that is rolled back, so both meet the
+	// same rows.
+	tx, err := e.db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id int64
+	var name, email string
+	err = tx.QueryRow(upsert, attackAlice, "alice (signed in)").Scan(&id, &name, &email)
+	tx.Rollback()
+	check("database/sql", id, email, err)
+
+	ptx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, email = 0, ""
+	err = ptx.QueryRow(ctx, upsert, attackAlice, "alice (kmspgx)").Scan(&id, &name, &email)
+	ptx.Rollback(ctx)
+	check("kmspgx", id, email, err)
+	if after := e.snapshot("users"); !slices.Equal(before, after) {
+		t.Fatalf("rows changed after rollbacks:\n%q\n%q", before, after)
+	}
+}
+
 // TestAttackBidxWriteKeyOfPairOnTarget: an UPDATE or DELETE whose WHERE
 // compares two index columns of the target table under one key
 // (email = alt_email, key_of) is not checked: targetChecks looks only at

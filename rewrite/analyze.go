@@ -104,6 +104,9 @@ type analyzer struct {
 	version int32  // of the parse tree, for deparsing
 	touched string // a relation that made touches true, for messages
 	blind   blindState
+	// conflictBlind: the blind-indexed columns whose index may decide an
+	// INSERT's ON CONFLICT DO UPDATE.
+	conflictBlind []string
 }
 
 func (a *analyzer) newGroup(t *Table, key int) *group {

@@ -780,3 +780,32 @@ func (a *analyzer) preVerify(rv *pg.RangeVar, t *Table, with *pg.WithClause, fro
 	*where = pg.MakeBoolExprNode(pg.BoolExprType_AND_EXPR, []*pg.Node{*where, in}, -1)
 	return v, nil
 }
+
+// conflictChecks plans the ConflictChecks of an INSERT … ON CONFLICT DO
+// UPDATE into t (written as rv) whose conflict a blind index may decide:
+// SELECT key, pk::text…, col, idx FROM rv WHERE idx = ANY($1) FOR UPDATE.
+func (a *analyzer) conflictChecks(rv *pg.RangeVar, t *Table) ([]ConflictCheck, error) {
+	var out []ConflictCheck
+	qual := qualOf(rv)
+	for _, c := range a.conflictBlind {
+		bi := t.Blind[c]
+		sel := &pg.SelectStmt{
+			TargetList: []*pg.Node{resTarget("", colRef(qual, t.Keys[t.Encrypted[c].Key].Column))},
+			FromClause: []*pg.Node{{Node: &pg.Node_RangeVar{RangeVar: proto.Clone(rv).(*pg.RangeVar)}}},
+			WhereClause: pg.MakeAExprNode(pg.A_Expr_Kind_AEXPR_OP_ANY, []*pg.Node{str("=")}, colRef(qual, bi.Column),
+				pg.MakeParamRefNode(1, -1), -1),
+			LockingClause: []*pg.Node{{Node: &pg.Node_LockingClause{LockingClause: &pg.LockingClause{
+				Strength: pg.LockClauseStrength_LCS_FORUPDATE, WaitPolicy: pg.LockWaitPolicy_LockWaitBlock}}}},
+		}
+		for _, p := range t.PrimaryKey {
+			sel.TargetList = append(sel.TargetList, resTarget("", castText(colRef(qual, p))))
+		}
+		sel.TargetList = append(sel.TargetList, resTarget("", colRef(qual, c)), resTarget("", colRef(qual, bi.Column)))
+		sql, err := deparse(a.version, &pg.Node{Node: &pg.Node_SelectStmt{SelectStmt: sel}})
+		if err != nil {
+			return nil, &ParseError{Err: err}
+		}
+		out = append(out, ConflictCheck{Column: c, SelectSQL: sql})
+	}
+	return out, nil
+}

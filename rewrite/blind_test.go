@@ -58,6 +58,9 @@ func describeBlind(p *Plan) string {
 		for _, r := range p.Insert.Rows {
 			fmt.Fprintf(&b, "\n  row indexes=%v", r.Indexes)
 		}
+		for _, cc := range p.Insert.ConflictChecks {
+			fmt.Fprintf(&b, "\n  conflict check %s: %s", cc.Column, cc.SelectSQL)
+		}
 	}
 	if v := p.Verify; v != nil {
 		fmt.Fprintf(&b, "\nverify: %s\n  selargs=%v slots=%d", v.SelectSQL, v.SelectArgs, v.Slots)

@@ -126,6 +126,23 @@ type Insert struct {
 	Slots int
 	// OverridingSystem: the plan adds OVERRIDING SYSTEM VALUE.
 	OverridingSystem bool
+	// ConflictChecks: an ON CONFLICT … DO UPDATE whose conflict can be
+	// decided by a blind index; the driver checks the rows it may update
+	// before the statement runs.
+	ConflictChecks []ConflictCheck
+}
+
+// ConflictCheck reads, before an INSERT … ON CONFLICT DO UPDATE runs, the
+// existing rows whose blind-index column holds one of the index values the
+// INSERT writes for Column, and locks them: SelectSQL takes the array of
+// those values as $1 and returns each row's key column (Table.Encrypted's
+// key), primary key as text, the encrypted cell and its index value. The
+// driver refuses the statement unless each row holds the value its index
+// says: a forged index value must not make the upsert update, and
+// return, another row.
+type ConflictCheck struct {
+	Column    string
+	SelectSQL string
 }
 
 // InsertRow is one VALUES row.

@@ -577,6 +577,9 @@ func (a *analyzer) insert(stmt *pg.Node, ins *pg.InsertStmt) (*Plan, error) {
 		if ip, err = a.insertValues(ins, t, cols, implicitCols, src, cs); err != nil {
 			return nil, err
 		}
+		if ip.ConflictChecks, err = a.conflictChecks(rv, t); err != nil {
+			return nil, err
+		}
 	}
 	// An INSERT into an encrypted table without a column list names its
 	// columns: by position it would follow the table's column order at
@@ -770,6 +773,16 @@ func (a *analyzer) onConflict(ins *pg.InsertStmt, t *Table, target *rel, cs *sco
 	}
 	if oc.Action != pg.OnConflictAction_ONCONFLICT_UPDATE {
 		return nil
+	}
+	if t != nil {
+		// The blind indexes that may decide the conflict: those named as
+		// its target, or all of them behind a constraint name.
+		for c, bi := range t.Blind {
+			if oc.Infer == nil || oc.Infer.Conname != "" || slices.Contains(inferCols, bi.Column) {
+				a.conflictBlind = append(a.conflictBlind, c)
+			}
+		}
+		slices.Sort(a.conflictBlind)
 	}
 	onPK := t != nil && oc.Infer != nil && oc.Infer.Conname == "" && len(inferCols) == len(t.PrimaryKey)
 	if onPK {
