@@ -215,6 +215,28 @@ func TestAttackBidxOnConflictDoUpdate(t *testing.T) {
 	}
 }
 
+// TestAttackBidxInsertSelect: INSERT … SELECT … WHERE email = $1 (into a
+// plain table) cannot be checked (the driver never reads the SELECT's
+// rows), so a forged index value would make alice's lookup write an audit
+// row for mallory's id; it is refused.
+func TestAttackBidxInsertSelect(t *testing.T) {
+	e, pool := newAttackBidxEnv(t, attackBidxDDL)
+	e.forgeMallory()
+	ctx := context.Background()
+	const q = "INSERT INTO audit (user_id, note) SELECT id, 'password reset' FROM users WHERE email = $1"
+	_, err := e.db.Exec(q, attackAlice)
+	if !secureErr(err) {
+		t.Errorf("database/sql %s: %v, want ErrBlindIndexMismatch or a refusal", q, err)
+	}
+	_, err = pool.Exec(ctx, q, attackAlice)
+	if !secureErr(err) {
+		t.Errorf("kmspgx %s: %v, want ErrBlindIndexMismatch or a refusal", q, err)
+	}
+	if got := e.rawValues("SELECT user_id::text FROM audit WHERE user_id = 2"); len(got) > 0 {
+		t.Errorf("alice's lookup wrote %d audit rows for mallory (id 2)", len(got))
+	}
+}
+
 // TestAttackBidxWriteKeyOfPairOnTarget: an UPDATE or DELETE whose WHERE
 // compares two index columns of the target table under one key
 // (email = alt_email, key_of) is not checked: targetChecks looks only at

@@ -561,6 +561,14 @@ func (a *analyzer) insert(stmt *pg.Node, ins *pg.InsertStmt) (*Plan, error) {
 		if err != nil {
 			return nil, err
 		}
+		for _, p := range a.blind.preds {
+			return nil, refuse(p.enc.table, p.enc.column, "INSERT ... SELECT that finds rows by a blind index cannot be checked against forged index values (the driver never reads the rows)",
+				"run the SELECT through the driver, then INSERT the values it returns")
+		}
+		for _, j := range a.blind.joins {
+			return nil, refuse(j.l.table, j.l.column, "INSERT ... SELECT that joins on blind indexes cannot be checked against forged index values (the driver never reads the rows)",
+				"run the SELECT through the driver, then INSERT the values it returns")
+		}
 		for _, o := range info.outs {
 			if o.enc != nil {
 				return nil, refuse(o.enc.table, o.enc.column, "INSERT ... SELECT would copy ciphertext into "+rv.Relname+", where it could not be read",
