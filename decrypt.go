@@ -34,6 +34,13 @@ type windowKeys struct {
 	ids     [][]rowKeyID // [row][source] key id; zero when the key column is NULL
 	pending map[rowKeyID]*unwrapItem
 	items   []*unwrapItem
+	lazy    []lazyItem // backing array of the window's lazy items
+}
+
+// lazyItem is an item resolved only on a cache miss, with its source.
+type lazyItem struct {
+	it  unwrapItem
+	src rowSource
 }
 
 // decrypt unwraps the window's keys and replaces every encrypted cell with
@@ -134,7 +141,7 @@ func (r *rows) collectKeys() (*windowKeys, error) {
 			if _, ok := w.pending[id]; ok {
 				continue
 			}
-			it, err := r.itemFor(w.infos[si], s, text, pk, id.pk)
+			it, err := r.itemFor(w, w.infos[si], s, text, pk, id.pk)
 			if err != nil {
 				ti := w.infos[si]
 				return nil, r.sourceError(w, si, pk, keyColumnHint(err, ti.table.Name, ti.table.Keys[s.Key].Column))
@@ -149,9 +156,16 @@ func (r *rows) collectKeys() (*windowKeys, error) {
 // itemFor is the item that unwraps a row's key column. With the data-key
 // cache on, parsing it and building its context wait for a cache miss:
 // the item is looked up by what the row holds (rowCacheID).
-func (r *rows) itemFor(ti *tableInfo, s rewrite.Source, text string, pk []string, joinedPK string) (*unwrapItem, error) {
+func (r *rows) itemFor(w *windowKeys, ti *tableInfo, s rewrite.Source, text string, pk []string, joinedPK string) (*unwrapItem, error) {
 	if r.c.connector.keyring.cache != nil {
-		return &unwrapItem{rowID: rowCacheID(ti, s.Key, joinedPK, text), row: &rowSource{ti: ti, key: s.Key, pk: pk, text: text}}, nil
+		// Items and their sources come from one array per window.
+		if len(w.lazy) == cap(w.lazy) {
+			w.lazy = make([]lazyItem, 0, len(r.buf)*len(r.out.Sources))
+		}
+		w.lazy = append(w.lazy, lazyItem{src: rowSource{ti: ti, key: s.Key, pk: pk, text: text}})
+		l := &w.lazy[len(w.lazy)-1]
+		l.it = unwrapItem{rowID: rowCacheID(ti, s.Key, joinedPK, text), row: &l.src}
+		return &l.it, nil
 	}
 	return unwrapItemFor(ti, s, text, pk)
 }
