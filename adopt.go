@@ -550,7 +550,7 @@ func (b *backfiller) key(ctx context.Context, k int, batch []*bfRow) error {
 			if pts[j] == nil {
 				continue
 			}
-			cell, err := ck.Seal(envelope.CellAAD(b.ti.table.Name, col), pts[j])
+			cell, err := ck.Seal(b.ti.aad(col), pts[j])
 			if err != nil {
 				return err
 			}
@@ -644,7 +644,7 @@ func (b *backfiller) open(r *bfRow, col string, stored any) ([]byte, error) {
 	default:
 		return nil, fmt.Errorf("%w: stored as %T", ErrFormat, v)
 	}
-	return r.ck.Open(envelope.CellAAD(b.ti.table.Name, col), cell)
+	return r.ck.Open(b.ti.aad(col), cell)
 }
 
 // write writes a round in one UPDATE, row by row only where the key

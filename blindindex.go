@@ -681,7 +681,7 @@ func (r *rows) checkValue(w *windowKeys, ri, source, at int, t *rewrite.Table, c
 	if ck == nil {
 		return "", false, cellError(ti, column, pk, w.pending[id].err)
 	}
-	v, err := openCell(ti, column, envelope.CellAAD(ti.table.Name, column), ck, cell)
+	v, err := openCell(ti, column, ti.aad(column), ck, cell)
 	if err != nil {
 		return "", false, cellError(ti, column, pk, err)
 	}
@@ -874,7 +874,7 @@ func (u *updateKeyer) checkValue(r updRow, keys map[string][]rowKey, ch rewrite.
 		}
 		ck = rk.ck
 	}
-	v, err := openCell(u.ti, ch.Column, envelope.CellAAD(u.ti.table.Name, ch.Column), ck, cc.cell)
+	v, err := openCell(u.ti, ch.Column, u.ti.aad(ch.Column), ck, cc.cell)
 	if err != nil {
 		return "", false, cellError(u.ti, ch.Column, r.pk, err)
 	}
@@ -1088,7 +1088,7 @@ func (c *Conn) checkConflicts(ctx context.Context, ip *rewrite.Insert, args []dr
 			if err != nil {
 				return err
 			}
-			v, err := openCell(ti, cc.Column, envelope.CellAAD(ti.table.Name, cc.Column), rk.ck, e.cell)
+			v, err := openCell(ti, cc.Column, ti.aad(cc.Column), rk.ck, e.cell)
 			if err != nil {
 				return cellError(ti, cc.Column, e.pk, err)
 			}

@@ -23,6 +23,17 @@ import (
 type tableInfo struct {
 	table *rewrite.Table // as resolved for the rewriter
 	entry *Table         // the schema-map entry
+	aads  map[string][]byte
+}
+
+// aad returns the associated data that binds a cell to the table's column
+// (envelope.CellAAD), made once per column when the relation is loaded.
+// It is shared: callers must not modify it.
+func (ti *tableInfo) aad(col string) []byte {
+	if a, ok := ti.aads[col]; ok {
+		return a
+	}
+	return envelope.CellAAD(ti.table.Name, col)
 }
 
 // catalog resolves the schema map against the database and answers the
@@ -555,7 +566,10 @@ func (c *catalog) loadRelation(ctx context.Context, conn *pgx.Conn, entry *Table
 	if len(entry.PrimaryKey) == 1 {
 		t.PKGen, t.Sequence = pkGenerator(attrs[entry.PrimaryKey[0]])
 	}
-	ti := &tableInfo{table: t, entry: entry}
+	ti := &tableInfo{table: t, entry: entry, aads: map[string][]byte{}}
+	for col := range t.Encrypted {
+		ti.aads[col] = envelope.CellAAD(name, col)
+	}
 	c.byOID[rel.oid] = ti
 	return ti, nil
 }

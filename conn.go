@@ -112,6 +112,9 @@ func (c *Conn) ExecContext(ctx context.Context, query string, args []driver.Name
 // the plan named is gone: the schema changed outside the driver, and the
 // next run plans again. The error is returned as it is.
 func (c *Conn) staleCheck(err error) error {
+	if err == nil {
+		return nil
+	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
 		switch pe.Code {

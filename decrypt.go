@@ -205,11 +205,6 @@ const parallelOpen = 128
 // openCells replaces every encrypted cell of the window with its
 // plaintext value. A failure reports the first failing row.
 func (r *rows) openCells(w *windowKeys) error {
-	for i, oc := range r.out.Cols {
-		if oc.Table != nil {
-			r.aad(i, w.infos[oc.Source]) // made before the rows are split
-		}
-	}
 	n := len(r.buf)
 	if n < parallelOpen || runtime.GOMAXPROCS(0) < 2 {
 		return r.openRows(w, 0, n)
@@ -255,7 +250,7 @@ func (r *rows) openRows(w *windowKeys, lo, hi int) error {
 			if ck == nil {
 				return cellError(ti, oc.Column, pk, keyColumnHint(w.pending[id].err, ti.table.Name, ti.table.Keys[r.out.Sources[si].Key].Column))
 			}
-			v, err := openCell(ti, oc.Column, r.aads[i], ck, row[i])
+			v, err := openCell(ti, oc.Column, ti.aad(oc.Column), ck, row[i])
 			if err != nil {
 				return cellError(ti, oc.Column, pk, err)
 			}
@@ -263,18 +258,6 @@ func (r *rows) openRows(w *windowKeys, lo, hi int) error {
 		}
 	}
 	return nil
-}
-
-// aad returns the associated data of visible column i, made once per
-// result set.
-func (r *rows) aad(i int, ti *tableInfo) []byte {
-	if r.aads == nil {
-		r.aads = make([][]byte, len(r.out.Cols))
-	}
-	if r.aads[i] == nil {
-		r.aads[i] = envelope.CellAAD(ti.table.Name, r.out.Cols[i].Column)
-	}
-	return r.aads[i]
 }
 
 // openCell decrypts one stored cell (base64 text or raw bytea) with its

@@ -382,6 +382,11 @@ func (k *keyring) unwrapAll(ctx context.Context, items []*unwrapItem, limit int)
 	if k.cache != nil {
 		cache = providers.CacheMiss
 	}
+	if len(items) == 1 { // a point read: one call, no grouping
+		it := items[0]
+		it.key, it.err = k.unwrapCall(ctx, it.keyID, it.version, it.ctx, it.wrapped, cache)
+		return
+	}
 	byKey := map[string][]*unwrapItem{}
 	var order []string
 	for _, it := range items {

@@ -88,7 +88,7 @@ func seal(ti *tableInfo, col string, ck *envelope.CellKey, v any) (any, error) {
 	if err != nil {
 		return nil, &CellError{Table: ti.table.Name, Column: col, Err: err}
 	}
-	cell, err := ck.Seal(envelope.CellAAD(ti.table.Name, col), pt)
+	cell, err := ck.Seal(ti.aad(col), pt)
 	if err != nil {
 		return nil, err
 	}

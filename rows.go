@@ -34,7 +34,6 @@ type rows struct {
 	eof  bool
 	err  error
 	keys map[rowKeyID]*envelope.CellKey // unwrapped for the current window
-	aads [][]byte                       // per visible column, made on first use
 	done bool
 	// checks are the operands of the plan's blind-index checks.
 	checks blindChecks
