@@ -598,12 +598,12 @@ func (r *rows) verifyCheck(w *windowKeys, ri, ci int, ch rewrite.Check) error {
 	if ch.Visible {
 		s, null, err = r.visibleValue(ri, ch)
 	} else {
-		s, null, err = r.checkValue(w, ri, ch.Source, ch.At, ch.Table, ch.Column)
+		s, null, err = r.checkValue(w, ri, ch.Source, ch.At, ch.Column)
 	}
 	if err == nil && ch.Pair {
 		var ps string
 		var pnull bool
-		ps, pnull, err = r.checkValue(w, ri, ch.PairSource, ch.PairAt, ch.PairTable, ch.PairColumn)
+		ps, pnull, err = r.checkValue(w, ri, ch.PairSource, ch.PairAt, ch.PairColumn)
 		in, null = s == ps, null || pnull
 	} else if err == nil && !null {
 		in = slices.Contains(r.checks[ci].values, s)
@@ -667,7 +667,7 @@ func (r *rows) visibleValue(ri int, ch rewrite.Check) (string, bool, error) {
 // checkValue decrypts the cell a check reads at position at of a row,
 // with the row key of source, and returns it normalized by the column's
 // index, or that it is NULL. The plaintext is not kept in the row.
-func (r *rows) checkValue(w *windowKeys, ri, source, at int, t *rewrite.Table, column string) (string, bool, error) {
+func (r *rows) checkValue(w *windowKeys, ri, source, at int, column string) (string, bool, error) {
 	row := r.buf[ri]
 	ti := w.infos[source]
 	pk := w.pks[ri][source]
@@ -681,16 +681,36 @@ func (r *rows) checkValue(w *windowKeys, ri, source, at int, t *rewrite.Table, c
 	if ck == nil {
 		return "", false, cellError(ti, column, pk, w.pending[id].err)
 	}
-	v, err := openCell(ti, column, ti.aad(column), ck, cell)
+	s, err := r.c.connector.normalizedCell(ti, column, ck, pk, cell)
+	return s, false, err
+}
+
+// normalizedCell opens a blind-indexed cell with its row's cell key and
+// returns its value normalized by the column's index, for a check.
+func (c *Connector) normalizedCell(ti *tableInfo, col string, ck *envelope.CellKey, pk []string, cell any) (string, error) {
+	v, err := openCell(ti, col, ti.aad(col), ck, cell)
 	if err != nil {
-		return "", false, cellError(ti, column, pk, err)
+		return "", cellError(ti, col, pk, err)
 	}
-	ix, err := r.c.connector.index(t, column)
+	ix, err := c.index(ti.table, col)
 	if err != nil {
-		return "", false, err
+		return "", err
 	}
 	s, _ := v.(string)
-	return ix.Normalize(s), false, nil
+	return ix.Normalize(s), nil
+}
+
+// checkKey unwraps a row's key for a blind-index check; what says what
+// the check is for, when the key cannot be unwrapped for want of rights.
+func (c *Conn) checkKey(ctx context.Context, ti *tableInfo, key int, pk []string, wrapped, what string) (*envelope.CellKey, error) {
+	rk, err := c.openKey(ctx, ti, key, pk, wrapped)
+	if errors.Is(err, ErrPermission) {
+		err = fmt.Errorf("%w (%s needs decrypt rights)", err, what)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return rk.ck, nil
 }
 
 // parseTextArray parses a one-dimensional array in PostgreSQL's text
@@ -865,25 +885,13 @@ func (u *updateKeyer) checkValue(r updRow, keys map[string][]rowKey, ch rewrite.
 		}
 	}
 	if ck == nil {
-		rk, err := u.c.openKey(u.ctx, u.ti, ch.Source, r.pk, *cc.key)
-		if errors.Is(err, ErrPermission) {
-			err = fmt.Errorf("%w (checking that the row holds the value its blind index says needs decrypt rights)", err)
-		}
-		if err != nil {
+		var err error
+		if ck, err = u.c.checkKey(u.ctx, u.ti, ch.Source, r.pk, *cc.key, "checking that the row holds the value its blind index says"); err != nil {
 			return "", false, err
 		}
-		ck = rk.ck
 	}
-	v, err := openCell(u.ti, ch.Column, u.ti.aad(ch.Column), ck, cc.cell)
-	if err != nil {
-		return "", false, cellError(u.ti, ch.Column, r.pk, err)
-	}
-	ix, err := u.c.connector.index(ch.Table, ch.Column)
-	if err != nil {
-		return "", false, err
-	}
-	s, _ := v.(string)
-	return ix.Normalize(s), false, nil
+	s, err := u.c.connector.normalizedCell(u.ti, ch.Column, ck, r.pk, cc.cell)
+	return s, false, err
 }
 
 // prepareVerified runs a DELETE's or UPDATE's blind-index check: in a
@@ -1081,18 +1089,15 @@ func (c *Conn) checkConflicts(ctx context.Context, ip *rewrite.Insert, args []dr
 			if !ok || e.key == nil || e.cell == nil {
 				return bad
 			}
-			rk, err := c.openKey(ctx, ti, key, e.pk, *e.key)
-			if errors.Is(err, ErrPermission) {
-				err = fmt.Errorf("%w (checking the row an upsert on a blind index would update needs decrypt rights)", err)
-			}
+			ck, err := c.checkKey(ctx, ti, key, e.pk, *e.key, "checking the row an upsert on a blind index would update")
 			if err != nil {
 				return err
 			}
-			v, err := openCell(ti, cc.Column, ti.aad(cc.Column), rk.ck, e.cell)
+			s, err := c.connector.normalizedCell(ti, cc.Column, ck, e.pk, e.cell)
 			if err != nil {
-				return cellError(ti, cc.Column, e.pk, err)
+				return err
 			}
-			if s, _ := v.(string); ix.Normalize(s) != expect {
+			if s != expect {
 				return bad
 			}
 		}
