@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -38,15 +40,57 @@ type BlindIndex struct {
 	// them. Both indexes must use the same algorithm, expression and
 	// storage (text or bytea); that index must not itself have KeyOf.
 	KeyOf string
+	// MasterKeyEnv names the environment variable that holds this index's
+	// master key (64 hex characters), instead of the connector's
+	// (BLIND_INDEX_MASTER_KEY, or blind_index_master_key in the map): the
+	// key a rotation (Rotate.MasterKeyEnv) moved the index to.
+	MasterKeyEnv string
+	// Rotate, when set, is the next index of the column, during a
+	// rotation: every write stores its value in Rotate.Column beside the
+	// current one, lookups keep using Column, and `kmspostgres reindex
+	// -rotate` fills it for older rows. Then the map is switched to it.
+	Rotate *BlindIndexRotation
 
 	normalize blindindex.Normalizer // resolved by Validate
 }
 
+// BlindIndexRotation is the next index of a column (BlindIndex.Rotate).
+// Its values are those the rotated map, with Column, Algorithm,
+// Expression (or Normalize) and MasterKeyEnv as the current index, will
+// compute: switching the map to it needs no reindex.
+type BlindIndexRotation struct {
+	// Column is the new index column (required); text or bytea, as
+	// BlindIndex.Column. Its name is part of the per-index key.
+	Column string
+	// Algorithm defaults to the current index's.
+	Algorithm blindindex.Algorithm
+	// Expression defaults to the current index's (with its normalizer,
+	// Go or not, when Normalize is unset too).
+	Expression string
+	// Normalize, when set (in Go only), is used instead of Expression.
+	Normalize func(string) string
+	// MasterKeyEnv names the environment variable of the new master key
+	// (64 hex characters); default the current index's master key.
+	MasterKeyEnv string
+
+	normalize blindindex.Normalizer // resolved by Validate
+	inherit   bool                  // normalize as the current index does
+}
+
 type yamlBlindIndex struct {
-	Column     string `yaml:"column"`
-	Algorithm  string `yaml:"algorithm"`
-	Expression string `yaml:"expression"`
-	KeyOf      string `yaml:"key_of"`
+	Column       string             `yaml:"column"`
+	Algorithm    string             `yaml:"algorithm"`
+	Expression   string             `yaml:"expression"`
+	KeyOf        string             `yaml:"key_of"`
+	MasterKeyEnv string             `yaml:"master_key_env"`
+	Rotate       *yamlBlindRotation `yaml:"rotate"`
+}
+
+type yamlBlindRotation struct {
+	Column       string `yaml:"column"`
+	Algorithm    string `yaml:"algorithm"`
+	Expression   string `yaml:"expression"`
+	MasterKeyEnv string `yaml:"master_key_env"`
 }
 
 // blindIndexFromYAML converts the map's blind_index entry.
@@ -54,13 +98,23 @@ func blindIndexFromYAML(y *yamlBlindIndex) (*BlindIndex, error) {
 	if y == nil {
 		return nil, nil
 	}
-	b := &BlindIndex{Column: y.Column, Expression: y.Expression, KeyOf: y.KeyOf}
+	b := &BlindIndex{Column: y.Column, Expression: y.Expression, KeyOf: y.KeyOf, MasterKeyEnv: y.MasterKeyEnv}
 	if y.Algorithm != "" {
 		a, err := blindindex.ParseAlgorithm(y.Algorithm)
 		if err != nil {
 			return nil, err
 		}
 		b.Algorithm = a
+	}
+	if r := y.Rotate; r != nil {
+		b.Rotate = &BlindIndexRotation{Column: r.Column, Expression: r.Expression, MasterKeyEnv: r.MasterKeyEnv}
+		if r.Algorithm != "" {
+			a, err := blindindex.ParseAlgorithm(r.Algorithm)
+			if err != nil {
+				return nil, fmt.Errorf("blind_index rotate: %w", err)
+			}
+			b.Rotate.Algorithm = a
+		}
 	}
 	return b, nil
 }
@@ -79,21 +133,8 @@ func (s *Schema) validateBlindIndex(t *Table, c *Column, pk map[string]bool, key
 	if b.Column == "" {
 		b.Column = cn + "_bidx"
 	}
-	if !identRe.MatchString(b.Column) {
-		return s.invalid("table %s, column %s: blind_index column %q is not a plain SQL identifier", tn, cn, b.Column)
-	}
-	switch {
-	case pk[b.Column]:
-		return s.invalid("table %s, column %s: blind_index column %s is a primary-key column", tn, cn, b.Column)
-	case keyCols[b.Column] != "":
-		return s.invalid("table %s, column %s: blind_index column %s is a key column", tn, cn, b.Column)
-	case t.Columns[b.Column] != nil:
-		return s.invalid("table %s, column %s: blind_index column %s is an encrypted column", tn, cn, b.Column)
-	}
-	for on, other := range t.Columns {
-		if other != c && other != nil && other.BlindIndex != nil && other.BlindIndex.Column == b.Column {
-			return s.invalid("table %s: columns %s and %s share the blind_index column %s", tn, min(cn, on), max(cn, on), b.Column)
-		}
+	if err := s.checkIndexColumn(t, c, pk, keyCols, "blind_index column", b.Column); err != nil {
+		return err
 	}
 	if b.Algorithm == 0 {
 		b.Algorithm = blindindex.Argon2id
@@ -101,15 +142,93 @@ func (s *Schema) validateBlindIndex(t *Table, c *Column, pk map[string]bool, key
 	if b.Algorithm != blindindex.Argon2id && b.Algorithm != blindindex.HMACSHA256 {
 		return s.invalid("table %s, column %s: blind_index algorithm %v: use argon2id or hmac_sha256", tn, cn, b.Algorithm)
 	}
+	if b.MasterKeyEnv != "" && !envNameRe.MatchString(b.MasterKeyEnv) {
+		return s.invalid("table %s, column %s: blind_index master_key_env %q is not an environment variable name", tn, cn, b.MasterKeyEnv)
+	}
 	if b.Normalize != nil {
 		b.normalize = b.Normalize
+	} else {
+		n, err := blindindex.ParseExpression(b.Expression)
+		if err != nil {
+			return s.invalid("table %s, column %s: %v", tn, cn, err)
+		}
+		b.normalize = n
+	}
+	return s.validateRotation(t, c, pk, keyCols)
+}
+
+var envNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// checkIndexColumn checks that an index column (what names it) is a plain
+// identifier that is no primary-key, key or encrypted column, nor the
+// index or rotation column of another index of the table.
+func (s *Schema) checkIndexColumn(t *Table, c *Column, pk map[string]bool, keyCols map[string]string, what, col string) error {
+	tn, cn := t.Name, c.Name
+	if !identRe.MatchString(col) {
+		return s.invalid("table %s, column %s: %s %q is not a plain SQL identifier", tn, cn, what, col)
+	}
+	switch {
+	case pk[col]:
+		return s.invalid("table %s, column %s: %s %s is a primary-key column; name a column of its own", tn, cn, what, col)
+	case keyCols[col] != "":
+		return s.invalid("table %s, column %s: %s %s is a key column; name a column of its own", tn, cn, what, col)
+	case t.Columns[col] != nil:
+		return s.invalid("table %s, column %s: %s %s is an encrypted column; name a column of its own", tn, cn, what, col)
+	}
+	if b := c.BlindIndex; b.Rotate != nil && b.Column == b.Rotate.Column {
+		return s.invalid("table %s, column %s: blind_index rotate column %s is the current index column; name the new column", tn, cn, col)
+	}
+	for _, on := range slices.Sorted(maps.Keys(t.Columns)) {
+		other := t.Columns[on]
+		if other == nil || other == c || other.BlindIndex == nil {
+			continue
+		}
+		if ob := other.BlindIndex; ob.Column == col || ob.Rotate != nil && ob.Rotate.Column == col {
+			return s.invalid("table %s: columns %s and %s share the blind_index column %s; give each index a column of its own", tn, min(cn, on), max(cn, on), col)
+		}
+	}
+	return nil
+}
+
+// validateRotation checks a blind index's rotation and fills in its
+// defaults from the current index.
+func (s *Schema) validateRotation(t *Table, c *Column, pk map[string]bool, keyCols map[string]string) error {
+	b := c.BlindIndex
+	r := b.Rotate
+	if r == nil {
 		return nil
 	}
-	n, err := blindindex.ParseExpression(b.Expression)
-	if err != nil {
-		return s.invalid("table %s, column %s: %v", tn, cn, err)
+	tn, cn := t.Name, c.Name
+	if r.Column == "" {
+		return s.invalid("table %s, column %s: blind_index rotate needs a column (the new index column, such as %s_v2)", tn, cn, b.Column)
 	}
-	b.normalize = n
+	if err := s.checkIndexColumn(t, c, pk, keyCols, "blind_index rotate column", r.Column); err != nil {
+		return err
+	}
+	if r.Algorithm == 0 {
+		r.Algorithm = b.Algorithm
+	}
+	if r.Algorithm != blindindex.Argon2id && r.Algorithm != blindindex.HMACSHA256 {
+		return s.invalid("table %s, column %s: blind_index rotate algorithm %v: use argon2id or hmac_sha256", tn, cn, r.Algorithm)
+	}
+	if r.MasterKeyEnv == "" {
+		r.MasterKeyEnv = b.MasterKeyEnv
+	}
+	if r.MasterKeyEnv != "" && !envNameRe.MatchString(r.MasterKeyEnv) {
+		return s.invalid("table %s, column %s: blind_index rotate master_key_env %q is not an environment variable name", tn, cn, r.MasterKeyEnv)
+	}
+	switch {
+	case r.Normalize != nil:
+		r.normalize = r.Normalize
+	case r.Expression == "":
+		r.Expression, r.inherit = b.Expression, true
+	default:
+		n, err := blindindex.ParseExpression(r.Expression)
+		if err != nil {
+			return s.invalid("table %s, column %s: blind_index rotate: %v", tn, cn, err)
+		}
+		r.normalize = n
+	}
 	return nil
 }
 
@@ -129,7 +248,14 @@ func WithBlindIndexNormalizer(table, column string, f func(string) string) Optio
 }
 
 // blindIndexes are a connector's per-index keys, by table and column.
-type blindIndexes map[[2]string]*blindindex.Index
+type blindIndexes map[blindKey]*blindindex.Index
+
+// blindKey names a blind index: the current one of table.column, or with
+// rotate its rotation.
+type blindKey struct {
+	table, column string
+	rotate        bool
+}
 
 // WrappedMasterKey is a blind-index master key wrapped by the KMS and
 // stored in the schema map (blind_index_master_key), instead of
@@ -219,6 +345,9 @@ func newBlindIndexes(s *Schema, normalize map[[2]string]func(string) string) (bl
 	if !s.hasBlindIndex() {
 		return blindIndexes{}, nil
 	}
+	if !s.usesDefaultMaster() {
+		return indexesFrom(s, nil)
+	}
 	if s.BlindIndexMasterKey != nil {
 		return nil, nil
 	}
@@ -229,11 +358,13 @@ func newBlindIndexes(s *Schema, normalize map[[2]string]func(string) string) (bl
 	if !ok {
 		return nil, fmt.Errorf("%w: the map has blind indexes but %s is not set; set it to 64 hex characters (the blind_index gem's BLIND_INDEX_MASTER_KEY), or put a KMS-wrapped key in blind_index_master_key", ErrSchema, blindindex.EnvMasterKey)
 	}
-	return indexesFrom(s, k)
+	return indexesFrom(s, &k)
 }
 
-// indexesFrom derives every index key of the map from master.
-func indexesFrom(s *Schema, master blindindex.MasterKey) (blindIndexes, error) {
+// indexesFrom derives every index key of the map from master (nil: the
+// map names no index that uses the connector's master key), and each
+// index's with master_key_env from that variable.
+func indexesFrom(s *Schema, master *blindindex.MasterKey) (blindIndexes, error) {
 	out := blindIndexes{}
 	for _, tn := range slices.Sorted(maps.Keys(s.Tables)) {
 		t := s.Tables[tn]
@@ -242,23 +373,77 @@ func indexesFrom(s *Schema, master blindindex.MasterKey) (blindIndexes, error) {
 			if b == nil {
 				continue
 			}
-			owner, ownerCol := tn, b.Column
+			owner := b // the index whose table, column and master key make the key
+			ownerTable := tn
 			if b.KeyOf != "" {
 				ot, oc, _ := s.keyOwner(b.KeyOf)
-				owner, ownerCol = ot.Name, oc.BlindIndex.Column
+				owner, ownerTable = oc.BlindIndex, ot.Name
 			}
-			key, err := master.IndexKey(owner, ownerCol)
+			ix, err := newIndex(master, ownerTable, owner.Column, owner.MasterKeyEnv, b.Algorithm, b.normalize)
 			if err != nil {
-				return nil, err
+				return nil, fmt.Errorf("%w: table %s, column %s: %w", ErrSchema, tn, cn, err)
 			}
-			ix, err := blindindex.New(key, b.Algorithm, b.normalize)
-			if err != nil {
-				return nil, err
+			out[blindKey{tn, cn, false}] = ix
+			r := b.Rotate
+			if r == nil {
+				continue
 			}
-			out[[2]string{tn, cn}] = ix
+			n := r.normalize
+			if r.inherit {
+				n = b.normalize
+			}
+			or := owner.Rotate // validated: an owner of key_of rotates with it
+			if ix, err = newIndex(master, ownerTable, or.Column, or.MasterKeyEnv, r.Algorithm, n); err != nil {
+				return nil, fmt.Errorf("%w: table %s, column %s: blind_index rotate: %w", ErrSchema, tn, cn, err)
+			}
+			out[blindKey{tn, cn, true}] = ix
 		}
 	}
 	return out, nil
+}
+
+// newIndex derives the index of column of table from master, or from the
+// master key in the environment variable env.
+func newIndex(master *blindindex.MasterKey, table, column, env string, a blindindex.Algorithm, n blindindex.Normalizer) (*blindindex.Index, error) {
+	var m blindindex.MasterKey
+	switch {
+	case env != "":
+		v := os.Getenv(env)
+		if v == "" {
+			return nil, fmt.Errorf("master_key_env %s is not set; set it to the index's master key, 64 hex characters", env)
+		}
+		k, err := blindindex.ParseMasterKey(v)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", env, err)
+		}
+		m = k
+	case master == nil:
+		return nil, fmt.Errorf("internal: no master key")
+	default:
+		m = *master
+	}
+	key, err := m.IndexKey(table, column)
+	if err != nil {
+		return nil, err
+	}
+	return blindindex.New(key, a, n)
+}
+
+// usesDefaultMaster reports whether an index of the map (current or
+// rotation) takes its key from the connector's master key rather than a
+// master_key_env.
+func (s *Schema) usesDefaultMaster() bool {
+	for _, t := range s.Tables {
+		for _, c := range t.Columns {
+			if c == nil || c.BlindIndex == nil {
+				continue
+			}
+			if b := c.BlindIndex; b.MasterKeyEnv == "" || b.Rotate != nil && b.Rotate.MasterKeyEnv == "" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // loadBlind unwraps the map's wrapped master key, once per connector, and
@@ -282,7 +467,8 @@ func (c *Connector) loadBlind(ctx context.Context) error {
 	if len(k) != blindindex.KeySize {
 		return fmt.Errorf("%w: the blind-index master key is %d bytes, not %d", ErrDecrypt, len(k), blindindex.KeySize)
 	}
-	ix, err := indexesFrom(c.schema, blindindex.MasterKey(k))
+	mk := blindindex.MasterKey(k)
+	ix, err := indexesFrom(c.schema, &mk)
 	if err != nil {
 		return err
 	}
@@ -291,28 +477,17 @@ func (c *Connector) loadBlind(ctx context.Context) error {
 }
 
 // checkBlindIndexes checks the index columns of a relation's blind indexes
-// (they exist, are text or bytea, have no default) and records them for
-// the rewriter.
+// and of their rotations (they exist, are text or bytea, have no default)
+// and records them for the rewriter.
 func (c *catalog) checkBlindIndexes(t *rewrite.Table, entry *Table, attrs map[string]attr) error {
 	for _, cn := range slices.Sorted(maps.Keys(entry.Columns)) {
 		b := entry.Columns[cn].BlindIndex
 		if b == nil {
 			continue
 		}
-		a, ok := attrs[b.Column]
-		if !ok {
-			return c.mismatch(t.Name, "blind-index column %s (of %s) does not exist; add it: ALTER TABLE %s ADD COLUMN %s text (and CREATE UNIQUE INDEX ON %s (%s) if values are unique)", b.Column, cn, t.Name, b.Column, t.Name, b.Column)
-		}
-		bytea := false
-		switch a.typ {
-		case "text", "character varying":
-		case "bytea":
-			bytea = true
-		default:
-			return c.mismatch(t.Name, "blind-index column %s is %s; it must be text (base64) or bytea (raw)", b.Column, a.typ)
-		}
-		if a.hasDef {
-			return c.mismatch(t.Name, "blind-index column %s has a default or is generated; drop it, the driver writes blind-index columns", b.Column)
+		bytea, err := c.checkIndexColumn(t, attrs, cn, b.Column)
+		if err != nil {
+			return err
 		}
 		if t.Blind == nil {
 			t.Blind = map[string]rewrite.BlindIndex{}
@@ -321,14 +496,51 @@ func (c *catalog) checkBlindIndexes(t *rewrite.Table, entry *Table, attrs map[st
 		if b.KeyOf != "" {
 			key = b.KeyOf
 		}
-		t.Blind[cn] = rewrite.BlindIndex{Column: b.Column, Bytea: bytea, Key: key}
+		bi := rewrite.BlindIndex{Column: b.Column, Bytea: bytea, Key: key}
+		if b.Rotate != nil {
+			if bi.RotateBytea, err = c.checkIndexColumn(t, attrs, cn, b.Rotate.Column); err != nil {
+				return err
+			}
+			bi.Rotate = b.Rotate.Column
+		}
+		t.Blind[cn] = bi
+	}
+	return nil
+}
+
+// checkIndexColumn checks one index column of column cn and says whether
+// it is bytea.
+func (c *catalog) checkIndexColumn(t *rewrite.Table, attrs map[string]attr, cn, col string) (bool, error) {
+	a, ok := attrs[col]
+	if !ok {
+		return false, c.mismatch(t.Name, "blind-index column %s (of %s) does not exist; add it: ALTER TABLE %s ADD COLUMN %s text (and CREATE UNIQUE INDEX ON %s (%s) if values are unique)", col, cn, t.Name, col, t.Name, col)
+	}
+	switch a.typ {
+	case "text", "character varying":
+	case "bytea":
+		return true, checkNoDefault(c, t, a, col)
+	default:
+		return false, c.mismatch(t.Name, "blind-index column %s is %s; it must be text (base64) or bytea (raw)", col, a.typ)
+	}
+	return false, checkNoDefault(c, t, a, col)
+}
+
+func checkNoDefault(c *catalog, t *rewrite.Table, a attr, col string) error {
+	if a.hasDef {
+		return c.mismatch(t.Name, "blind-index column %s has a default or is generated; drop it, the driver writes blind-index columns", col)
 	}
 	return nil
 }
 
 // index returns the blind index of table.column.
 func (c *Connector) index(t *rewrite.Table, column string) (*blindindex.Index, error) {
-	ix := c.blind[[2]string{t.Name, column}]
+	return c.indexOf(t, column, false)
+}
+
+// indexOf returns the blind index of table.column, or with rotate its
+// rotation.
+func (c *Connector) indexOf(t *rewrite.Table, column string, rotate bool) (*blindindex.Index, error) {
+	ix := c.blind[blindKey{t.Name, column, rotate}]
 	if ix == nil {
 		return nil, fmt.Errorf("kmspostgres: %s.%s: no blind index key (the schema map changed under the plan)", t.Name, column)
 	}
@@ -340,10 +552,16 @@ func (c *Connector) index(t *rewrite.Table, column string) (*blindindex.Index, e
 // bytes. The value is encoded as the cell's plaintext is, so that writes
 // and lookups agree.
 func (c *Connector) indexValue(t *rewrite.Table, column string, v any) (any, error) {
+	return c.storedIndex(t, column, false, v)
+}
+
+// storedIndex is indexValue for the current index or, with rotate, for
+// its rotation (stored in BlindIndex.Rotate).
+func (c *Connector) storedIndex(t *rewrite.Table, column string, rotate bool, v any) (any, error) {
 	if v == nil {
 		return nil, nil
 	}
-	ix, err := c.index(t, column)
+	ix, err := c.indexOf(t, column, rotate)
 	if err != nil {
 		return nil, err
 	}
@@ -351,20 +569,22 @@ func (c *Connector) indexValue(t *rewrite.Table, column string, v any) (any, err
 	if err != nil {
 		return nil, &CellError{Table: t.Name, Column: column, Err: err}
 	}
-	if t.Blind[column].Bytea {
+	bi := t.Blind[column]
+	if bi.Bytea && !rotate || bi.RotateBytea && rotate {
 		return ix.Sum(pt), nil
 	}
 	return ix.Text(pt), nil
 }
 
-// indexCells fills the slots of the index values a statement writes.
-func (c *Connector) indexCells(t *rewrite.Table, cells []rewrite.Cell, args []driver.NamedValue, slots []any) error {
+// indexCells fills the slots of the index values a statement writes, of
+// the current indexes or, with rotate, of their rotations.
+func (c *Connector) indexCells(t *rewrite.Table, cells []rewrite.Cell, rotate bool, args []driver.NamedValue, slots []any) error {
 	for _, cell := range cells {
 		v, err := valueOf(cell.Value, args)
 		if err != nil {
 			return err
 		}
-		if slots[cell.Slot], err = c.indexValue(t, cell.Column, v); err != nil {
+		if slots[cell.Slot], err = c.storedIndex(t, cell.Column, rotate, v); err != nil {
 			return err
 		}
 	}
@@ -805,7 +1025,7 @@ func (c *Connector) uniqueError(pe *pgconn.PgError) error {
 			continue
 		}
 		for _, cn := range slices.Sorted(maps.Keys(t.Columns)) {
-			if b := t.Columns[cn].BlindIndex; b != nil && b.Column == col {
+			if b := t.Columns[cn].BlindIndex; b != nil && (b.Column == col || b.Rotate != nil && b.Rotate.Column == col) {
 				return &UniqueError{Table: tn, Column: cn, Index: pe.ConstraintName, Err: pe}
 			}
 		}
@@ -999,6 +1219,19 @@ func (s *Schema) validateBlindKeys() error {
 				return s.invalid("table %s, column %s: blind_index key_of %s, which takes its key from %s: name %s instead", tn, cn, b.KeyOf, oc.BlindIndex.KeyOf, oc.BlindIndex.KeyOf)
 			case oc.BlindIndex.Algorithm != b.Algorithm || oc.BlindIndex.Expression != b.Expression || oc.BlindIndex.Normalize != nil || b.Normalize != nil:
 				return s.invalid("table %s, column %s: blind_index key_of %s needs the same algorithm and expression as %s (and no Go normalizer), or equal values would index differently", tn, cn, b.KeyOf, b.KeyOf)
+			case oc.BlindIndex.MasterKeyEnv != b.MasterKeyEnv:
+				return s.invalid("table %s, column %s: blind_index key_of %s takes its key from %s's master key: drop master_key_env here, or set it as on %s", tn, cn, b.KeyOf, b.KeyOf, b.KeyOf)
+			}
+			// The two indexes rotate together: once the maps are switched,
+			// this index takes its key from the owner's new column.
+			or, r := oc.BlindIndex.Rotate, b.Rotate
+			switch {
+			case or != nil && r == nil:
+				return s.invalid("table %s, column %s: blind_index key_of %s, which is rotating to %s: add a rotate to this index too (same algorithm, expression and master key), or its values would change when the map is switched", tn, cn, b.KeyOf, or.Column)
+			case or == nil && r != nil:
+				return s.invalid("table %s, column %s: blind_index rotate on an index with key_of %s: rotate %s too (its rotation gives this one its key)", tn, cn, b.KeyOf, b.KeyOf)
+			case r != nil && (or.Algorithm != r.Algorithm || or.Expression != r.Expression || or.Normalize != nil || r.Normalize != nil || or.MasterKeyEnv != r.MasterKeyEnv):
+				return s.invalid("table %s, column %s: blind_index rotate needs the same algorithm, expression and master_key_env as the rotate of %s (key_of), and no Go normalizer", tn, cn, b.KeyOf)
 			}
 		}
 	}

@@ -49,13 +49,28 @@ func TestBlindIndexSchemaErrors(t *testing.T) {
 	for _, tc := range []struct{ yaml, want string }{
 		{"email: {blind_index: {algorithm: sha1}}", `unknown algorithm "sha1"`},
 		{"email: {blind_index: {expression: upper}}", `unknown expression "upper"`},
-		{"email: {blind_index: {colum: x}}", "unknown field colum in table users, column email, blind_index; valid fields: column, algorithm, expression, key_of"},
+		{"email: {blind_index: {colum: x}}", "unknown field colum in table users, column email, blind_index; valid fields: column, algorithm, expression, key_of, master_key_env, rotate"},
 		{"email: {blind_index: {column: id}}", "is a primary-key column"},
 		{"email: {blind_index: {column: encrypted_kms_key}}", "is a key column"},
 		{"email: {blind_index: {column: phone}}, phone: {}", "is an encrypted column"},
 		{"email: {blind_index: {column: x}}, phone: {blind_index: {column: x}}", "columns email and phone share the blind_index column x"},
 		{"email: {blind_index: {column: \"a b\"}}", "not a plain SQL identifier"},
 		{"born: {type: date, blind_index: {}}", "text columns only"},
+		// Rotations.
+		{"email: {blind_index: {rotate: {}}}", "table users, column email: blind_index rotate needs a column (the new index column, such as email_bidx_v2)"},
+		{"email: {blind_index: {rotate: {column: email_bidx}}}", "rotate column email_bidx is the current index column"},
+		{"email: {blind_index: {rotate: {column: id}}}", "blind_index rotate column id is a primary-key column"},
+		{"email: {blind_index: {rotate: {column: encrypted_kms_key}}}", "blind_index rotate column encrypted_kms_key is a key column"},
+		{"email: {blind_index: {rotate: {column: phone}}}, phone: {}", "blind_index rotate column phone is an encrypted column"},
+		{"email: {blind_index: {rotate: {column: x}}}, phone: {blind_index: {column: x}}", "columns email and phone share the blind_index column x"},
+		{"email: {blind_index: {rotate: {column: x}}}, phone: {blind_index: {rotate: {column: x}}}", "columns email and phone share the blind_index column x"},
+		{"email: {blind_index: {column: x}}, phone: {blind_index: {rotate: {column: x}}}", "columns email and phone share the blind_index column x"},
+		{"email: {blind_index: {rotate: {column: \"a b\"}}}", "rotate column \"a b\" is not a plain SQL identifier"},
+		{"email: {blind_index: {rotate: {column: v2, algorithm: sha1}}}", `blind_index rotate: blindindex: unknown algorithm "sha1"`},
+		{"email: {blind_index: {rotate: {column: v2, expression: upper}}}", `blind_index rotate: blindindex: unknown expression "upper"`},
+		{"email: {blind_index: {rotate: {column: v2, key_of: users.x}}}", "unknown field key_of in table users, column email, blind_index rotate; valid fields: column, algorithm, expression, master_key_env"},
+		{"email: {blind_index: {rotate: {column: v2, master_key_env: \"A-B\"}}}", `rotate master_key_env "A-B" is not an environment variable name`},
+		{"email: {blind_index: {master_key_env: \"1X\"}}", `master_key_env "1X" is not an environment variable name`},
 	} {
 		_, err := ParseSchema("m.yaml", []byte("key_id: k\ntables: {users: {columns: {"+tc.yaml+"}}}"))
 		if !errors.Is(err, ErrSchema) || !strings.Contains(err.Error(), tc.want) {
@@ -84,7 +99,7 @@ func TestBlindIndexMasterKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The gem's vector: users.email_bidx under the zero key, lower-cased.
-	if got := ix[[2]string{"users", "email"}].Text([]byte("TEST@example.org")); got != "kSqBXqdAhgnZAvwGcZ/17SUCg+V6t7xnJ8CO/gRDSjU=" {
+	if got := ix[blindKey{"users", "email", false}].Text([]byte("TEST@example.org")); got != "kSqBXqdAhgnZAvwGcZ/17SUCg+V6t7xnJ8CO/gRDSjU=" {
 		t.Fatalf("users.email index = %s", got)
 	}
 	if len(ix) != 2 {
@@ -147,12 +162,152 @@ func TestWithBlindIndexNormalizer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ssn := ix[[2]string{"users", "ssn"}]
+	ssn := ix[blindKey{"users", "ssn", false}]
 	if ssn.Text([]byte("123-45-6789")) != ssn.Text([]byte("123 45 6789")) || ssn.Text([]byte("123-45-6789")) == ssn.Text([]byte("123-45-6780")) {
 		t.Fatal("normalizer not applied")
 	}
 	WithBlindIndexNormalizer("users", "name", digits).applyConnector(&cfg)
 	if _, err := newBlindIndexes(s, cfg.normalize); !errors.Is(err, ErrSchema) || !strings.Contains(err.Error(), `"users", "name"`) {
 		t.Fatalf("normalizer for a column without blind index: %v", err)
+	}
+}
+
+func TestBlindIndexRotateSchema(t *testing.T) {
+	s, err := ParseSchema("m.yaml", []byte(`
+key_id: k
+tables:
+  users:
+    columns:
+      email:
+        blind_index:
+          column: email_bidx
+          algorithm: hmac_sha256
+          expression: lower
+          rotate: {column: email_bidx_v2, algorithm: argon2id, expression: lower_trim, master_key_env: BLIND_INDEX_MASTER_KEY_V2}
+      phone:
+        blind_index: {expression: trim, master_key_env: PHONE_KEY, rotate: {column: phone_bidx_v2}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := s.Tables["users"].Columns["email"].BlindIndex.Rotate
+	if e == nil || e.Column != "email_bidx_v2" || e.Algorithm != blindindex.Argon2id || e.Expression != "lower_trim" || e.MasterKeyEnv != "BLIND_INDEX_MASTER_KEY_V2" || e.inherit || e.normalize == nil {
+		t.Fatalf("email rotate: %+v", e)
+	}
+	// Defaults: the current index's algorithm, expression and master key.
+	p := s.Tables["users"].Columns["phone"].BlindIndex.Rotate
+	if p == nil || p.Column != "phone_bidx_v2" || p.Algorithm != blindindex.Argon2id || p.Expression != "trim" || !p.inherit || p.MasterKeyEnv != "PHONE_KEY" {
+		t.Fatalf("phone rotate: %+v", p)
+	}
+}
+
+// TestBlindIndexRotateKeys: a rotation's values are exactly those of the
+// current index of the map switched to it, so the switch needs no
+// reindex; master_key_env takes the key from that variable.
+func TestBlindIndexRotateKeys(t *testing.T) {
+	old, v2 := strings.Repeat("0", 64), strings.Repeat("ab", 32)
+	t.Setenv(blindindex.EnvMasterKey, old)
+	t.Setenv("BIDX_V2", v2)
+	during, err := ParseSchema("m", []byte(`
+key_id: k
+tables:
+  users:
+    columns:
+      email: {blind_index: {algorithm: hmac_sha256, expression: lower, rotate: {column: email_bidx_v2, algorithm: argon2id, expression: lower_trim, master_key_env: BIDX_V2}}}
+      ssn: {blind_index: {algorithm: hmac_sha256, rotate: {column: ssn_v2}}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := ParseSchema("m", []byte(`
+key_id: k
+tables:
+  users:
+    columns:
+      email: {blind_index: {column: email_bidx_v2, algorithm: argon2id, expression: lower_trim, master_key_env: BIDX_V2}}
+      ssn: {blind_index: {column: ssn_v2, algorithm: hmac_sha256}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dix, err := newBlindIndexes(during, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aix, err := newBlindIndexes(after, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dix) != 4 || len(aix) != 2 {
+		t.Fatalf("%d indexes during, %d after", len(dix), len(aix))
+	}
+	for _, col := range []string{"email", "ssn"} {
+		for _, v := range []string{" Alice@Example.com", "bob"} {
+			rot, cur := dix[blindKey{"users", col, true}].Text([]byte(v)), aix[blindKey{"users", col, false}].Text([]byte(v))
+			if rot != cur {
+				t.Errorf("%s %q: rotation %s, switched map %s", col, v, rot, cur)
+			}
+			if old := dix[blindKey{"users", col, false}].Text([]byte(v)); old == rot {
+				t.Errorf("%s %q: the rotation computes the current index", col, v)
+			}
+		}
+	}
+	// By hand: the new key from BIDX_V2 and the new column's name.
+	m, _ := blindindex.ParseMasterKey(v2)
+	k, _ := m.IndexKey("users", "email_bidx_v2")
+	want, _ := blindindex.New(k, blindindex.Argon2id, func(s string) string { return strings.ToLower(strings.TrimSpace(s)) })
+	if got := dix[blindKey{"users", "email", true}].Text([]byte("X@y.org ")); got != want.Text([]byte("x@y.org")) {
+		t.Errorf("email rotation %s, want %s", got, want.Text([]byte("x@y.org")))
+	}
+	// A missing variable is refused at open, naming it.
+	t.Setenv("BIDX_V2", "")
+	if _, err := newBlindIndexes(during, nil); !errors.Is(err, ErrSchema) || !strings.Contains(err.Error(), "table users, column email: blind_index rotate: master_key_env BIDX_V2 is not set") {
+		t.Fatalf("unset BIDX_V2: %v", err)
+	}
+}
+
+func TestBlindIndexRotateKeyOf(t *testing.T) {
+	for _, c := range []struct{ users, invites, want string }{
+		{"rotate: {column: v2}", "key_of: users.email", "key_of users.email, which is rotating to v2: add a rotate to this index too"},
+		{"", "key_of: users.email, rotate: {column: v2}", "rotate on an index with key_of users.email: rotate users.email too"},
+		{"rotate: {column: v2}", "key_of: users.email, rotate: {column: v2, expression: lower}", "needs the same algorithm, expression and master_key_env as the rotate of users.email"},
+		{"master_key_env: K", "key_of: users.email", "takes its key from users.email's master key"},
+	} {
+		_, err := ParseSchema("m.yaml", []byte(`
+key_id: k
+tables:
+  users:
+    columns:
+      email: {blind_index: {algorithm: hmac_sha256, `+c.users+`}}
+  invites:
+    columns:
+      email: {blind_index: {algorithm: hmac_sha256, `+c.invites+`}}
+`))
+		if !errors.Is(err, ErrSchema) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s / %s: %v, want %q", c.users, c.invites, err, c.want)
+		}
+	}
+	// Rotating together: the invites rotation takes the users rotation's key.
+	t.Setenv(blindindex.EnvMasterKey, strings.Repeat("1", 64))
+	s, err := ParseSchema("m.yaml", []byte(`
+key_id: k
+tables:
+  users:
+    columns:
+      email: {blind_index: {algorithm: hmac_sha256, rotate: {column: email_v2}}}
+  invites:
+    columns:
+      email: {blind_index: {algorithm: hmac_sha256, key_of: users.email, rotate: {column: email_v2}}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix, err := newBlindIndexes(s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, i := ix[blindKey{"users", "email", true}].Text([]byte("a")), ix[blindKey{"invites", "email", true}].Text([]byte("a"))
+	if u != i || u == ix[blindKey{"users", "email", false}].Text([]byte("a")) {
+		t.Fatalf("rotations: users %s, invites %s", u, i)
 	}
 }

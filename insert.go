@@ -75,7 +75,10 @@ func (c *Conn) sealRows(ctx context.Context, p *rewrite.Plan, args []driver.Name
 	}
 	c.sealedInsert(ctx, ip, slots)
 	for _, row := range ip.Rows {
-		if err := c.connector.indexCells(ip.Table, row.Indexes, args, slots); err != nil {
+		if err := c.connector.indexCells(ip.Table, row.Indexes, false, args, slots); err != nil {
+			return "", nil, nil, err
+		}
+		if err := c.connector.indexCells(ip.Table, row.Rotations, true, args, slots); err != nil {
 			return "", nil, nil, err
 		}
 	}

@@ -21,6 +21,11 @@ type ReindexOptions struct {
 	// a value and no index value: after a new master key, a new
 	// normalizer, or a new index column.
 	All bool
+	// Rotate fills the rotation columns (blind_index rotate) instead of
+	// the index columns: of the rows with a value and no value in the
+	// rotation column, or with All of every row. Lookups keep using the
+	// current index columns meanwhile.
+	Rotate bool
 	// BatchSize is how many rows are read, locked and rewritten per
 	// transaction (default 100: with argon2id, about a second of locks).
 	BatchSize int
@@ -45,9 +50,12 @@ func (c *Connector) Reindex(ctx context.Context, table string, opts ReindexOptio
 	}
 	var cols []string // indexed encrypted columns
 	for _, cn := range slices.Sorted(maps.Keys(st.Columns)) {
-		if st.Columns[cn].BlindIndex != nil {
+		if b := st.Columns[cn].BlindIndex; b != nil && (!opts.Rotate || b.Rotate != nil) {
 			cols = append(cols, cn)
 		}
+	}
+	if len(cols) == 0 && opts.Rotate {
+		return 0, fmt.Errorf("kmspostgres: reindex: table %s has no blind index with a rotate in the schema map; add blind_index: {rotate: {column: …}} to the column to rotate", table)
 	}
 	if len(cols) == 0 {
 		return 0, fmt.Errorf("kmspostgres: reindex: table %s has no blind index in the schema map", table)
@@ -94,8 +102,18 @@ type reindexer struct {
 	rt   *rewrite.Table
 	cols []string
 	opts ReindexOptions
+	// targets are the index columns the UPDATE sets, in its parameter
+	// order.
+	targets []indexTarget
 
 	selectFirst, selectAfter, update string
+}
+
+// indexTarget is an index column a reindex writes: of the encrypted
+// column enc, its current index or with rotate its rotation.
+type indexTarget struct {
+	enc, column string
+	rotate      bool
 }
 
 // build writes the batch query (through the driver: it decrypts) and the
@@ -112,14 +130,28 @@ func (r *reindexer) build() {
 		pkArgs = append(pkArgs, "$"+strconv.Itoa(i+1)+"::"+rt.PKTypes[i])
 	}
 	var out, filter, set []string
-	for i, cn := range r.cols {
-		ec, ic := pgx.Identifier{cn}.Sanitize(), pgx.Identifier{rt.Blind[cn].Column}.Sanitize()
+	for _, cn := range r.cols {
+		bi := rt.Blind[cn]
+		ec := pgx.Identifier{cn}.Sanitize()
 		out = append(out, ec)
+		// The current index column (and its rotation's, written beside
+		// it as every write does), or with Rotate the rotation's alone.
+		written := []indexTarget{{cn, bi.Column, false}}
+		if r.opts.Rotate {
+			written = nil
+		}
+		if bi.Rotate != "" {
+			written = append(written, indexTarget{cn, bi.Rotate, true})
+		}
+		ic := pgx.Identifier{written[0].column}.Sanitize()
 		filter = append(filter, "("+ic+" IS NULL AND "+ec+" IS NOT NULL)")
-		set = append(set, ic+" = $"+strconv.Itoa(i+1))
+		for _, w := range written {
+			r.targets = append(r.targets, w)
+			set = append(set, pgx.Identifier{w.column}.Sanitize()+" = $"+strconv.Itoa(len(r.targets)))
+		}
 	}
 	for i := range rt.PrimaryKey {
-		pkCmp = append(pkCmp, pkCols[i]+" = $"+strconv.Itoa(len(r.cols)+i+1)+"::"+rt.PKTypes[i])
+		pkCmp = append(pkCmp, pkCols[i]+" = $"+strconv.Itoa(len(r.targets)+i+1)+"::"+rt.PKTypes[i])
 	}
 	where := "(" + strings.Join(filter, " OR ") + ")"
 	if r.opts.All {
@@ -171,9 +203,9 @@ func (r *reindexer) batch(ctx context.Context, last []string) (n int, next []str
 		return 0, nil, err
 	}
 	for _, row := range batch {
-		args := make([]any, 0, len(row))
-		for i, cn := range r.cols {
-			iv, err := r.c.indexValue(r.rt, cn, row[npk+i])
+		args := make([]any, 0, len(r.targets)+npk)
+		for _, w := range r.targets {
+			iv, err := r.c.storedIndex(r.rt, w.enc, w.rotate, row[npk+slices.Index(r.cols, w.enc)])
 			if err != nil {
 				return 0, nil, err
 			}
@@ -209,6 +241,9 @@ type BlindIndexInfo struct {
 	// Unique: a UNIQUE index (without predicate) is on the index column
 	// alone, so that duplicates are refused and ON CONFLICT (column) works.
 	Unique bool
+	// RotateColumn and RotateAlgorithm: the index is rotating to this
+	// column (blind_index rotate); empty otherwise.
+	RotateColumn, RotateAlgorithm string
 }
 
 // BlindIndexes lists the map's blind indexes and whether each has a
@@ -219,7 +254,11 @@ func (c *Connector) BlindIndexes(ctx context.Context) ([]BlindIndexInfo, error) 
 		t := c.schema.Tables[tn]
 		for _, cn := range slices.Sorted(maps.Keys(t.Columns)) {
 			if b := t.Columns[cn].BlindIndex; b != nil {
-				out = append(out, BlindIndexInfo{Table: tn, Column: cn, IndexColumn: b.Column, Algorithm: b.Algorithm.String()})
+				info := BlindIndexInfo{Table: tn, Column: cn, IndexColumn: b.Column, Algorithm: b.Algorithm.String()}
+				if b.Rotate != nil {
+					info.RotateColumn, info.RotateAlgorithm = b.Rotate.Column, b.Rotate.Algorithm.String()
+				}
+				out = append(out, info)
 			}
 		}
 	}

@@ -256,7 +256,8 @@ func ParseSchema(name string, data []byte) (*Schema, error) {
 var (
 	schemaFields  = []string{"key_id", "cache", "blind_index_master_key", "tables"}
 	masterFields  = []string{"wrapped", "key_id"}
-	blindFields   = []string{"column", "algorithm", "expression", "key_of"}
+	blindFields   = []string{"column", "algorithm", "expression", "key_of", "master_key_env", "rotate"}
+	rotateFields  = []string{"column", "algorithm", "expression", "master_key_env"}
 	cacheFields   = []string{"max_age", "max_uses", "max_keys"}
 	tableFields   = []string{"primary_key", "keys", "columns", "migrating"}
 	keyFields     = []string{"column", "key_id", "version", "context", "previous_versions"}
@@ -275,6 +276,8 @@ var yamlTypeNames = strings.NewReplacer(
 	"kmspostgres.yamlKey", "a key",
 	"kmspostgres.yamlKeyVersion", "a previous version",
 	"kmspostgres.yamlColumn", "a column",
+	"kmspostgres.yamlBlindIndex", "a blind_index",
+	"kmspostgres.yamlBlindRotation", "a blind_index rotate",
 	"map[string]*kmspostgres.yamlTable", "a map of tables",
 	"map[string]*kmspostgres.yamlKey", "a map of keys",
 	"map[string]*kmspostgres.yamlColumn", "a map of columns",
@@ -338,7 +341,13 @@ func checkFields(doc *yaml.Node) error {
 					return err
 				}
 				if bi := mapValue(c, "blind_index"); bi != nil {
-					return fields(bi, "table "+tn+", column "+cn+", blind_index", "in table "+tn+", column "+cn+", blind_index", blindFields)
+					at := "table " + tn + ", column " + cn + ", blind_index"
+					if err := fields(bi, at, "in "+at, blindFields); err != nil {
+						return err
+					}
+					if r := mapValue(bi, "rotate"); r != nil {
+						return fields(r, at+" rotate", "in "+at+" rotate", rotateFields)
+					}
 				}
 				return nil
 			})

@@ -167,7 +167,10 @@ func (u *updateKeyer) run() (string, []driver.NamedValue, error) {
 		return "", nil, err
 	}
 	u.c.sealedUpdate(u.ctx, u.up, slots)
-	if err := u.c.connector.indexCells(u.up.Table, u.up.Indexes, u.args, slots); err != nil {
+	if err := u.c.connector.indexCells(u.up.Table, u.up.Indexes, false, u.args, slots); err != nil {
+		return "", nil, err
+	}
+	if err := u.c.connector.indexCells(u.up.Table, u.up.Rotations, true, u.args, slots); err != nil {
 		return "", nil, err
 	}
 	lk, err := u.c.connector.lookups(u.p, u.args)

@@ -18,6 +18,11 @@ type BlindIndex struct {
 	// Key names the index key ("table.column" of its owner): two columns
 	// with one Key index equal values equally, so they can be compared.
 	Key string
+	// Rotate is the index column of the next index during a rotation
+	// (empty: none): every write stores its value beside Column's;
+	// lookups use Column. RotateBytea: it is bytea.
+	Rotate      string
+	RotateBytea bool
 }
 
 // Lookup is a value the driver computes for a blind-index comparison: the
@@ -270,7 +275,7 @@ func (a *analyzer) notePositive(x *pg.A_Expr, positive bool, e *encRef) {
 // encrypted column of t, and which.
 func isBlindCol(t *Table, col string) (string, bool) {
 	for enc, bi := range t.Blind {
-		if bi.Column == col {
+		if bi.Column == col || bi.Rotate != "" && bi.Rotate == col {
 			return enc, true
 		}
 	}
@@ -550,9 +555,25 @@ func blindWritten(t *Table, cols []string) []string {
 	return out
 }
 
+// indexColumns lists the index columns an INSERT writes for the indexed
+// columns, in the order addIndexes adds their values: each index column,
+// then its rotation's.
+func indexColumns(t *Table, indexed []string) []string {
+	var out []string
+	for _, c := range indexed {
+		bi := t.Blind[c]
+		out = append(out, bi.Column)
+		if bi.Rotate != "" {
+			out = append(out, bi.Rotate)
+		}
+	}
+	return out
+}
+
 // addIndexes appends to a VALUES row the index value of each indexed
-// column it writes: a slot for a value, NULL for NULL.
-func (ip *Insert) addIndexes(row *InsertRow, list *pg.List, indexed []string) {
+// column it writes, and of its rotation: a slot for a value, NULL for
+// NULL.
+func (ip *Insert) addIndexes(row *InsertRow, list *pg.List, t *Table, indexed []string) {
 	for _, c := range indexed {
 		var cell *Cell
 		for i := range row.Cells {
@@ -560,18 +581,30 @@ func (ip *Insert) addIndexes(row *InsertRow, list *pg.List, indexed []string) {
 				cell = &row.Cells[i]
 			}
 		}
-		if cell == nil {
-			list.Items = append(list.Items, nullConst())
-			continue
+		n := 1
+		if t.Blind[c].Rotate != "" {
+			n = 2
 		}
-		row.Indexes = append(row.Indexes, Cell{Column: c, Key: cell.Key, Value: cell.Value, Slot: ip.Slots})
-		list.Items = append(list.Items, slotParam(ip.Slots))
-		ip.Slots++
+		for i := range n {
+			if cell == nil {
+				list.Items = append(list.Items, nullConst())
+				continue
+			}
+			ic := Cell{Column: c, Key: cell.Key, Value: cell.Value, Slot: ip.Slots}
+			if i == 0 {
+				row.Indexes = append(row.Indexes, ic)
+			} else {
+				row.Rotations = append(row.Rotations, ic)
+			}
+			list.Items = append(list.Items, slotParam(ip.Slots))
+			ip.Slots++
+		}
 	}
 }
 
 // updateIndexes sets the index column of each indexed column an UPDATE
-// writes, to one value for every row (the value is the same).
+// writes, and its rotation's, to one value for every row (the value is
+// the same).
 func updateIndexes(up *Update, upd *pg.UpdateStmt, t *Table, cells []setCell) {
 	for _, c := range cells {
 		bi, ok := t.Blind[c.name]
@@ -581,6 +614,11 @@ func updateIndexes(up *Update, upd *pg.UpdateStmt, t *Table, cells []setCell) {
 		up.Indexes = append(up.Indexes, Cell{Column: c.name, Key: c.ec.Key, Value: c.val, Slot: up.Slots})
 		upd.TargetList = append(upd.TargetList, resTarget(bi.Column, slotParam(up.Slots)))
 		up.Slots++
+		if bi.Rotate != "" {
+			up.Rotations = append(up.Rotations, Cell{Column: c.name, Key: c.ec.Key, Value: c.val, Slot: up.Slots})
+			upd.TargetList = append(upd.TargetList, resTarget(bi.Rotate, slotParam(up.Slots)))
+			up.Slots++
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package rewrite
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -260,4 +261,106 @@ func otherSchema(tree *pg.ParseResult) bool {
 		return !found
 	})
 	return found
+}
+
+// rotCatalog is blindCatalog with users.email rotating to email_bidx_v2.
+type rotCatalog struct{ testCatalog }
+
+var rusers = func() *Table {
+	t := *busers
+	t.Columns = append(slices.Clone(busers.Columns), "email_bidx_v2")
+	t.Blind = map[string]BlindIndex{"email": {Column: "email_bidx", Rotate: "email_bidx_v2", RotateBytea: true}, "phone": busers.Blind["phone"]}
+	return &t
+}()
+
+func (rotCatalog) Encrypted(schema, name string) (*Table, error) {
+	if name == "users" && (schema == "" || schema == "public") {
+		return rusers, nil
+	}
+	return testCatalog{}.Encrypted(schema, name)
+}
+
+func (rotCatalog) Columns(schema, name string) ([]string, error) {
+	if name == "users" {
+		return rusers.Columns, nil
+	}
+	return testCatalog{}.Columns(schema, name)
+}
+
+// TestBlindRotate: during a rotation every write of the column writes
+// both index columns (NULL for NULL), lookups use the current one, and
+// writing the rotation column is refused like the index column.
+func TestBlindRotate(t *testing.T) {
+	for sql, want := range map[string][]string{
+		"INSERT INTO users (name, email, phone) VALUES ($1, $2, $3), ('b', NULL, 'p')": {
+			"INSERT INTO users (name, email, phone, id, encrypted_kms_key, encrypted_kms_key_phone, email_bidx, email_bidx_v2, phone_bidx) VALUES",
+			", NULL, NULL, $"},
+		"INSERT INTO users (id, name, email) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email, name = EXCLUDED.name": {
+			"email_bidx = excluded.email_bidx, email_bidx_v2 = excluded.email_bidx_v2"},
+		"UPDATE users SET email = $1 WHERE id = $2": {"email_bidx = $", "email_bidx_v2 = $"},
+		"SELECT id FROM users WHERE email = $1":     {"WHERE users.email_bidx = $"},
+	} {
+		p, err := Rewrite(sql, rotCatalog{})
+		if err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		for _, w := range want {
+			if !strings.Contains(p.SQL, w) {
+				t.Errorf("%s:\n%s\nwant %q", sql, p.SQL, w)
+			}
+		}
+		if strings.HasPrefix(sql, "SELECT") && strings.Contains(p.SQL, "v2") {
+			t.Errorf("%s: a lookup reads the rotation column: %s", sql, p.SQL)
+		}
+		switch {
+		case p.Insert != nil:
+			for i, r := range p.Insert.Rows {
+				var emails []Cell
+				for _, c := range r.Indexes {
+					if c.Column == "email" {
+						emails = append(emails, c)
+					}
+				}
+				if len(emails) != len(r.Rotations) {
+					t.Errorf("%s: row %d: indexes %v, rotations %v", sql, i, r.Indexes, r.Rotations)
+				}
+				for j := range r.Rotations {
+					if r.Rotations[j].Column != "email" || r.Rotations[j].Value != emails[j].Value || r.Rotations[j].Slot == emails[j].Slot {
+						t.Errorf("%s: rotation %v beside index %v", sql, r.Rotations[j], emails[j])
+					}
+				}
+			}
+			if len(p.Insert.Rows[0].Rotations) != 1 {
+				t.Errorf("%s: first row writes %d rotations", sql, len(p.Insert.Rows[0].Rotations))
+			}
+		case p.Update != nil:
+			if len(p.Update.Rotations) != 1 || p.Update.Rotations[0].Value != p.Update.Indexes[0].Value {
+				t.Errorf("%s: rotations %v, indexes %v", sql, p.Update.Rotations, p.Update.Indexes)
+			}
+		}
+	}
+	// COPY repeats the rotation cells per row.
+	p, err := Rewrite("INSERT INTO users (id, name, email) VALUES ($1, $2, $3)", rotCatalog{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := CopyPlan(p, 2, 3)
+	if r := cp.Insert.Rows[1]; len(r.Rotations) != 1 || r.Rotations[0].Value.Param != 5 || r.Rotations[0].Slot != p.Insert.Rows[0].Rotations[0].Slot+p.Insert.Slots {
+		t.Errorf("copy row 1 rotations %v", r.Rotations)
+	}
+	for _, sql := range []string{
+		"INSERT INTO users (name, email, email_bidx_v2) VALUES ($1, $2, $3)",
+		"UPDATE users SET email_bidx_v2 = $1 WHERE id = $2",
+		"INSERT INTO users (id, name, email) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET email_bidx_v2 = EXCLUDED.email_bidx_v2",
+	} {
+		_, err := Rewrite(sql, rotCatalog{})
+		if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "write email and leave email_bidx_v2 out") {
+			t.Errorf("%s: %v, want a refusal", sql, err)
+		}
+	}
+	// SELECT * leaves the rotation column out.
+	p, err = Rewrite("SELECT * FROM users", rotCatalog{})
+	if err != nil || strings.Contains(p.SQL, "v2") {
+		t.Errorf("SELECT *: %v %v", p, err)
+	}
 }

@@ -86,7 +86,7 @@ func CopyPlan(p *Plan, n, k int) *Plan {
 	for r := range n {
 		for _, row := range ip.Rows {
 			nr := InsertRow{PK: make([]Value, len(row.PK)), PKSlot: make([]int, len(row.PKSlot)), KeySlot: make([]int, len(row.KeySlot)),
-				Cells: cells(row.Cells, r), Indexes: cells(row.Indexes, r)}
+				Cells: cells(row.Cells, r), Indexes: cells(row.Indexes, r), Rotations: cells(row.Rotations, r)}
 			for i, v := range row.PK {
 				nr.PK[i] = val(v, r)
 			}

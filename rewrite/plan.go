@@ -156,6 +156,9 @@ type InsertRow struct {
 	// Indexes are the blind-index values the row writes: Column is the
 	// encrypted column, Slot the slot of its index value.
 	Indexes []Cell
+	// Rotations are the values of the rotation index columns
+	// (BlindIndex.Rotate) the row writes, as Indexes.
+	Rotations []Cell
 }
 
 // Cell is a value for an encrypted column and the slot of its ciphertext.
@@ -189,6 +192,9 @@ type Update struct {
 	// Indexes are the blind-index values the UPDATE writes, one value for
 	// every row (Column is the encrypted column).
 	Indexes []Cell
+	// Rotations are the values of the rotation index columns
+	// (BlindIndex.Rotate) the UPDATE writes, as Indexes.
+	Rotations []Cell
 	// Checks are blind-index equalities of the WHERE clause to verify on
 	// each locked row before it is written: LockSQL and SelectSQL return,
 	// after the key columns of Keys, the key column (text) then the

@@ -650,8 +650,8 @@ func (a *analyzer) insertValues(ins *pg.InsertStmt, t *Table, cols []string, imp
 		ins.Cols = append(ins.Cols, &pg.Node{Node: &pg.Node_ResTarget{ResTarget: &pg.ResTarget{Name: t.Keys[k].Column, Location: -1}}})
 	}
 	indexed := blindWritten(t, cols)
-	for _, c := range indexed {
-		ins.Cols = append(ins.Cols, &pg.Node{Node: &pg.Node_ResTarget{ResTarget: &pg.ResTarget{Name: t.Blind[c].Column, Location: -1}}})
+	for _, c := range indexColumns(t, indexed) {
+		ins.Cols = append(ins.Cols, &pg.Node{Node: &pg.Node_ResTarget{ResTarget: &pg.ResTarget{Name: c, Location: -1}}})
 	}
 	generated := false
 	for _, rowNode := range src.ValuesLists {
@@ -732,7 +732,7 @@ func (a *analyzer) insertValues(ins *pg.InsertStmt, t *Table, cols []string, imp
 			list.Items = append(list.Items, slotParam(ip.Slots))
 			ip.Slots++
 		}
-		ip.addIndexes(&row, list, indexed)
+		ip.addIndexes(&row, list, t, indexed)
 		ip.Rows = append(ip.Rows, row)
 	}
 	if generated && t.PKGen == PKIdentityAlways && ins.Override != pg.OverridingKind_OVERRIDING_SYSTEM_VALUE {
@@ -844,8 +844,10 @@ func (a *analyzer) onConflict(ins *pg.InsertStmt, t *Table, target *rel, cs *sco
 		kc := t.Keys[k].Column
 		oc.TargetList = append(oc.TargetList, resTarget(kc, colRef("excluded", kc)))
 		for _, c := range t.Keys[k].Columns {
-			if bi, ok := t.Blind[c]; ok {
-				oc.TargetList = append(oc.TargetList, resTarget(bi.Column, colRef("excluded", bi.Column)))
+			if _, ok := t.Blind[c]; ok {
+				for _, ic := range indexColumns(t, []string{c}) {
+					oc.TargetList = append(oc.TargetList, resTarget(ic, colRef("excluded", ic)))
+				}
 			}
 		}
 	}
