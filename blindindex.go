@@ -1247,6 +1247,9 @@ func (s *Schema) validateBlindKeys() error {
 // needs decrypt rights when a conflicting row exists.
 func (c *Conn) checkConflicts(ctx context.Context, ip *rewrite.Insert, args []driver.NamedValue, slots []any) error {
 	ti := c.connector.catalog.info(ip.Table)
+	// The rows checked, to which the DO UPDATE is restricted.
+	ctids, toids := []string{}, []string{}
+	defer func() { slots[ip.CheckedCtidSlot], slots[ip.CheckedTableoidSlot] = ctids, toids }()
 	for _, cc := range ip.ConflictChecks {
 		ix, err := c.connector.index(ip.Table, cc.Column)
 		if err != nil {
@@ -1291,10 +1294,11 @@ func (c *Conn) checkConflicts(ctx context.Context, ip *rewrite.Insert, args []dr
 			return err
 		}
 		type existing struct {
-			key  *string
-			pk   []string
-			cell any
-			idx  any
+			key        *string
+			pk         []string
+			cell       any
+			idx        any
+			ctid, toid string
 		}
 		found, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (existing, error) {
 			e := existing{pk: make([]string, len(ip.Table.PrimaryKey))}
@@ -1302,7 +1306,7 @@ func (c *Conn) checkConflicts(ctx context.Context, ip *rewrite.Insert, args []dr
 			for i := range e.pk {
 				dest = append(dest, &e.pk[i])
 			}
-			dest = append(dest, &e.cell, &e.idx)
+			dest = append(dest, &e.cell, &e.idx, &e.ctid, &e.toid)
 			return e, r.Scan(dest...)
 		})
 		if err != nil {
@@ -1333,6 +1337,7 @@ func (c *Conn) checkConflicts(ctx context.Context, ip *rewrite.Insert, args []dr
 			if s != expect {
 				return bad
 			}
+			ctids, toids = append(ctids, e.ctid), append(toids, e.toid)
 		}
 	}
 	return nil

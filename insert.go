@@ -43,6 +43,12 @@ func (c *Conn) prepareInsert(ctx context.Context, p *rewrite.Plan, args []driver
 	if err != nil {
 		return "", nil, nil, finish(err)
 	}
+	// The rows checked became known after the arguments were built.
+	for i, pa := range p.Args {
+		if pa.Lookup == 0 && (pa.Slot == p.Insert.CheckedCtidSlot || pa.Slot == p.Insert.CheckedTableoidSlot) {
+			a[i].Value = slots[pa.Slot]
+		}
+	}
 	return q, a, finish, nil
 }
 

@@ -838,7 +838,8 @@ func (a *analyzer) conflictChecks(rv *pg.RangeVar, t *Table) ([]ConflictCheck, e
 		for _, p := range t.PrimaryKey {
 			sel.TargetList = append(sel.TargetList, resTarget("", castText(colRef(qual, p))))
 		}
-		sel.TargetList = append(sel.TargetList, resTarget("", colRef(qual, c)), resTarget("", colRef(qual, bi.Column)))
+		sel.TargetList = append(sel.TargetList, resTarget("", colRef(qual, c)), resTarget("", colRef(qual, bi.Column)),
+			resTarget("", castText(colRef(qual, "ctid"))), resTarget("", castText(colRef(qual, "tableoid"))))
 		sql, err := deparse(a.version, &pg.Node{Node: &pg.Node_SelectStmt{SelectStmt: sel}})
 		if err != nil {
 			return nil, &ParseError{Err: err}
@@ -846,4 +847,35 @@ func (a *analyzer) conflictChecks(rv *pg.RangeVar, t *Table) ([]ConflictCheck, e
 		out = append(out, ConflictCheck{Column: c, SelectSQL: sql})
 	}
 	return out, nil
+}
+
+// restrictConflictUpdate adds to an upsert's DO UPDATE, for each index
+// its checks cover: … AND (q.idx IS DISTINCT FROM excluded.idx OR
+// (q.ctid, q.tableoid) IN (the rows the checks read)). A conflicting row
+// whose index equals the new row's is then updated only if the check read
+// it: one whose index was forged after the check (a race with a raw
+// writer) is left alone, and nothing is inserted for it either.
+func (a *analyzer) restrictConflictUpdate(ins *pg.InsertStmt, ip *Insert, t *Table) {
+	oc := ins.OnConflictClause
+	qual := qualOf(ins.Relation)
+	ip.CheckedCtidSlot, ip.CheckedTableoidSlot = ip.Slots, ip.Slots+1
+	ip.Slots += 2
+	conds := []*pg.Node{}
+	if oc.WhereClause != nil {
+		conds = append(conds, oc.WhereClause)
+	}
+	for _, cc := range ip.ConflictChecks {
+		idx := t.Blind[cc.Column].Column
+		in := parseOne("SELECT 1 WHERE (q.ctid, q.tableoid) IN (SELECT * FROM unnest($" + strconv.Itoa(slotBase+1+ip.CheckedCtidSlot) + "::text[]::tid[], $" + strconv.Itoa(slotBase+1+ip.CheckedTableoidSlot) + "::text[]::oid[]))").GetSelectStmt().WhereClause
+		row := in.GetSubLink().Testexpr.GetRowExpr()
+		row.Args[0], row.Args[1] = colRef(qual, "ctid"), colRef(qual, "tableoid")
+		distinct := &pg.Node{Node: &pg.Node_AExpr{AExpr: &pg.A_Expr{Kind: pg.A_Expr_Kind_AEXPR_DISTINCT, Name: []*pg.Node{str("=")},
+			Lexpr: colRef(qual, idx), Rexpr: colRef("excluded", idx), Location: -1}}}
+		conds = append(conds, pg.MakeBoolExprNode(pg.BoolExprType_OR_EXPR, []*pg.Node{distinct, in}, -1))
+	}
+	if len(conds) == 1 {
+		oc.WhereClause = conds[0]
+	} else {
+		oc.WhereClause = pg.MakeBoolExprNode(pg.BoolExprType_AND_EXPR, conds, -1)
+	}
 }

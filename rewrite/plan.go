@@ -130,6 +130,12 @@ type Insert struct {
 	// decided by a blind index; the driver checks the rows it may update
 	// before the statement runs.
 	ConflictChecks []ConflictCheck
+	// CheckedCtidSlot and CheckedTableoidSlot, with ConflictChecks: the
+	// slots of the rows the checks read (ctid and tableoid as text
+	// arrays). The DO UPDATE is restricted to them wherever the existing
+	// row's index equals the new row's, so that a row whose index value
+	// was forged after the check read (a race) is not updated either.
+	CheckedCtidSlot, CheckedTableoidSlot int
 }
 
 // ConflictCheck reads, before an INSERT … ON CONFLICT DO UPDATE runs, the
@@ -142,7 +148,7 @@ type Insert struct {
 // return, another row.
 type ConflictCheck struct {
 	Column    string
-	SelectSQL string
+	SelectSQL string // … and, after the index value, ctid and tableoid as text
 }
 
 // InsertRow is one VALUES row.

@@ -588,6 +588,9 @@ func (a *analyzer) insert(stmt *pg.Node, ins *pg.InsertStmt) (*Plan, error) {
 		if ip.ConflictChecks, err = a.conflictChecks(rv, t); err != nil {
 			return nil, err
 		}
+		if len(ip.ConflictChecks) > 0 {
+			a.restrictConflictUpdate(ins, ip, t)
+		}
 	}
 	// An INSERT into an encrypted table without a column list names its
 	// columns: by position it would follow the table's column order at
@@ -786,7 +789,7 @@ func (a *analyzer) onConflict(ins *pg.InsertStmt, t *Table, target *rel, cs *sco
 		// The blind indexes that may decide the conflict: those named as
 		// its target, or all of them behind a constraint name.
 		for c, bi := range t.Blind {
-			if oc.Infer == nil || oc.Infer.Conname != "" || slices.Contains(inferCols, bi.Column) {
+			if oc.Infer == nil || oc.Infer.Conname != "" || slices.Contains(inferCols, bi.Column) || slices.Contains(inferCols, "") {
 				a.conflictBlind = append(a.conflictBlind, c)
 			}
 		}
