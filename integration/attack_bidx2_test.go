@@ -296,3 +296,32 @@ tables:
 		})
 	}
 }
+
+// TestAttackBidx2FunctionInFrom: a function in FROM (implicitly LATERAL:
+// generate_series, unnest, ROWS FROM, XMLTABLE) whose arguments compare
+// the blind-indexed column acts as a filter, and its output can be
+// filtered on; blindChecks reads only the WHERE clause, the ON of joins,
+// the select list and ORDER BY, so such a comparison is never checked.
+// Alice's lookup returns mallory's row, in plaintext, with no error. The
+// README's unchecked shapes name subqueries, CTEs and aliased joins, not
+// functions in FROM.
+func TestAttackBidx2FunctionInFrom(t *testing.T) {
+	e, pool := newAttackBidxEnv(t, attackBidxDDL)
+	e.forgeMallory()
+	for _, q := range []string{
+		"SELECT u.name, u.email FROM users u CROSS JOIN LATERAL generate_series(1, (u.email = $1)::int) g",
+		"SELECT u.name, u.email FROM users u, unnest(ARRAY[u.email = $1]) AS m(is_alice) WHERE m.is_alice",
+		"SELECT u.name, u.email FROM users u JOIN LATERAL unnest(ARRAY[u.email = $1]) m(x) ON m.x",
+		"SELECT u.name, u.email FROM users u, ROWS FROM (generate_series(1, CASE WHEN u.email = $1 THEN 1 ELSE 0 END)) g",
+		"SELECT u.name, u.email FROM users u, XMLTABLE('/r' PASSING xmlelement(name r, (u.email = $1)::text) COLUMNS v text PATH '.') x WHERE x.v = 'true'",
+	} {
+		sqlRows, sqlErr, pgxRows, pgxErr := readBoth(t, e, pool, q, attackAlice)
+		mal := func(s string) bool { return strings.Contains(s, "mallory") }
+		if !secureErr(sqlErr) || slices.ContainsFunc(sqlRows, mal) {
+			t.Errorf("database/sql %s: returned %q, err %v; want ErrBlindIndexMismatch (or a refusal) and no row of mallory", q, sqlRows, sqlErr)
+		}
+		if !secureErr(pgxErr) || slices.ContainsFunc(pgxRows, mal) {
+			t.Errorf("kmspgx %s: returned %q, err %v; want ErrBlindIndexMismatch (or a refusal) and no row of mallory", q, pgxRows, pgxErr)
+		}
+	}
+}

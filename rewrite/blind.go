@@ -879,3 +879,46 @@ func (a *analyzer) restrictConflictUpdate(ins *pg.InsertStmt, ip *Insert, t *Tab
 		oc.WhereClause = pg.MakeBoolExprNode(pg.BoolExprType_AND_EXPR, conds, -1)
 	}
 }
+
+// blindInFunctions refuses a blind-index comparison inside a function in
+// FROM (LATERAL generate_series(1, (email = $1)::int), unnest(ARRAY[email
+// = $1]), XMLTABLE … PASSING): such a function filters rows by the comparison, where no check
+// of the returned rows can see it.
+func (a *analyzer) blindInFunctions(stmt *pg.Node) error {
+	if !a.blind.rewrote {
+		return nil
+	}
+	var err error
+	walk(stmt, func(n *pg.Node) bool {
+		if err != nil {
+			return false
+		}
+		var fn proto.Message
+		if rf := n.GetRangeFunction(); rf != nil {
+			fn = rf
+		} else if tf := n.GetRangeTableFunc(); tf != nil {
+			fn = tf // XMLTABLE
+		} else {
+			return true
+		}
+		walk(fn, func(m *pg.Node) bool {
+			x := m.GetAExpr()
+			if x == nil {
+				return err == nil
+			}
+			var e *encRef
+			if p := a.blind.preds[x]; p != nil {
+				e = p.enc
+			} else if j := a.blind.joins[x]; j != nil {
+				e = j.l
+			}
+			if e != nil {
+				err = refuse(e.table, e.column, "a blind-index comparison inside a function in FROM filters rows where the driver cannot check them against forged index values",
+					"compare the column in WHERE or JOIN … ON instead")
+			}
+			return err == nil
+		})
+		return false
+	})
+	return err
+}

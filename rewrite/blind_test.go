@@ -113,6 +113,7 @@ var blindCases = []string{
 	"SELECT id FROM users WHERE phone = $1 AND email = $2",
 	"SELECT count(*) FROM users WHERE email = $1",
 	"INSERT INTO orgs (id) SELECT org_id FROM users WHERE email = $1",
+	"SELECT u.id FROM users u CROSS JOIN LATERAL generate_series(1, (u.email = $1)::int) g",
 	"SELECT id FROM orgs WHERE id IN (SELECT org_id FROM users WHERE email = $1)",
 	"WITH u AS (SELECT id, email FROM users WHERE email = $1) SELECT id, email FROM u",
 	"SELECT o.name, u.email FROM orgs o JOIN users u ON u.org_id = o.id AND u.email = $1",

@@ -112,6 +112,9 @@ func rewriteTree(sql string, tree *pg.ParseResult, cat Catalog) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := a.blindInFunctions(stmt); err != nil {
+		return nil, err
+	}
 	if p.Passthrough && a.blind.rewrote {
 		p.Passthrough = false // it compares blind indexes: run the rewritten SQL
 	}
