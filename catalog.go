@@ -80,8 +80,6 @@ type catalog struct {
 	builtin map[string]bool      // functions in pg_catalog, by name
 
 	cols map[uint32][]string // other relations' columns
-
-	topOID uint32 // the mapped table being loaded (loadTable)
 }
 
 func newCatalog(s *Schema, ttl time.Duration) *catalog { return &catalog{schema: s, ttl: ttl} }
@@ -472,10 +470,6 @@ func (c *catalog) loadTable(ctx context.Context, conn *pgx.Conn, entry *Table) e
 		return nil
 	}
 	rels := []relation{top}
-	// The mapped table's own unique index covers its partitions; an
-	// inheritance child's rows are not kept unique with the parent's by
-	// PostgreSQL at all (a known limit, see the README).
-	c.topOID = top.oid
 	rows, err := conn.Query(ctx, `WITH RECURSIVE ch(oid) AS (
 			SELECT inhrelid FROM pg_inherits WHERE inhparent = $1
 			UNION SELECT i.inhrelid FROM pg_inherits i JOIN ch ON i.inhparent = ch.oid)
@@ -497,7 +491,7 @@ func (c *catalog) loadTable(ctx context.Context, conn *pgx.Conn, entry *Table) e
 	var bad error
 	for _, rel := range rels {
 		c.watch = append(c.watch, rel.oid)
-		ti, err := c.loadRelation(ctx, conn, entry, rel)
+		ti, err := c.loadRelation(ctx, conn, entry, rel, rel == top)
 		if err != nil {
 			return err
 		}
@@ -526,7 +520,7 @@ func (c *catalog) loadTable(ctx context.Context, conn *pgx.Conn, entry *Table) e
 
 // loadRelation checks one relation of a mapped table's family against the
 // entry and records it. A mismatch goes to c.broken.
-func (c *catalog) loadRelation(ctx context.Context, conn *pgx.Conn, entry *Table, rel relation) (*tableInfo, error) {
+func (c *catalog) loadRelation(ctx context.Context, conn *pgx.Conn, entry *Table, rel relation, top bool) (*tableInfo, error) {
 	name := entry.Name
 	attrs, order, err := readAttrs(ctx, conn, rel.oid, pgx.Identifier{rel.nsp, rel.relname}.Sanitize())
 	if err != nil {
@@ -540,7 +534,10 @@ func (c *catalog) loadRelation(ctx context.Context, conn *pgx.Conn, entry *Table
 	if err := c.checkPrimaryKey(t, attrs); err != nil {
 		return fail(err)
 	}
-	if rel.oid == c.topOID {
+	// The mapped table's own unique index covers its partitions; an
+	// inheritance child's rows are not kept unique with the parent's by
+	// PostgreSQL at all (a known limit, see the README).
+	if top {
 		if err := c.checkUnique(ctx, conn, t, rel.oid, attrs); err != nil {
 			if _, ok := err.(computedError); ok {
 				return fail(err.(computedError).error)

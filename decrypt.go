@@ -141,7 +141,7 @@ func (r *rows) collectKeys() (*windowKeys, error) {
 			if _, ok := w.pending[id]; ok {
 				continue
 			}
-			it, err := r.itemFor(w, w.infos[si], s, text, pk, id.pk)
+			it, err := r.itemFor(w, w.infos[si], s, pk, id)
 			if err != nil {
 				ti := w.infos[si]
 				return nil, r.sourceError(w, si, pk, keyColumnHint(err, ti.table.Name, ti.table.Keys[s.Key].Column))
@@ -155,8 +155,9 @@ func (r *rows) collectKeys() (*windowKeys, error) {
 
 // itemFor is the item that unwraps a row's key column. With the data-key
 // cache on, parsing it and building its context wait for a cache miss:
-// the item is looked up by what the row holds (rowCacheID).
-func (r *rows) itemFor(w *windowKeys, ti *tableInfo, s rewrite.Source, text string, pk []string, joinedPK string) (*unwrapItem, error) {
+// the item is looked up by what the row holds (rowKeyID.cacheID).
+func (r *rows) itemFor(w *windowKeys, ti *tableInfo, s rewrite.Source, pk []string, id rowKeyID) (*unwrapItem, error) {
+	text := id.wrapped
 	if r.c.connector.keyring.cache != nil {
 		// Items and their sources come from one array per window.
 		if len(w.lazy) == cap(w.lazy) {
@@ -164,7 +165,7 @@ func (r *rows) itemFor(w *windowKeys, ti *tableInfo, s rewrite.Source, text stri
 		}
 		w.lazy = append(w.lazy, lazyItem{src: rowSource{ti: ti, key: s.Key, pk: pk, text: text}})
 		l := &w.lazy[len(w.lazy)-1]
-		l.it = unwrapItem{rowID: rowCacheID(ti, s.Key, joinedPK, text), row: &l.src}
+		l.it = unwrapItem{rowID: id.cacheID(), row: &l.src}
 		return &l.it, nil
 	}
 	return unwrapItemFor(ti, s, text, pk)

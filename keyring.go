@@ -193,7 +193,7 @@ type unwrapItem struct {
 	cached  bool              // the result came from the cache
 	cacheID string            // set when this item's unwrap fills the cache
 
-	// rowID, when set, is the item's id in the cache (rowCacheID), and
+	// rowID, when set, is the item's id in the cache (rowKeyID.cacheID), and
 	// row says where the key comes from: keyID, version, ctx and wrapped
 	// are filled by resolve only when they are needed (a cache miss, or
 	// an observer of a hit), so that a hit builds no context.
@@ -242,24 +242,24 @@ func resolveAll(items []*unwrapItem) []*unwrapItem {
 	return out
 }
 
-// rowCacheID identifies a row's data key in the cache by what the row
+// cacheID identifies a row's data key in the cache by what the row
 // holds: the schema-map table, the key, the primary key and the key
 // column's text (which carries the version). Within one connector, whose
 // schema map is fixed, these determine the key id, the wrapped key and
 // the context, so a cached key still serves only the row and context it
 // was unwrapped for; but the context need not be built to look it up. It
 // starts with 0x01, which no key id does: the two kinds of id never meet.
-func rowCacheID(ti *tableInfo, key int, pk, text string) string {
+func (id rowKeyID) cacheID() string {
 	var b strings.Builder
-	b.Grow(len(ti.entry.Name) + len(pk) + len(text) + 8)
+	b.Grow(len(id.table) + len(id.pk) + len(id.wrapped) + 8)
 	b.WriteByte(1)
-	b.WriteString(ti.entry.Name)
+	b.WriteString(id.table)
 	b.WriteByte(0)
-	b.WriteString(strconv.Itoa(key))
+	b.WriteString(strconv.Itoa(id.key))
 	b.WriteByte(0)
-	b.WriteString(pk)
+	b.WriteString(id.pk)
 	b.WriteByte(0)
-	b.WriteString(text)
+	b.WriteString(id.wrapped)
 	return b.String()
 }
 
