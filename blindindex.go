@@ -667,6 +667,9 @@ func (c *Connector) lookups(p *rewrite.Plan, args []driver.NamedValue) ([]any, e
 	}
 	out := make([]any, len(p.Lookups))
 	for i, l := range p.Lookups {
+		if l.Verified != 0 {
+			continue // filled by the prechecks
+		}
 		elems, whole, err := lookupElems(l, args)
 		if err != nil {
 			return nil, err
@@ -1134,7 +1137,7 @@ func (c *Conn) prepareVerified(ctx context.Context, p *rewrite.Plan, args []driv
 
 func (c *Conn) verifyRows(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue) (string, []driver.NamedValue, error) {
 	v := p.Verify
-	lk, err := c.connector.lookups(p, args)
+	lk, err := c.planLookups(ctx, p, args)
 	if err != nil {
 		return "", nil, err
 	}
@@ -1246,19 +1249,15 @@ func (s *Schema) validateBlindKeys() error {
 // upsert updates and returns. The check unwraps those rows' keys, so it
 // needs decrypt rights when a conflicting row exists.
 func (c *Conn) checkConflicts(ctx context.Context, ip *rewrite.Insert, args []driver.NamedValue, slots []any) error {
-	ti := c.connector.catalog.info(ip.Table)
 	// The rows checked, to which the DO UPDATE is restricted.
-	ctids, toids := []string{}, []string{}
-	defer func() { slots[ip.CheckedCtidSlot], slots[ip.CheckedTableoidSlot] = ctids, toids }()
+	var read verifiedRows
+	defer func() { slots[ip.CheckedCtidSlot], slots[ip.CheckedTableoidSlot] = read.ctids, read.toids }()
 	for _, cc := range ip.ConflictChecks {
 		ix, err := c.connector.index(ip.Table, cc.Column)
 		if err != nil {
 			return err
 		}
-		// Index value → the normalized value the INSERT writes with it.
-		want := map[string]string{}
-		var texts []string
-		var raws [][]byte
+		want := indexedValues{}
 		for _, row := range ip.Rows {
 			for _, cell := range row.Indexes {
 				if cell.Column != cc.Column || slots[cell.Slot] == nil {
@@ -1268,77 +1267,183 @@ func (c *Conn) checkConflicts(ctx context.Context, ip *rewrite.Insert, args []dr
 				if err != nil {
 					return err
 				}
-				pt, err := envelope.Text.Encode(v)
-				if err != nil {
-					return &CellError{Table: ip.Table.Name, Column: cc.Column, Err: err}
-				}
-				switch iv := slots[cell.Slot].(type) {
-				case string:
-					texts = append(texts, iv)
-					want[iv] = ix.Normalize(string(pt))
-				case []byte:
-					raws = append(raws, iv)
-					want[string(iv)] = ix.Normalize(string(pt))
+				if err := want.add(ix, ip.Table, cc.Column, slots[cell.Slot], v); err != nil {
+					return err
 				}
 			}
 		}
-		var arg any = texts
-		if raws != nil {
-			arg = raws
+		if err := c.readIndexed(ctx, ip.Table, cc.Column, cc.SelectSQL, want, "checking the row an upsert on a blind index would update", &read); err != nil {
+			return err
 		}
-		if len(want) == 0 {
-			continue
-		}
-		rows, err := c.pc.Query(ctx, cc.SelectSQL, arg)
+	}
+	return nil
+}
+
+// runPrechecks runs a plan's Prechecks (see rewrite.Precheck): every row
+// whose index column holds an index value a comparison outside the rows
+// the driver reads compares with must hold that value, or the statement
+// is refused with ErrBlindIndexMismatch. The row versions read become the
+// values of the plan's Verified lookups, to which the comparisons are
+// restricted. Like a read of the rows, it needs decrypt rights when such a
+// row exists.
+func (c *Conn) runPrechecks(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue, lk []any) error {
+	var read verifiedRows
+	for _, pc := range p.Prechecks {
+		ix, err := c.connector.index(pc.Table, pc.Column)
 		if err != nil {
 			return err
 		}
-		type existing struct {
-			key        *string
-			pk         []string
-			cell       any
-			idx        any
-			ctid, toid string
-		}
-		found, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (existing, error) {
-			e := existing{pk: make([]string, len(ip.Table.PrimaryKey))}
-			dest := []any{&e.key}
-			for i := range e.pk {
-				dest = append(dest, &e.pk[i])
+		want := indexedValues{}
+		for _, li := range pc.Lookups {
+			l := p.Lookups[li]
+			elems, _, err := lookupElems(l, args)
+			if err != nil {
+				return err
 			}
-			dest = append(dest, &e.cell, &e.idx, &e.ctid, &e.toid)
-			return e, r.Scan(dest...)
-		})
+			for j, e := range elems {
+				if e == nil {
+					continue
+				}
+				iv := lk[li]
+				if l.Array {
+					switch a := iv.(type) {
+					case []*string:
+						iv = *a[j]
+					case [][]byte:
+						iv = a[j]
+					}
+				}
+				if err := want.add(ix, pc.Table, pc.Column, iv, e); err != nil {
+					return err
+				}
+			}
+		}
+		if err := c.readIndexed(ctx, pc.Table, pc.Column, pc.SelectSQL, want, "checking a row a blind-index comparison selects", &read); err != nil {
+			return err
+		}
+	}
+	for i, l := range p.Lookups {
+		switch l.Verified {
+		case rewrite.VerifiedCtids:
+			lk[i] = read.ctids
+		case rewrite.VerifiedTableoids:
+			lk[i] = read.toids
+		case rewrite.VerifiedXmins:
+			lk[i] = read.xmins
+		}
+	}
+	return nil
+}
+
+// planLookups computes the values of a plan's blind-index parameters: the
+// index values of its operands and, when it has prechecks, the rows they
+// verified (running them on the connection).
+func (c *Conn) planLookups(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue) ([]any, error) {
+	lk, err := c.connector.lookups(p, args)
+	if err != nil || len(p.Prechecks) == 0 {
+		return lk, err
+	}
+	return lk, c.runPrechecks(ctx, p, args, lk)
+}
+
+// indexedValues maps an index value (as a string, raw bytes for bytea)
+// to the normalized value it was computed from, and lists the index
+// values in the form the column stores.
+type indexedValues struct {
+	want  map[string]string
+	texts []string
+	raws  [][]byte
+}
+
+func (w *indexedValues) add(ix *blindindex.Index, t *rewrite.Table, col string, iv, v any) error {
+	pt, err := envelope.Text.Encode(v)
+	if err != nil {
+		return &CellError{Table: t.Name, Column: col, Err: err}
+	}
+	if w.want == nil {
+		w.want = map[string]string{}
+	}
+	switch x := iv.(type) {
+	case string:
+		w.texts = append(w.texts, x)
+		w.want[x] = ix.Normalize(string(pt))
+	case []byte:
+		w.raws = append(w.raws, x)
+		w.want[string(x)] = ix.Normalize(string(pt))
+	}
+	return nil
+}
+
+// verifiedRows are row versions the driver read and checked, as text.
+type verifiedRows struct {
+	ctids, toids, xmins []string
+}
+
+// readIndexed runs sql (rewrite's indexedRowsSQL) with the index values
+// of want and checks that each row it returns holds, decrypted and
+// normalized, the value its index value was computed from; the rows are
+// added to read. what says why the key is unwrapped, for the audit.
+func (c *Conn) readIndexed(ctx context.Context, t *rewrite.Table, col, sql string, want indexedValues, what string, read *verifiedRows) error {
+	if read.ctids == nil {
+		read.ctids, read.toids, read.xmins = []string{}, []string{}, []string{}
+	}
+	if len(want.want) == 0 {
+		return nil
+	}
+	var arg any = want.texts
+	if want.raws != nil {
+		arg = want.raws
+	}
+	rows, err := c.pc.Query(ctx, sql, arg)
+	if err != nil {
+		return err
+	}
+	type existing struct {
+		key              *string
+		pk               []string
+		cell             any
+		idx              any
+		ctid, toid, xmin string
+	}
+	found, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (existing, error) {
+		e := existing{pk: make([]string, len(t.PrimaryKey))}
+		dest := []any{&e.key}
+		for i := range e.pk {
+			dest = append(dest, &e.pk[i])
+		}
+		dest = append(dest, &e.cell, &e.idx, &e.ctid, &e.toid, &e.xmin)
+		return e, r.Scan(dest...)
+	})
+	if err != nil {
+		return err
+	}
+	ti := c.connector.catalog.info(t)
+	key := t.Encrypted[col].Key
+	for _, e := range found {
+		bad := &CellError{Table: t.Name, Column: col, PK: pkLabel(t, e.pk), Err: ErrBlindIndexMismatch}
+		var idx string
+		switch v := e.idx.(type) {
+		case string:
+			idx = v
+		case []byte:
+			idx = string(v)
+		}
+		expect, ok := want.want[idx]
+		if !ok || e.key == nil || e.cell == nil {
+			return bad
+		}
+		ck, err := c.checkKey(ctx, ti, key, e.pk, *e.key, what)
 		if err != nil {
 			return err
 		}
-		key := ip.Table.Encrypted[cc.Column].Key
-		for _, e := range found {
-			bad := &CellError{Table: ti.table.Name, Column: cc.Column, PK: pkLabel(ti.table, e.pk), Err: ErrBlindIndexMismatch}
-			var idx string
-			switch v := e.idx.(type) {
-			case string:
-				idx = v
-			case []byte:
-				idx = string(v)
-			}
-			expect, ok := want[idx]
-			if !ok || e.key == nil || e.cell == nil {
-				return bad
-			}
-			ck, err := c.checkKey(ctx, ti, key, e.pk, *e.key, "checking the row an upsert on a blind index would update")
-			if err != nil {
-				return err
-			}
-			s, err := c.connector.normalizedCell(ti, cc.Column, ck, e.pk, e.cell)
-			if err != nil {
-				return err
-			}
-			if s != expect {
-				return bad
-			}
-			ctids, toids = append(ctids, e.ctid), append(toids, e.toid)
+		s, err := c.connector.normalizedCell(ti, col, ck, e.pk, e.cell)
+		if err != nil {
+			return err
 		}
+		if s != expect {
+			return bad
+		}
+		read.ctids, read.toids, read.xmins = append(read.ctids, e.ctid), append(read.toids, e.toid), append(read.xmins, e.xmin)
 	}
 	return nil
 }

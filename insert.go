@@ -88,7 +88,7 @@ func (c *Conn) sealRows(ctx context.Context, p *rewrite.Plan, args []driver.Name
 			return "", nil, nil, err
 		}
 	}
-	lk, err := c.connector.lookups(p, args)
+	lk, err := c.planLookups(ctx, p, args)
 	if err != nil {
 		return "", nil, nil, err
 	}

@@ -191,7 +191,7 @@ func (c *Conn) statement(ctx context.Context, p *rewrite.Plan, args []driver.Nam
 	case p.Verify != nil:
 		return c.prepareVerified(ctx, p, args)
 	}
-	lk, err := c.connector.lookups(p, args)
+	lk, err := c.planLookups(ctx, p, args)
 	if err != nil {
 		return "", nil, nil, err
 	}

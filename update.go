@@ -84,6 +84,7 @@ type updateKeyer struct {
 	args []driver.NamedValue
 
 	selArgs []any
+	lk      []any  // the plan's lookups, prechecked once for both statements
 	vals    []any  // the value of each cell, the same for every row
 	skip    []bool // per up.Keys: a fresh key whose cells are all NULL: key NULL, no KMS call
 }
@@ -91,10 +92,11 @@ type updateKeyer struct {
 func (c *Conn) newUpdateKeyer(ctx context.Context, p *rewrite.Plan, args []driver.NamedValue) (*updateKeyer, error) {
 	up := p.Update
 	u := &updateKeyer{c: c, ctx: ctx, p: p, up: up, ti: c.connector.catalog.info(up.Table), args: args}
-	lk, err := c.connector.lookups(p, args)
+	lk, err := c.planLookups(ctx, p, args)
 	if err != nil {
 		return nil, err
 	}
+	u.lk = lk
 	sargs, err := planArgs(up.SelectArgs, args, nil, lk)
 	if err != nil {
 		return nil, err
@@ -173,11 +175,7 @@ func (u *updateKeyer) run() (string, []driver.NamedValue, error) {
 	if err := u.c.connector.indexCells(u.up.Table, u.up.Rotations, true, u.args, slots); err != nil {
 		return "", nil, err
 	}
-	lk, err := u.c.connector.lookups(u.p, u.args)
-	if err != nil {
-		return "", nil, err
-	}
-	a, err := planArgs(u.p.Args, u.args, slots, lk)
+	a, err := planArgs(u.p.Args, u.args, slots, u.lk)
 	return u.p.SQL, a, err
 }
 

@@ -58,10 +58,11 @@ CREATE TABLE users_us PARTITION OF users FOR VALUES IN ('us');`
 
 // newAttackBidxEnv seeds alice (1), mallory (2), bob (3) and nomail (4),
 // the same rows in plain_users, and invites of alice and mallory.
-func newAttackBidxEnv(t *testing.T, ddl string) (*env, *kmspgx.Pool) {
+// extra are DSN parameters, as for newEnv.
+func newAttackBidxEnv(t *testing.T, ddl string, extra ...string) (*env, *kmspgx.Pool) {
 	t.Helper()
 	t.Setenv(blindindex.EnvMasterKey, testMasterKey)
-	e := newEnv(t, ddl, attackBidxMap)
+	e := newEnv(t, ddl, attackBidxMap, extra...)
 	rows := `(name, email, alt_email) VALUES ('alice', 'alice@example.com', NULL), ('mallory', 'mallory@example.com', 'm2@example.com'),
 		('bob', 'bob@example.com', 'bob2@example.com'), ('nomail', NULL, NULL)`
 	e.exec("INSERT INTO users " + rows)

@@ -24,6 +24,9 @@ type encRef struct {
 	column string  // "*" for a whole-row reference
 	src    *keySrc // nil for set operations, which expose by position
 	base   string  // the table's name in scope when read from the table itself, else ""
+	// excluded: the row an INSERT … ON CONFLICT writes (EXCLUDED), whose
+	// index values the driver computes itself.
+	excluded bool
 }
 
 // keySrc builds the expressions that read a row's wrapped key and primary

@@ -33,6 +33,10 @@ type Lookup struct {
 	Column string
 	Value  Value
 	Array  bool
+	// Verified, when not 0, marks a lookup that is not an index value but
+	// the row versions the plan's prechecks verified (VerifiedCtids, …):
+	// a text array the driver fills after running them.
+	Verified int
 }
 
 // Check asks the driver to verify, for every result row, that the
@@ -93,6 +97,19 @@ type blindState struct {
 	preds map[*pg.A_Expr]*blindPred
 	// joins are the rewritten comparisons of two index columns.
 	joins map[*pg.A_Expr]*blindJoinPred
+	// checked: the comparisons the driver checks on the rows it reads;
+	// settled: those settle has decided (checked, prechecked).
+	checked, settled map[*pg.A_Expr]bool
+	prechecks        []Precheck
+	// verified: 1 + the index of the first Verified lookup, 0 for none.
+	verified int
+}
+
+func (b *blindState) check(x *pg.A_Expr) {
+	if b.checked == nil {
+		b.checked = map[*pg.A_Expr]bool{}
+	}
+	b.checked[x] = true
 }
 
 type blindJoinPred struct {
@@ -318,6 +335,7 @@ func (a *analyzer) blindChecks(sel *pg.SelectStmt, groups []*group, outs []*out)
 		g := groupFor(e)
 		checks = append(checks, pendingCheck{enc: e, group: g, lookups: p.lookups})
 		covered[n] = true
+		a.checkAll(n)
 	}
 	// The other comparisons, outside subqueries (which have their own
 	// rows): the server's value of each is read beside the cells. Those
@@ -335,6 +353,7 @@ func (a *analyzer) blindChecks(sel *pg.SelectStmt, groups []*group, outs []*out)
 			if j := a.blind.joins[x]; j != nil && j.l.src != nil && j.r.src != nil {
 				checks = append(checks, pendingCheck{enc: j.l, group: groupFor(j.l), pair: j.r, pairGroup: groupFor(j.r),
 					cond: proto.Clone(n).(*pg.Node), negated: j.negated})
+				a.blind.check(x)
 				return false
 			}
 			p := a.blind.preds[x]
@@ -343,6 +362,7 @@ func (a *analyzer) blindChecks(sel *pg.SelectStmt, groups []*group, outs []*out)
 			}
 			checks = append(checks, pendingCheck{enc: p.enc, group: groupFor(p.enc), lookups: p.lookups,
 				cond: proto.Clone(n).(*pg.Node), negated: p.negated, nullOper: p.nullOper})
+			a.blind.check(x)
 			return false
 		})
 	}
@@ -821,32 +841,46 @@ func (a *analyzer) preVerify(rv *pg.RangeVar, t *Table, with *pg.WithClause, fro
 
 // conflictChecks plans the ConflictChecks of an INSERT … ON CONFLICT DO
 // UPDATE into t (written as rv) whose conflict a blind index may decide:
-// SELECT key, pk::text…, col, idx FROM rv WHERE idx = ANY($1) FOR UPDATE.
+// SELECT key, pk::text…, col, idx, … FROM rv WHERE idx = ANY($1) FOR UPDATE.
 func (a *analyzer) conflictChecks(rv *pg.RangeVar, t *Table) ([]ConflictCheck, error) {
 	var out []ConflictCheck
-	qual := qualOf(rv)
 	for _, c := range a.conflictBlind {
-		bi := t.Blind[c]
-		sel := &pg.SelectStmt{
-			TargetList: []*pg.Node{resTarget("", colRef(qual, t.Keys[t.Encrypted[c].Key].Column))},
-			FromClause: []*pg.Node{{Node: &pg.Node_RangeVar{RangeVar: proto.Clone(rv).(*pg.RangeVar)}}},
-			WhereClause: pg.MakeAExprNode(pg.A_Expr_Kind_AEXPR_OP_ANY, []*pg.Node{str("=")}, colRef(qual, bi.Column),
-				pg.MakeParamRefNode(1, -1), -1),
-			LockingClause: []*pg.Node{{Node: &pg.Node_LockingClause{LockingClause: &pg.LockingClause{
-				Strength: pg.LockClauseStrength_LCS_FORUPDATE, WaitPolicy: pg.LockWaitPolicy_LockWaitBlock}}}},
-		}
-		for _, p := range t.PrimaryKey {
-			sel.TargetList = append(sel.TargetList, resTarget("", castText(colRef(qual, p))))
-		}
-		sel.TargetList = append(sel.TargetList, resTarget("", colRef(qual, c)), resTarget("", colRef(qual, bi.Column)),
-			resTarget("", castText(colRef(qual, "ctid"))), resTarget("", castText(colRef(qual, "tableoid"))))
-		sql, err := deparse(a.version, &pg.Node{Node: &pg.Node_SelectStmt{SelectStmt: sel}})
+		sql, err := a.indexedRowsSQL(rv, t, c, true)
 		if err != nil {
-			return nil, &ParseError{Err: err}
+			return nil, err
 		}
 		out = append(out, ConflictCheck{Column: c, SelectSQL: sql})
 	}
 	return out, nil
+}
+
+// checkAll marks the comparisons under n as checked on the rows read.
+func (a *analyzer) checkAll(n *pg.Node) {
+	walk(&pg.List{Items: []*pg.Node{n}}, func(m *pg.Node) bool {
+		if x := m.GetAExpr(); x != nil && a.blind.preds[x] != nil {
+			a.blind.check(x)
+		}
+		return true
+	})
+}
+
+// checkTarget marks the comparisons targetChecks checks in an UPDATE's or
+// DELETE's WHERE clause: those on the target t (named qual), outside
+// subqueries. The others are settled by prechecks or refused.
+func (a *analyzer) checkTarget(where *pg.Node, t *Table, qual string) {
+	if t == nil || where == nil {
+		return
+	}
+	walk(&pg.List{Items: []*pg.Node{where}}, func(n *pg.Node) bool {
+		if n.GetSubLink() != nil {
+			return false
+		}
+		x := n.GetAExpr()
+		if p := a.blind.preds[x]; p != nil && p.enc.table == t && p.enc.base == qual {
+			a.blind.check(x)
+		}
+		return true
+	})
 }
 
 // restrictConflictUpdate adds to an upsert's DO UPDATE, for each index
@@ -878,47 +912,4 @@ func (a *analyzer) restrictConflictUpdate(ins *pg.InsertStmt, ip *Insert, t *Tab
 	} else {
 		oc.WhereClause = pg.MakeBoolExprNode(pg.BoolExprType_AND_EXPR, conds, -1)
 	}
-}
-
-// blindInFunctions refuses a blind-index comparison inside a function in
-// FROM (LATERAL generate_series(1, (email = $1)::int), unnest(ARRAY[email
-// = $1]), XMLTABLE … PASSING): such a function filters rows by the comparison, where no check
-// of the returned rows can see it.
-func (a *analyzer) blindInFunctions(stmt *pg.Node) error {
-	if !a.blind.rewrote {
-		return nil
-	}
-	var err error
-	walk(stmt, func(n *pg.Node) bool {
-		if err != nil {
-			return false
-		}
-		var fn proto.Message
-		if rf := n.GetRangeFunction(); rf != nil {
-			fn = rf
-		} else if tf := n.GetRangeTableFunc(); tf != nil {
-			fn = tf // XMLTABLE
-		} else {
-			return true
-		}
-		walk(fn, func(m *pg.Node) bool {
-			x := m.GetAExpr()
-			if x == nil {
-				return err == nil
-			}
-			var e *encRef
-			if p := a.blind.preds[x]; p != nil {
-				e = p.enc
-			} else if j := a.blind.joins[x]; j != nil {
-				e = j.l
-			}
-			if e != nil {
-				err = refuse(e.table, e.column, "a blind-index comparison inside a function in FROM filters rows where the driver cannot check them against forged index values",
-					"compare the column in WHERE or JOIN … ON instead")
-			}
-			return err == nil
-		})
-		return false
-	})
-	return err
 }

@@ -47,7 +47,14 @@ func describeBlind(p *Plan) string {
 	var b strings.Builder
 	b.WriteString(s)
 	for i, l := range p.Lookups {
+		if l.Verified != 0 {
+			fmt.Fprintf(&b, "\nlookup L%d: verified %d", i+1, l.Verified)
+			continue
+		}
 		fmt.Fprintf(&b, "\nlookup L%d: %s.%s value=%v array=%v", i+1, l.Table.Name, l.Column, l.Value, l.Array)
+	}
+	for _, pc := range p.Prechecks {
+		fmt.Fprintf(&b, "\nprecheck %s.%s lookups=%v: %s", pc.Table.Name, pc.Column, pc.Lookups, pc.SelectSQL)
 	}
 	if p.Out != nil {
 		for _, c := range p.Out.Checks {
@@ -135,6 +142,31 @@ var blindCases = []string{
 	"SELECT id FROM users WHERE email = ANY('{a,b}')",
 	"WITH u AS (SELECT id, email FROM users) SELECT id FROM u WHERE email = $1",
 	"SELECT id FROM users WHERE email_bidx = $1",
+	// Outside the rows the driver reads: prechecked, or refused.
+	"SELECT id, email FROM users WHERE id IN (SELECT id FROM users WHERE email = $1)",
+	"SELECT EXISTS (SELECT 1 FROM users WHERE email = $1) AS taken",
+	"SELECT id FROM orgs WHERE id = (SELECT org_id FROM users u WHERE u.email = ANY($1))",
+	"SELECT id FROM orgs WHERE id IN (SELECT org_id FROM users WHERE email = $1 UNION SELECT org_id FROM users WHERE phone IN ($2, $3))",
+	"SELECT DISTINCT org_id FROM users WHERE email = $1 OR phone = $2",
+	"SELECT id, email FROM users WHERE id NOT IN (SELECT id FROM users WHERE email = $1)",
+	"SELECT id FROM orgs WHERE NOT EXISTS (SELECT 1 FROM users WHERE users.org_id = orgs.id AND email = $1)",
+	"SELECT id FROM orgs WHERE id IN (SELECT org_id FROM users WHERE email <> $1)",
+	"WITH u AS (SELECT id FROM users WHERE email = $1) SELECT id, email FROM users WHERE id NOT IN (SELECT id FROM u)",
+	"WITH u AS (SELECT id FROM users WHERE email = $1) SELECT id, email FROM users WHERE id IN (SELECT id FROM u)",
+	"SELECT org_id FROM users WHERE email = $1 EXCEPT SELECT org_id FROM users WHERE phone = $2",
+	"SELECT id FROM orgs WHERE id IN (SELECT org_id FROM users WHERE (email = $1) IS NOT TRUE)",
+	"SELECT id FROM orgs o WHERE EXISTS (SELECT 1 FROM orgs p LEFT JOIN users u ON u.org_id = p.id AND u.email = $1 WHERE p.id = o.id)",
+	"SELECT count(*) FILTER (WHERE email = $1) FROM users",
+	"SELECT id, email FROM users WHERE email = $1 UNION ALL SELECT id, email FROM users WHERE email = $2",
+	"DELETE FROM orgs WHERE id IN (SELECT org_id FROM users WHERE email = $1)",
+	"UPDATE orgs SET name = $1 FROM users WHERE users.org_id = orgs.id AND users.email = $2",
+	"UPDATE users SET name = CASE WHEN email = $1 THEN 'x' ELSE name END WHERE id = $2",
+	"DELETE FROM users WHERE id = $1 RETURNING (email = $2) AS was",
+	"UPDATE users SET name = $1 WHERE org_id IN (SELECT org_id FROM users u2 WHERE u2.email = $2)",
+	"UPDATE users SET email = $1 WHERE id = (SELECT id FROM users u2 WHERE u2.email = $2)",
+	"INSERT INTO users (id, name, email) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name WHERE users.email = $4",
+	"INSERT INTO users (id, name, email) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name WHERE excluded.email = $4",
+	"INSERT INTO orgs (id, name) VALUES ((SELECT org_id FROM users WHERE email = $1), $2)",
 	// Writes.
 	"INSERT INTO users (name, email) VALUES ($1, $2)",
 	"INSERT INTO users (name, email, phone) VALUES ($1, $2, $3), ('b', NULL, 'p')",

@@ -40,6 +40,11 @@ type Plan struct {
 	// Lookups are the blind-index values the statement compares with
 	// (Arg.Lookup refers to them).
 	Lookups []Lookup
+	// Prechecks: blind-index equalities the driver does not check on rows
+	// it reads (inside subqueries, CTEs, aggregate queries, …); each is
+	// checked on every row its index values select before the statement
+	// runs, and restricted to those rows.
+	Prechecks []Precheck
 	// Verify: a DELETE or UPDATE (of no encrypted column) by a
 	// blind-indexed column; the rows it would change are read, locked and
 	// checked first, and SQL changes only those.

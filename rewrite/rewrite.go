@@ -112,7 +112,10 @@ func rewriteTree(sql string, tree *pg.ParseResult, cat Catalog) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := a.blindInFunctions(stmt); err != nil {
+	if err := a.settle(stmt); err != nil {
+		return nil, err
+	}
+	if p.Prechecks, err = a.prechecks(); err != nil {
 		return nil, err
 	}
 	if p.Passthrough && a.blind.rewrote {
@@ -347,6 +350,9 @@ func (a *analyzer) topSelect(stmt *pg.Node, sel *pg.SelectStmt) (*Plan, error) {
 	if checkable(sel) {
 		groups, checks = a.blindChecks(sel, groups, info.outs)
 	}
+	if err := a.settle(stmt); err != nil {
+		return nil, err
+	}
 	if !hasEnc(info.outs) && len(checks) == 0 {
 		return &Plan{Passthrough: true}, nil
 	}
@@ -564,14 +570,6 @@ func (a *analyzer) insert(stmt *pg.Node, ins *pg.InsertStmt) (*Plan, error) {
 		if err != nil {
 			return nil, err
 		}
-		for _, p := range a.blind.preds {
-			return nil, refuse(p.enc.table, p.enc.column, "INSERT ... SELECT that finds rows by a blind index cannot be checked against forged index values (the driver never reads the rows)",
-				"run the SELECT through the driver, then INSERT the values it returns")
-		}
-		for _, j := range a.blind.joins {
-			return nil, refuse(j.l.table, j.l.column, "INSERT ... SELECT that joins on blind indexes cannot be checked against forged index values (the driver never reads the rows)",
-				"run the SELECT through the driver, then INSERT the values it returns")
-		}
 		for _, o := range info.outs {
 			if o.enc != nil {
 				return nil, refuse(o.enc.table, o.enc.column, "INSERT ... SELECT would copy ciphertext into "+rv.Relname+", where it could not be read",
@@ -753,7 +751,17 @@ func (a *analyzer) onConflict(ins *pg.InsertStmt, t *Table, target *rel, cs *sco
 	if oc == nil {
 		return nil
 	}
-	excluded := &rel{name: "excluded", cols: target.cols, opaque: target.opaque}
+	// EXCLUDED has the target's columns, read from the row being written.
+	excluded := &rel{name: "excluded", opaque: target.opaque}
+	for _, c := range target.cols {
+		cc := *c
+		if c.enc != nil {
+			e := *c.enc
+			e.base, e.excluded = "excluded", true
+			cc.enc = &e
+		}
+		excluded.cols = append(excluded.cols, &cc)
+	}
 	sc := &scope{parent: cs, rels: []*rel{target, excluded}}
 	var inferCols []string
 	if inf := oc.Infer; inf != nil {
@@ -932,6 +940,10 @@ func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
 			return nil, err
 		}
 		a.returningChecks(&upd.ReturningList, upd.WhereClause, out)
+		a.checkTarget(upd.WhereClause, t, qualOf(rv))
+		if err := a.settle(stmt); err != nil {
+			return nil, err
+		}
 		v, err := a.preVerify(rv, t, upd.WithClause, upd.FromClause, &upd.WhereClause)
 		if err != nil {
 			return nil, err
@@ -949,6 +961,12 @@ func (a *analyzer) update(stmt *pg.Node, upd *pg.UpdateStmt) (*Plan, error) {
 		return nil, err
 	}
 	updateIndexes(up, upd, t, cells)
+	// The row finder copies the WHERE clause: its comparisons are settled
+	// first.
+	a.checkTarget(upd.WhereClause, t, qualOf(rv))
+	if err := a.settle(stmt); err != nil {
+		return nil, err
+	}
 	if err := a.rowFinder(up, upd, rv, t); err != nil {
 		return nil, err
 	}
@@ -1166,6 +1184,10 @@ func (a *analyzer) delete(stmt *pg.Node, del *pg.DeleteStmt) (*Plan, error) {
 		return nil, err
 	}
 	a.returningChecks(&del.ReturningList, del.WhereClause, out)
+	a.checkTarget(del.WhereClause, t, qualOf(del.Relation))
+	if err := a.settle(stmt); err != nil {
+		return nil, err
+	}
 	v, err := a.preVerify(del.Relation, t, del.WithClause, del.UsingClause, &del.WhereClause)
 	if err != nil {
 		return nil, err

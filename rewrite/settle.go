@@ -1,0 +1,498 @@
+package rewrite
+
+import (
+	"cmp"
+	"slices"
+	"strconv"
+
+	pg "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/proto"
+)
+
+// A blind-index comparison is trusted only where the driver can show that
+// a forged index value (one copied from another row) cannot make the
+// statement return or change a row for a value it does not hold. Two
+// ways serve:
+//
+//   - Read checks: the comparisons of the rows the driver reads (the
+//     outer SELECT, the target of an UPDATE or DELETE) are checked on each
+//     row's decrypted value (blindChecks, targetChecks).
+//   - Prechecks, for every other equality (inside subqueries and CTEs,
+//     under aggregates, on the other tables of UPDATE … FROM, in an
+//     upsert's DO UPDATE … WHERE): before the statement runs, the driver
+//     reads every row whose index column holds one of the comparison's
+//     index values, decrypts it and refuses the statement unless it holds
+//     the value. The comparison is then restricted to the row versions
+//     the driver read:
+//
+//     u.email_bidx = $h  →  (u.email_bidx = $h AND (u.ctid, u.tableoid,
+//     u.xmin::text) IN (SELECT * FROM unnest($ctids, $oids, $xmins)))
+//
+//     so that an index value forged after the precheck (a race) selects
+//     nothing. A row version (ctid, tableoid, xmin) is never rewritten in
+//     place: an UPDATE makes a new one.
+//
+// A precheck shows only that the comparison is true for no row that does
+// not hold the value. A forged value can still make it false for a row
+// that does (hide the row); where the statement turns a hidden row into a
+// selected one (NOT, NOT IN, NOT EXISTS, <> ALL, EXCEPT, an outer join's
+// missing side) or uses the comparison's value in any other way, the
+// comparison is refused, as is any <> or NOT IN and any comparison of two
+// index columns outside the rows the driver reads.
+
+// Precheck asks the driver to read, before the statement runs, the rows
+// of Table whose index column of Column holds one of the index values of
+// Lookups, and to refuse the statement unless each holds the operand that
+// index value was computed from (normalized). SelectSQL takes the array of
+// index values as $1 and returns each row's key column, primary key as
+// text, cell, index value, and ctid, tableoid and xmin as text. The rows
+// it verified become the values of the plan's Verified lookups.
+type Precheck struct {
+	Table     *Table
+	Column    string
+	Lookups   []int
+	SelectSQL string
+}
+
+// The Verified kinds of a Lookup: the row versions the prechecks read.
+const (
+	VerifiedCtids     = 1
+	VerifiedTableoids = 2
+	VerifiedXmins     = 3
+)
+
+// polarity is how a comparison's value decides what a statement returns
+// or changes.
+type polarity int8
+
+const (
+	polOther polarity = iota // some other way: it cannot be prechecked
+	polPos                   // true selects more rows (or a value)
+	polNeg                   // true selects fewer: under NOT, NOT IN, …
+)
+
+func (p polarity) flip() polarity {
+	switch p {
+	case polPos:
+		return polNeg
+	case polNeg:
+		return polPos
+	}
+	return polOther
+}
+
+type position struct {
+	node *pg.Node // the node that holds the comparison
+	pol  polarity
+	why  string // where it is, for a refusal
+}
+
+// posWalker finds the position of every comparison of a statement.
+type posWalker struct {
+	at map[*pg.A_Expr]position
+	// refs: the polarity of the places a plain relation name is read
+	// from, for the CTEs of that name (conservatively: any relation of
+	// that name, in any scope).
+	refs map[string]polarity
+	seen map[string]bool
+}
+
+const (
+	whyNeg   = "under NOT, NOT IN, NOT EXISTS, <> ALL or EXCEPT"
+	whyOther = "whose value is used, not only its truth (in a select list, CASE, function, aggregate, ORDER BY or an outer join's condition)"
+)
+
+func positions(stmt *pg.Node) map[*pg.A_Expr]position {
+	w := &posWalker{at: map[*pg.A_Expr]position{}, refs: map[string]polarity{}, seen: map[string]bool{}}
+	switch x := stmt.Node.(type) {
+	case *pg.Node_SelectStmt:
+		w.sel(x.SelectStmt, polPos)
+	default:
+		w.dml(stmt)
+	}
+	return w.at
+}
+
+func (w *posWalker) ref(name string, p polarity) {
+	if w.seen[name] && w.refs[name] != p {
+		p = polOther
+	}
+	w.seen[name], w.refs[name] = true, p
+}
+
+// with walks body, then each CTE of wc with the polarity of the places it
+// is read from (a later CTE may read an earlier one, so last first).
+func (w *posWalker) with(wc *pg.WithClause, body func()) {
+	body()
+	if wc == nil {
+		return
+	}
+	for i := len(wc.Ctes) - 1; i >= 0; i-- {
+		cte := wc.Ctes[i].GetCommonTableExpr()
+		if cte == nil {
+			continue
+		}
+		p := polPos // never read: a SELECT CTE does not run
+		if w.seen[cte.Ctename] {
+			p = w.refs[cte.Ctename]
+		}
+		if wc.Recursive {
+			p = polOther
+		}
+		if s := cte.Ctequery.GetSelectStmt(); s != nil && p != polOther {
+			w.sel(s, p)
+		} else if s == nil {
+			w.dml(cte.Ctequery) // a data-modifying CTE runs whether read or not
+		} else {
+			w.other(cte.Ctequery, whyOther)
+		}
+	}
+}
+
+func (w *posWalker) dml(n *pg.Node) {
+	switch x := n.Node.(type) {
+	case *pg.Node_UpdateStmt:
+		u := x.UpdateStmt
+		w.with(u.WithClause, func() {
+			for _, f := range u.FromClause {
+				w.from(f, polPos)
+			}
+			w.cond(u.WhereClause, polPos)
+			w.values(u.TargetList, polPos)
+			w.values(u.ReturningList, polPos)
+		})
+	case *pg.Node_DeleteStmt:
+		d := x.DeleteStmt
+		w.with(d.WithClause, func() {
+			for _, f := range d.UsingClause {
+				w.from(f, polPos)
+			}
+			w.cond(d.WhereClause, polPos)
+			w.values(d.ReturningList, polPos)
+		})
+	case *pg.Node_InsertStmt:
+		ins := x.InsertStmt
+		w.with(ins.WithClause, func() {
+			if s := ins.SelectStmt.GetSelectStmt(); s != nil {
+				w.sel(s, polPos)
+			}
+			if oc := ins.OnConflictClause; oc != nil {
+				if oc.Infer != nil {
+					w.other(oc.Infer, whyOther)
+				}
+				w.cond(oc.WhereClause, polPos)
+				w.values(oc.TargetList, polPos)
+			}
+			w.values(ins.ReturningList, polPos)
+		})
+	default:
+		w.other(n, whyOther)
+	}
+}
+
+func (w *posWalker) sel(s *pg.SelectStmt, p polarity) {
+	if s == nil {
+		return
+	}
+	if p == polOther {
+		w.other(s, whyOther)
+		return
+	}
+	w.with(s.WithClause, func() {
+		if s.Op != pg.SetOperation_SETOP_NONE {
+			w.sel(s.Larg, p)
+			if s.Op == pg.SetOperation_SETOP_EXCEPT {
+				w.sel(s.Rarg, p.flip())
+			} else {
+				w.sel(s.Rarg, p)
+			}
+		}
+		for _, f := range s.FromClause {
+			w.from(f, p)
+		}
+		w.cond(s.WhereClause, p)
+		w.values(s.TargetList, p)
+		for _, l := range s.ValuesLists {
+			if list := l.GetList(); list != nil {
+				for _, item := range list.Items {
+					w.value(item, p)
+				}
+			}
+		}
+		for _, n := range [][]*pg.Node{s.GroupClause, s.SortClause, s.DistinctClause, s.WindowClause, {s.HavingClause, s.LimitOffset, s.LimitCount}} {
+			for _, x := range n {
+				if x != nil {
+					w.other(x, whyOther)
+				}
+			}
+		}
+	})
+}
+
+// values walks a select list, SET list or RETURNING list: a subquery that
+// is the whole value gives its value (or none, for a hidden row).
+func (w *posWalker) values(list []*pg.Node, p polarity) {
+	for _, n := range list {
+		if rt := n.GetResTarget(); rt != nil && rt.Val != nil {
+			w.value(rt.Val, p)
+		} else {
+			w.other(n, whyOther)
+		}
+	}
+}
+
+func (w *posWalker) value(n *pg.Node, p polarity) {
+	for n.GetTypeCast() != nil {
+		n = n.GetTypeCast().Arg
+	}
+	if sl := n.GetSubLink(); sl != nil && (sl.SubLinkType == pg.SubLinkType_EXPR_SUBLINK || sl.SubLinkType == pg.SubLinkType_ARRAY_SUBLINK || sl.SubLinkType == pg.SubLinkType_EXISTS_SUBLINK) {
+		w.sel(sl.Subselect.GetSelectStmt(), p)
+		return
+	}
+	w.other(n, whyOther)
+}
+
+func (w *posWalker) from(n *pg.Node, p polarity) {
+	switch x := n.Node.(type) {
+	case *pg.Node_RangeVar:
+		if x.RangeVar.Schemaname == "" {
+			w.ref(x.RangeVar.Relname, p)
+		}
+	case *pg.Node_RangeSubselect:
+		w.sel(x.RangeSubselect.Subquery.GetSelectStmt(), p)
+	case *pg.Node_JoinExpr:
+		j := x.JoinExpr
+		l, r := p, p
+		switch j.Jointype {
+		case pg.JoinType_JOIN_INNER:
+			w.cond(j.Quals, p)
+		case pg.JoinType_JOIN_LEFT:
+			r = polOther
+		case pg.JoinType_JOIN_RIGHT:
+			l = polOther
+		default:
+			l, r = polOther, polOther
+		}
+		if j.Jointype != pg.JoinType_JOIN_INNER && j.Quals != nil {
+			w.other(j.Quals, whyOther)
+		}
+		w.from(j.Larg, l)
+		w.from(j.Rarg, r)
+	default:
+		w.other(n, "inside a function in FROM")
+	}
+}
+
+// cond walks a condition whose truth selects rows (p = polPos).
+func (w *posWalker) cond(n *pg.Node, p polarity) {
+	if n == nil {
+		return
+	}
+	switch x := n.Node.(type) {
+	case *pg.Node_BoolExpr:
+		q := p
+		if x.BoolExpr.Boolop == pg.BoolExprType_NOT_EXPR {
+			q = p.flip()
+		}
+		for _, arg := range x.BoolExpr.Args {
+			w.cond(arg, q)
+		}
+		return
+	case *pg.Node_AExpr:
+		why := whyOther
+		if p == polNeg {
+			why = whyNeg
+		}
+		w.at[x.AExpr] = position{node: n, pol: p, why: why}
+		// A scalar subquery compared with a strict operator: a hidden row
+		// makes it NULL, which selects nothing even under NOT.
+		for _, o := range []*pg.Node{x.AExpr.Lexpr, x.AExpr.Rexpr} {
+			if o == nil {
+				continue
+			}
+			if sl := o.GetSubLink(); sl != nil && sl.SubLinkType == pg.SubLinkType_EXPR_SUBLINK && x.AExpr.Kind == pg.A_Expr_Kind_AEXPR_OP && p == polPos {
+				w.sel(sl.Subselect.GetSelectStmt(), polPos)
+			} else {
+				w.other(o, whyOther)
+			}
+		}
+		return
+	case *pg.Node_SubLink:
+		sl := x.SubLink
+		if sl.Testexpr != nil {
+			w.other(sl.Testexpr, whyOther)
+		}
+		switch sl.SubLinkType {
+		case pg.SubLinkType_EXISTS_SUBLINK, pg.SubLinkType_ANY_SUBLINK:
+			w.sel(sl.Subselect.GetSelectStmt(), p)
+		case pg.SubLinkType_ALL_SUBLINK:
+			w.sel(sl.Subselect.GetSelectStmt(), p.flip())
+		default:
+			w.other(sl.Subselect, whyOther)
+		}
+		return
+	}
+	w.other(n, whyOther)
+}
+
+// other records every comparison under m as used some other way.
+func (w *posWalker) other(m proto.Message, why string) {
+	if n, ok := m.(*pg.Node); ok {
+		m = &pg.List{Items: []*pg.Node{n}} // walk visits what is under m
+	}
+	walk(m, func(n *pg.Node) bool {
+		switch x := n.Node.(type) {
+		case *pg.Node_AExpr:
+			if _, ok := w.at[x.AExpr]; !ok || w.at[x.AExpr].pol != polOther {
+				w.at[x.AExpr] = position{node: n, pol: polOther, why: why}
+			}
+		case *pg.Node_RangeVar:
+			if x.RangeVar.Schemaname == "" {
+				w.ref(x.RangeVar.Relname, polOther)
+			}
+		}
+		return true
+	})
+}
+
+// settle decides every blind-index comparison not yet decided: one the
+// driver checks on the rows it reads (checked) stays as it is; an
+// equality whose truth only selects rows gets a precheck and is restricted
+// to the rows it verifies; any other is refused. It may run more than
+// once (before a statement's WHERE is copied into a row finder, then at
+// the end).
+func (a *analyzer) settle(stmt *pg.Node) error {
+	checked := func(x *pg.A_Expr) bool { return a.blind.checked[x] }
+	if len(a.blind.preds) == 0 && len(a.blind.joins) == 0 {
+		return nil
+	}
+	if a.blind.settled == nil {
+		a.blind.settled = map[*pg.A_Expr]bool{}
+	}
+	pos := positions(stmt)
+	byPlace := func(m map[*pg.A_Expr]bool) []*pg.A_Expr {
+		var xs []*pg.A_Expr
+		for x := range m {
+			xs = append(xs, x)
+		}
+		slices.SortFunc(xs, func(p, q *pg.A_Expr) int { return cmp.Compare(p.Location, q.Location) })
+		return xs
+	}
+	joins, preds := map[*pg.A_Expr]bool{}, map[*pg.A_Expr]bool{}
+	for x := range a.blind.joins {
+		joins[x] = true
+	}
+	for x := range a.blind.preds {
+		preds[x] = true
+	}
+	for _, x := range byPlace(joins) {
+		if a.blind.settled[x] {
+			continue
+		}
+		if !checked(x) {
+			j := a.blind.joins[x]
+			return refuse(j.l.table, j.l.column, "a comparison of two blind-indexed columns is checked only where the driver reads both rows (the outer SELECT's WHERE or JOIN … ON), and this one is elsewhere",
+				"move the comparison to the outer query, or compare each column with a parameter")
+		}
+		a.blind.settled[x] = true
+	}
+	for _, x := range byPlace(preds) {
+		if a.blind.settled[x] {
+			continue
+		}
+		p := a.blind.preds[x]
+		if checked(x) || p.enc.excluded { // EXCLUDED's index values are the driver's own
+			a.blind.settled[x] = true
+			continue
+		}
+		if len(p.lookups) == 0 {
+			a.blind.settled[x] = true
+			continue // = NULL, <> NULL: not true for any row, whatever its index
+		}
+		at, ok := pos[x]
+		switch {
+		case !ok:
+			return refuse(p.enc.table, p.enc.column, "internal: a blind-index comparison was not found in the statement it was planned for", "report this; compare the column in the outer query")
+		case p.negated:
+			return refuse(p.enc.table, p.enc.column, "<>, NOT IN and <> ALL on a blind index are checked only in the rows the driver reads (the outer SELECT, or the rows an UPDATE or DELETE changes), not inside a subquery, CTE or aggregate query",
+				"move the comparison to the outer query, or select the rows that are equal and exclude them in the outer query")
+		case at.pol != polPos:
+			return refuse(p.enc.table, p.enc.column, "a blind-index comparison "+at.why+", outside the rows the driver reads, cannot be checked against forged index values (there only an equality whose truth selects rows can be)",
+				"compare the column with = or IN in WHERE or JOIN … ON (of the outer query, or of a subquery it selects from)")
+		}
+		a.blind.settled[x] = true
+		a.precheck(at.node, p)
+	}
+	return nil
+}
+
+// precheck adds the lookups of a comparison to its column's precheck and
+// restricts it to the row versions the prechecks verify.
+func (a *analyzer) precheck(node *pg.Node, p *blindPred) {
+	var pc *Precheck
+	for i := range a.blind.prechecks {
+		if a.blind.prechecks[i].Table == p.enc.table && a.blind.prechecks[i].Column == p.enc.column {
+			pc = &a.blind.prechecks[i]
+		}
+	}
+	if pc == nil {
+		a.blind.prechecks = append(a.blind.prechecks, Precheck{Table: p.enc.table, Column: p.enc.column})
+		pc = &a.blind.prechecks[len(a.blind.prechecks)-1]
+	}
+	pc.Lookups = append(pc.Lookups, p.lookups...)
+	if a.blind.verified == 0 {
+		a.blind.lookups = append(a.blind.lookups, Lookup{Verified: VerifiedCtids}, Lookup{Verified: VerifiedTableoids}, Lookup{Verified: VerifiedXmins})
+		a.blind.verified = len(a.blind.lookups) - 3 + 1
+	}
+	param := func(k int) string { return "$" + strconv.Itoa(lookupBase+a.blind.verified+k) }
+	in := parseOne("SELECT 1 WHERE (q.ctid, q.tableoid, q.xmin::text) IN (SELECT * FROM unnest(" + param(0) + "::text[]::tid[], " + param(1) + "::text[]::oid[], " + param(2) + "::text[]))").GetSelectStmt().WhereClause
+	row := in.GetSubLink().Testexpr.GetRowExpr()
+	base := p.enc.base
+	row.Args[0], row.Args[1], row.Args[2] = colRef(base, "ctid"), colRef(base, "tableoid"), castText(colRef(base, "xmin"))
+	cmpNode := &pg.Node{Node: node.Node}
+	node.Node = &pg.Node_BoolExpr{BoolExpr: &pg.BoolExpr{Boolop: pg.BoolExprType_AND_EXPR, Args: []*pg.Node{cmpNode, in}, Location: -1}}
+}
+
+// prechecks finishes the plan's prechecks: the query each runs.
+func (a *analyzer) prechecks() ([]Precheck, error) {
+	out := a.blind.prechecks
+	for i := range out {
+		t := out[i].Table
+		rv := &pg.RangeVar{Schemaname: t.Schema, Relname: t.Relname, Inh: true, Relpersistence: "p", Location: -1}
+		sql, err := a.indexedRowsSQL(rv, t, out[i].Column, false)
+		if err != nil {
+			return nil, err
+		}
+		out[i].SelectSQL = sql
+	}
+	return out, nil
+}
+
+// indexedRowsSQL is the query that reads the rows of rv whose index column
+// of col holds one of the index values $1: key column, primary key as
+// text, cell, index value, ctid, tableoid and xmin as text; locked FOR
+// UPDATE with lock.
+func (a *analyzer) indexedRowsSQL(rv *pg.RangeVar, t *Table, col string, lock bool) (string, error) {
+	bi := t.Blind[col]
+	qual := qualOf(rv)
+	sel := &pg.SelectStmt{
+		TargetList: []*pg.Node{resTarget("", colRef(qual, t.Keys[t.Encrypted[col].Key].Column))},
+		FromClause: []*pg.Node{{Node: &pg.Node_RangeVar{RangeVar: proto.Clone(rv).(*pg.RangeVar)}}},
+		WhereClause: pg.MakeAExprNode(pg.A_Expr_Kind_AEXPR_OP_ANY, []*pg.Node{str("=")}, colRef(qual, bi.Column),
+			pg.MakeParamRefNode(1, -1), -1),
+	}
+	if lock {
+		sel.LockingClause = []*pg.Node{{Node: &pg.Node_LockingClause{LockingClause: &pg.LockingClause{
+			Strength: pg.LockClauseStrength_LCS_FORUPDATE, WaitPolicy: pg.LockWaitPolicy_LockWaitBlock}}}}
+	}
+	for _, p := range t.PrimaryKey {
+		sel.TargetList = append(sel.TargetList, resTarget("", castText(colRef(qual, p))))
+	}
+	sel.TargetList = append(sel.TargetList, resTarget("", colRef(qual, col)), resTarget("", colRef(qual, bi.Column)),
+		resTarget("", castText(colRef(qual, "ctid"))), resTarget("", castText(colRef(qual, "tableoid"))), resTarget("", castText(colRef(qual, "xmin"))))
+	sql, err := deparse(a.version, &pg.Node{Node: &pg.Node_SelectStmt{SelectStmt: sel}})
+	if err != nil {
+		return "", &ParseError{Err: err}
+	}
+	return sql, nil
+}
