@@ -904,20 +904,21 @@ func (r *rows) checkValue(w *windowKeys, ri, source, at int, column string) (str
 	if ck == nil {
 		return "", false, cellError(ti, column, pk, w.pending[id].err)
 	}
-	s, err := r.c.connector.normalizedCell(ti, column, ck, pk, cell)
+	s, err := r.c.connector.normalizedCell(ti, column, nil, ck, pk, cell)
 	return s, false, err
 }
 
 // normalizedCell opens a blind-indexed cell with its row's cell key and
 // returns its value normalized by the column's index, for a check.
-func (c *Connector) normalizedCell(ti *tableInfo, col string, ck *envelope.CellKey, pk []string, cell any) (string, error) {
+func (c *Connector) normalizedCell(ti *tableInfo, col string, ix *blindindex.Index, ck *envelope.CellKey, pk []string, cell any) (string, error) {
 	v, err := openCell(ti, col, ti.aad(col), ck, cell)
 	if err != nil {
 		return "", cellError(ti, col, pk, err)
 	}
-	ix, err := c.index(ti.table, col)
-	if err != nil {
-		return "", err
+	if ix == nil {
+		if ix, err = c.index(ti.table, col); err != nil {
+			return "", err
+		}
 	}
 	s, _ := v.(string)
 	return ix.Normalize(s), nil
@@ -1113,7 +1114,7 @@ func (u *updateKeyer) checkValue(r updRow, keys map[string][]rowKey, ch rewrite.
 			return "", false, err
 		}
 	}
-	s, err := u.c.connector.normalizedCell(u.ti, ch.Column, ck, r.pk, cc.cell)
+	s, err := u.c.connector.normalizedCell(u.ti, ch.Column, nil, ck, r.pk, cc.cell)
 	return s, false, err
 }
 
@@ -1253,13 +1254,17 @@ func (c *Conn) checkConflicts(ctx context.Context, ip *rewrite.Insert, args []dr
 	var read verifiedRows
 	defer func() { slots[ip.CheckedCtidSlot], slots[ip.CheckedTableoidSlot] = read.ctids, read.toids }()
 	for _, cc := range ip.ConflictChecks {
-		ix, err := c.connector.index(ip.Table, cc.Column)
+		ix, err := c.connector.indexOf(ip.Table, cc.Column, cc.Rotate)
 		if err != nil {
 			return err
 		}
 		want := indexedValues{}
 		for _, row := range ip.Rows {
-			for _, cell := range row.Indexes {
+			cells := row.Indexes
+			if cc.Rotate {
+				cells = row.Rotations
+			}
+			for _, cell := range cells {
 				if cell.Column != cc.Column || slots[cell.Slot] == nil {
 					continue
 				}
@@ -1272,7 +1277,7 @@ func (c *Conn) checkConflicts(ctx context.Context, ip *rewrite.Insert, args []dr
 				}
 			}
 		}
-		if err := c.readIndexed(ctx, ip.Table, cc.Column, cc.SelectSQL, want, "checking the row an upsert on a blind index would update", &read); err != nil {
+		if err := c.readIndexed(ctx, ip.Table, cc.Column, ix, cc.SelectSQL, want, "checking the row an upsert on a blind index would update", &read); err != nil {
 			return err
 		}
 	}
@@ -1318,7 +1323,7 @@ func (c *Conn) runPrechecks(ctx context.Context, p *rewrite.Plan, args []driver.
 				}
 			}
 		}
-		if err := c.readIndexed(ctx, pc.Table, pc.Column, pc.SelectSQL, want, "checking a row a blind-index comparison selects", &read); err != nil {
+		if err := c.readIndexed(ctx, pc.Table, pc.Column, ix, pc.SelectSQL, want, "checking a row a blind-index comparison selects", &read); err != nil {
 			return err
 		}
 	}
@@ -1381,9 +1386,9 @@ type verifiedRows struct {
 
 // readIndexed runs sql (rewrite's indexedRowsSQL) with the index values
 // of want and checks that each row it returns holds, decrypted and
-// normalized, the value its index value was computed from; the rows are
+// normalized by ix, the value its index value was computed from; the rows are
 // added to read. what says why the key is unwrapped, for the audit.
-func (c *Conn) readIndexed(ctx context.Context, t *rewrite.Table, col, sql string, want indexedValues, what string, read *verifiedRows) error {
+func (c *Conn) readIndexed(ctx context.Context, t *rewrite.Table, col string, ix *blindindex.Index, sql string, want indexedValues, what string, read *verifiedRows) error {
 	if read.ctids == nil {
 		read.ctids, read.toids, read.xmins = []string{}, []string{}, []string{}
 	}
@@ -1436,7 +1441,7 @@ func (c *Conn) readIndexed(ctx context.Context, t *rewrite.Table, col, sql strin
 		if err != nil {
 			return err
 		}
-		s, err := c.connector.normalizedCell(ti, col, ck, e.pk, e.cell)
+		s, err := c.connector.normalizedCell(ti, col, ix, ck, e.pk, e.cell)
 		if err != nil {
 			return err
 		}

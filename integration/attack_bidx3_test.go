@@ -252,3 +252,40 @@ func TestAttackBidxPrecheckRace(t *testing.T) {
 		}
 	}
 }
+
+// TestAttackBidxRotationConflict: during a rotation the new index column
+// has its own UNIQUE constraint, which decides an upsert's conflict as
+// much as the current one. The attacker moves alice's new-index value to
+// mallory's row; alice's sign-in upsert ON CONSTRAINT of the new column
+// would then update, and return, mallory's row. The conflict check reads
+// the rotation column too, and refuses.
+func TestAttackBidxRotationConflict(t *testing.T) {
+	e := newBlindEnv(t, "cache_statement") // alice, bob, cy
+	t.Setenv(rotateEnv, rotateMasterKey)
+	e.rawExec(rotateDDL + ` ALTER TABLE users ADD CONSTRAINT users_v2_key UNIQUE USING INDEX users_email_bidx_v2;`)
+	_, db := e.openMap(rotatingMap)
+	if _, err := db.Exec("INSERT INTO users (name, email) VALUES ('mallory', 'mallory@example.com')"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("UPDATE users SET email = $1 WHERE name = 'alice'", "alice@example.com"); err != nil {
+		t.Fatal(err)
+	}
+	v := e.rawValues("SELECT encode(email_bidx_v2, 'hex') FROM users WHERE name = 'alice'")[0]
+	e.rawExec("UPDATE users SET email_bidx_v2 = NULL WHERE name = 'alice'")
+	e.rawExec("UPDATE users SET email_bidx_v2 = decode($1, 'hex') WHERE name = 'mallory'", v)
+	before := e.snapshot("users")
+	for _, q := range []string{
+		"INSERT INTO users (name, email) VALUES ('alice (signed in)', $1) ON CONFLICT ON CONSTRAINT users_v2_key DO UPDATE SET name = EXCLUDED.name RETURNING id, name, email",
+		"INSERT INTO users (name, email) VALUES ('alice (signed in)', $1) ON CONFLICT (email_bidx_v2) DO UPDATE SET name = EXCLUDED.name RETURNING id, name, email",
+	} {
+		var id int64
+		var name, email string
+		err := db.QueryRow(q, "alice@example.com").Scan(&id, &name, &email)
+		if !errors.Is(err, kmspostgres.ErrBlindIndexMismatch) {
+			t.Errorf("%s: returned %d %q %q, err %v; want ErrBlindIndexMismatch", q, id, name, email, err)
+		}
+	}
+	if after := e.snapshot("users"); !slices.Equal(before, after) {
+		t.Errorf("users changed:\n%q\n%q", before, after)
+	}
+}

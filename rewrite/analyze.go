@@ -110,6 +110,8 @@ type analyzer struct {
 	// conflictBlind: the blind-indexed columns whose index may decide an
 	// INSERT's ON CONFLICT DO UPDATE.
 	conflictBlind []string
+	// conflictRotate: their rotation columns may decide it too.
+	conflictRotate bool
 }
 
 func (a *analyzer) newGroup(t *Table, key int) *group {

@@ -845,11 +845,22 @@ func (a *analyzer) preVerify(rv *pg.RangeVar, t *Table, with *pg.WithClause, fro
 func (a *analyzer) conflictChecks(rv *pg.RangeVar, t *Table) ([]ConflictCheck, error) {
 	var out []ConflictCheck
 	for _, c := range a.conflictBlind {
-		sql, err := a.indexedRowsSQL(rv, t, c, true)
-		if err != nil {
-			return nil, err
+		for _, rotate := range []bool{false, true} {
+			bi := t.Blind[c]
+			idx := bi.Column
+			if rotate {
+				// A unique index on the rotation's column decides conflicts
+				// too (ON CONSTRAINT, or the column named as the target).
+				if idx = bi.Rotate; idx == "" || !a.conflictRotate {
+					continue
+				}
+			}
+			sql, err := a.indexedRowsSQL(rv, t, c, idx, true)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, ConflictCheck{Column: c, Rotate: rotate, SelectSQL: sql})
 		}
-		out = append(out, ConflictCheck{Column: c, SelectSQL: sql})
 	}
 	return out, nil
 }
@@ -900,6 +911,9 @@ func (a *analyzer) restrictConflictUpdate(ins *pg.InsertStmt, ip *Insert, t *Tab
 	}
 	for _, cc := range ip.ConflictChecks {
 		idx := t.Blind[cc.Column].Column
+		if cc.Rotate {
+			idx = t.Blind[cc.Column].Rotate
+		}
 		in := parseOne("SELECT 1 WHERE (q.ctid, q.tableoid) IN (SELECT * FROM unnest($" + strconv.Itoa(slotBase+1+ip.CheckedCtidSlot) + "::text[]::tid[], $" + strconv.Itoa(slotBase+1+ip.CheckedTableoidSlot) + "::text[]::oid[]))").GetSelectStmt().WhereClause
 		row := in.GetSubLink().Testexpr.GetRowExpr()
 		row.Args[0], row.Args[1] = colRef(qual, "ctid"), colRef(qual, "tableoid")

@@ -152,7 +152,10 @@ type Insert struct {
 // says: a forged index value must not make the upsert update, and
 // return, another row.
 type ConflictCheck struct {
-	Column    string
+	Column string
+	// Rotate: the check is of the rotation's index column (Blind.Rotate),
+	// whose unique index may decide the conflict too.
+	Rotate    bool
 	SelectSQL string // … and, after the index value, ctid and tableoid as text
 }
 

@@ -799,10 +799,13 @@ func (a *analyzer) onConflict(ins *pg.InsertStmt, t *Table, target *rel, cs *sco
 	if t != nil {
 		// The blind indexes that may decide the conflict: those named as
 		// its target, or all of them behind a constraint name.
+		anyIndex := oc.Infer == nil || oc.Infer.Conname != "" || slices.Contains(inferCols, "")
 		for c, bi := range t.Blind {
-			if oc.Infer == nil || oc.Infer.Conname != "" || slices.Contains(inferCols, bi.Column) || slices.Contains(inferCols, "") {
+			rotate := bi.Rotate != "" && (anyIndex || slices.Contains(inferCols, bi.Rotate))
+			if anyIndex || slices.Contains(inferCols, bi.Column) || rotate {
 				a.conflictBlind = append(a.conflictBlind, c)
 			}
+			a.conflictRotate = a.conflictRotate || rotate
 		}
 		slices.Sort(a.conflictBlind)
 	}

@@ -459,7 +459,7 @@ func (a *analyzer) prechecks() ([]Precheck, error) {
 	for i := range out {
 		t := out[i].Table
 		rv := &pg.RangeVar{Schemaname: t.Schema, Relname: t.Relname, Inh: true, Relpersistence: "p", Location: -1}
-		sql, err := a.indexedRowsSQL(rv, t, out[i].Column, false)
+		sql, err := a.indexedRowsSQL(rv, t, out[i].Column, t.Blind[out[i].Column].Column, false)
 		if err != nil {
 			return nil, err
 		}
@@ -469,16 +469,15 @@ func (a *analyzer) prechecks() ([]Precheck, error) {
 }
 
 // indexedRowsSQL is the query that reads the rows of rv whose index column
-// of col holds one of the index values $1: key column, primary key as
-// text, cell, index value, ctid, tableoid and xmin as text; locked FOR
-// UPDATE with lock.
-func (a *analyzer) indexedRowsSQL(rv *pg.RangeVar, t *Table, col string, lock bool) (string, error) {
-	bi := t.Blind[col]
+// idx (of col: its index, or its rotation's) holds one of the index values
+// $1: key column, primary key as text, cell, index value, ctid, tableoid
+// and xmin as text; locked FOR UPDATE with lock.
+func (a *analyzer) indexedRowsSQL(rv *pg.RangeVar, t *Table, col, idx string, lock bool) (string, error) {
 	qual := qualOf(rv)
 	sel := &pg.SelectStmt{
 		TargetList: []*pg.Node{resTarget("", colRef(qual, t.Keys[t.Encrypted[col].Key].Column))},
 		FromClause: []*pg.Node{{Node: &pg.Node_RangeVar{RangeVar: proto.Clone(rv).(*pg.RangeVar)}}},
-		WhereClause: pg.MakeAExprNode(pg.A_Expr_Kind_AEXPR_OP_ANY, []*pg.Node{str("=")}, colRef(qual, bi.Column),
+		WhereClause: pg.MakeAExprNode(pg.A_Expr_Kind_AEXPR_OP_ANY, []*pg.Node{str("=")}, colRef(qual, idx),
 			pg.MakeParamRefNode(1, -1), -1),
 	}
 	if lock {
@@ -488,7 +487,7 @@ func (a *analyzer) indexedRowsSQL(rv *pg.RangeVar, t *Table, col string, lock bo
 	for _, p := range t.PrimaryKey {
 		sel.TargetList = append(sel.TargetList, resTarget("", castText(colRef(qual, p))))
 	}
-	sel.TargetList = append(sel.TargetList, resTarget("", colRef(qual, col)), resTarget("", colRef(qual, bi.Column)),
+	sel.TargetList = append(sel.TargetList, resTarget("", colRef(qual, col)), resTarget("", colRef(qual, idx)),
 		resTarget("", castText(colRef(qual, "ctid"))), resTarget("", castText(colRef(qual, "tableoid"))), resTarget("", castText(colRef(qual, "xmin"))))
 	sql, err := deparse(a.version, &pg.Node{Node: &pg.Node_SelectStmt{SelectStmt: sel}})
 	if err != nil {
