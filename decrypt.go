@@ -1,6 +1,7 @@
 package kmspostgres
 
 import (
+	"bytes"
 	"fmt"
 	"runtime"
 	"strings"
@@ -35,6 +36,7 @@ type windowKeys struct {
 	pending map[rowKeyID]*unwrapItem
 	items   []*unwrapItem
 	lazy    []lazyItem // backing array of the window's lazy items
+	idBuf   []byte     // backing array of the lazy items' cache ids
 }
 
 // lazyItem is an item resolved only on a cache miss, with its source.
@@ -155,7 +157,7 @@ func (r *rows) collectKeys() (*windowKeys, error) {
 
 // itemFor is the item that unwraps a row's key column. With the data-key
 // cache on, parsing it and building its context wait for a cache miss:
-// the item is looked up by what the row holds (rowKeyID.cacheID).
+// the item is looked up by what the row holds (rowKeyID.appendCacheID).
 func (r *rows) itemFor(w *windowKeys, ti *tableInfo, s rewrite.Source, pk []string, id rowKeyID) (*unwrapItem, error) {
 	text := id.wrapped
 	if r.c.connector.keyring.cache != nil {
@@ -165,7 +167,13 @@ func (r *rows) itemFor(w *windowKeys, ti *tableInfo, s rewrite.Source, pk []stri
 		}
 		w.lazy = append(w.lazy, lazyItem{src: rowSource{ti: ti, key: s.Key, pk: pk, text: text}})
 		l := &w.lazy[len(w.lazy)-1]
-		l.it = unwrapItem{rowID: id.cacheID(), row: &l.src}
+		// The ids share one buffer per window: a cache hit copies nothing.
+		if w.idBuf == nil { // room for the window's ids, if they are about this one's size
+			w.idBuf = make([]byte, 0, (len(id.table)+len(id.pk)+len(id.wrapped)+16)*len(r.buf)*len(r.out.Sources))
+		}
+		start := len(w.idBuf)
+		w.idBuf = id.appendCacheID(w.idBuf)
+		l.it = unwrapItem{rowID: w.idBuf[start:len(w.idBuf):len(w.idBuf)], row: &l.src}
 		return &l.it, nil
 	}
 	return unwrapItemFor(ti, s, text, pk)
@@ -225,6 +233,7 @@ func (r *rows) openCells(w *windowKeys) error {
 // what collectKeys and unwrapKeys left, so two calls on disjoint ranges
 // may run at once.
 func (r *rows) openRows(w *windowKeys, lo, hi int) error {
+	var scratch []byte // base64 decoding, reused cell after cell
 	for ri := lo; ri < hi; ri++ {
 		row := r.buf[ri]
 		for i, oc := range r.out.Cols {
@@ -251,7 +260,7 @@ func (r *rows) openRows(w *windowKeys, lo, hi int) error {
 			if ck == nil {
 				return cellError(ti, oc.Column, pk, keyColumnHint(w.pending[id].err, ti.table.Name, ti.table.Keys[r.out.Sources[si].Key].Column))
 			}
-			v, err := openCell(ti, oc.Column, ti.aad(oc.Column), ck, row[i])
+			v, err := openCellBuf(ti, oc.Column, ti.aad(oc.Column), ck, row[i], &scratch)
 			if err != nil {
 				return cellError(ti, oc.Column, pk, err)
 			}
@@ -264,17 +273,36 @@ func (r *rows) openRows(w *windowKeys, lo, hi int) error {
 // openCell decrypts one stored cell (base64 text or raw bytea) with its
 // associated data and decodes it to its declared type.
 func openCell(ti *tableInfo, col string, aad []byte, ck *envelope.CellKey, stored any) (any, error) {
+	return openCellBuf(ti, col, aad, ck, stored, nil)
+}
+
+// openCellBuf is openCell decoding base64 into *scratch (grown as needed)
+// when scratch is not nil: the value returned never shares it.
+func openCellBuf(ti *tableInfo, col string, aad []byte, ck *envelope.CellKey, stored any, scratch *[]byte) (any, error) {
 	var pt []byte
 	var err error
 	switch v := stored.(type) {
 	case string:
-		cell, err := envelope.DecodeBase64(v)
+		var cell []byte
+		if scratch != nil {
+			cell, err = envelope.DecodeBase64Into(*scratch, v)
+			*scratch = cell[:0]
+		} else {
+			cell, err = envelope.DecodeBase64(v)
+		}
 		if err != nil {
 			return nil, err
 		}
 		pt, err = ck.OpenInPlace(aad, cell) // the decoded buffer is ours
 		if err != nil {
 			return nil, err
+		}
+		if scratch != nil {
+			d, err := ti.colType(col).Decode(pt)
+			if b, ok := d.([]byte); ok && err == nil {
+				d = bytes.Clone(b) // Decode returns bytea and JSON as they are
+			}
+			return d, err
 		}
 	case []byte:
 		if pt, err = ck.Open(aad, v); err != nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -193,11 +192,11 @@ type unwrapItem struct {
 	cached  bool              // the result came from the cache
 	cacheID string            // set when this item's unwrap fills the cache
 
-	// rowID, when set, is the item's id in the cache (rowKeyID.cacheID), and
+	// rowID, when set, is the item's id in the cache (rowKeyID.appendCacheID), and
 	// row says where the key comes from: keyID, version, ctx and wrapped
 	// are filled by resolve only when they are needed (a cache miss, or
 	// an observer of a hit), so that a hit builds no context.
-	rowID string
+	rowID []byte
 	row   *rowSource
 }
 
@@ -242,25 +241,22 @@ func resolveAll(items []*unwrapItem) []*unwrapItem {
 	return out
 }
 
-// cacheID identifies a row's data key in the cache by what the row
+// appendCacheID appends the id of a row's data key in the cache, made of what the row
 // holds: the schema-map table, the key, the primary key and the key
 // column's text (which carries the version). Within one connector, whose
 // schema map is fixed, these determine the key id, the wrapped key and
 // the context, so a cached key still serves only the row and context it
 // was unwrapped for; but the context need not be built to look it up. It
 // starts with 0x01, which no key id does: the two kinds of id never meet.
-func (id rowKeyID) cacheID() string {
-	var b strings.Builder
-	b.Grow(len(id.table) + len(id.pk) + len(id.wrapped) + 8)
-	b.WriteByte(1)
-	b.WriteString(id.table)
-	b.WriteByte(0)
-	b.WriteString(strconv.Itoa(id.key))
-	b.WriteByte(0)
-	b.WriteString(id.pk)
-	b.WriteByte(0)
-	b.WriteString(id.wrapped)
-	return b.String()
+func (id rowKeyID) appendCacheID(b []byte) []byte {
+	b = append(b, 1)
+	b = append(b, id.table...)
+	b = append(b, 0)
+	b = strconv.AppendInt(b, int64(id.key), 10)
+	b = append(b, 0)
+	b = append(b, id.pk...)
+	b = append(b, 0)
+	return append(b, id.wrapped...)
 }
 
 // cacheID identifies a data key in the cache: key id, wrapped key and
@@ -296,15 +292,22 @@ func (k *keyring) openItems(ctx context.Context, items []*unwrapItem, limit int)
 	var owned []*unwrapItem
 	var waiters []waiter
 	for _, it := range items {
-		id := it.rowID
-		if id == "" {
+		var (
+			v         keycache.Value
+			ok, owner bool
+			wait      func() (keycache.Value, bool)
+			id        string
+		)
+		if it.rowID != nil {
+			v, ok, owner, wait, id = k.cache.ClaimBytes(it.rowID)
+		} else {
 			var err error
 			if id, err = cacheID(it.keyID, it.wrapped, it.ctx); err != nil {
 				it.err = err
 				continue
 			}
+			v, ok, owner, wait = k.cache.Claim(id)
 		}
-		v, ok, owner, wait := k.cache.Claim(id)
 		switch {
 		case ok:
 			it.key, it.ck, it.cached = v.Key, v.Ready.(*envelope.CellKey), true

@@ -30,6 +30,7 @@ type rows struct {
 	finish func(error) error
 
 	buf  [][]driver.Value
+	slab []driver.Value // backing array of buf's rows, reused each window
 	pos  int
 	eof  bool
 	err  error
@@ -111,8 +112,13 @@ func (r *rows) fill() error {
 	if r.out == nil {
 		window = 1
 	}
-	for len(r.buf) < window {
-		row := make([]driver.Value, n)
+	// The window's rows share one array: Next copies a row out before the
+	// next fill overwrites it.
+	if len(r.slab) < n*window {
+		r.slab = make([]driver.Value, n*window)
+	}
+	for k := 0; len(r.buf) < window; k++ {
+		row := r.slab[k*n : (k+1)*n : (k+1)*n]
 		err := r.inner.Next(row)
 		if err == io.EOF {
 			r.eof = true

@@ -74,10 +74,21 @@ func ParseWrappedKey(s string) (WrappedKey, error) {
 var strictBase64 = base64.StdEncoding.Strict()
 
 func DecodeBase64(s string) ([]byte, error) {
+	return DecodeBase64Into(nil, s)
+}
+
+// DecodeBase64Into is DecodeBase64 into buf's array when it is large
+// enough (a new one otherwise).
+func DecodeBase64Into(buf []byte, s string) ([]byte, error) {
 	if strings.IndexByte(s, '\n') >= 0 || strings.IndexByte(s, '\r') >= 0 { // two SIMD scans, faster than ContainsAny
 		return nil, fmt.Errorf("%w: base64 with a line break", ErrFormat)
 	}
-	b := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
+	n := base64.StdEncoding.DecodedLen(len(s))
+	b := buf[:0]
+	if cap(b) < n {
+		b = make([]byte, n)
+	}
+	b = b[:n]
 	// Read s in place: Decode only reads its source.
 	n, err := strictBase64.Decode(b, unsafe.Slice(unsafe.StringData(s), len(s)))
 	if err != nil {

@@ -87,3 +87,17 @@ func FuzzParseWrappedKey(f *testing.F) {
 		}
 	})
 }
+
+func TestDecodeBase64Into(t *testing.T) {
+	buf := make([]byte, 0, 64)
+	b, err := DecodeBase64Into(buf, "aGVsbG8=")
+	if err != nil || string(b) != "hello" || &b[0] != &buf[:1][0] {
+		t.Fatalf("into a large enough buffer: %q, %v, same array %v", b, err, err == nil && &b[0] == &buf[:1][0])
+	}
+	if b, err := DecodeBase64Into(make([]byte, 0, 2), "aGVsbG8="); err != nil || string(b) != "hello" {
+		t.Fatalf("into a small buffer: %q, %v", b, err)
+	}
+	if _, err := DecodeBase64Into(buf, "aGVs\nbG8="); err == nil {
+		t.Fatal("a line break was accepted")
+	}
+}

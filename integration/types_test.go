@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -388,5 +389,39 @@ func TestNullValuers(t *testing.T) {
 	e.exec("UPDATE users SET balance = $1 WHERE id = 1", sql.NullString{})
 	if got := e.strings("SELECT email, dob, balance FROM users"); got != "set,2000-01-01T00:00:00Z,NULL" {
 		t.Fatalf("after updates: %s", got)
+	}
+}
+
+// TestWindowValuesOwnMemory: the cells of a window are decoded through one
+// scratch buffer; every value handed out (text json as bytes, bytea) must
+// own its memory, so a later row cannot overwrite an earlier one.
+func TestWindowValuesOwnMemory(t *testing.T) {
+	e := newEnv(t, typesDDL, typesMap)
+	for i := 1; i <= 40; i++ {
+		e.exec(`INSERT INTO vals (id, j, b) VALUES ($1, $2, $3)`, i, fmt.Sprintf(`{"n": %d}`, i), []byte(fmt.Sprintf("bytes %d", i)))
+	}
+	rows, err := e.db.Query("SELECT id, j, b FROM vals ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var js []json.RawMessage
+	var bs [][]byte
+	for rows.Next() {
+		var id int
+		var j sql.RawBytes
+		var b []byte
+		if err := rows.Scan(&id, &j, &b); err != nil {
+			t.Fatal(err)
+		}
+		js, bs = append(js, json.RawMessage(slices.Clone(j))), append(bs, b)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range js {
+		if string(js[i]) != fmt.Sprintf(`{"n": %d}`, i+1) || string(bs[i]) != fmt.Sprintf("bytes %d", i+1) {
+			t.Fatalf("row %d: j %s, b %q", i+1, js[i], bs[i])
+		}
 	}
 }

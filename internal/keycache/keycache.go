@@ -98,8 +98,13 @@ func (c *Cache) Get(id string) (Value, bool) {
 }
 
 func (c *Cache) getLocked(id string) (Value, bool) {
-	el, ok := c.items[id]
-	if !ok {
+	return c.useLocked(c.items[id])
+}
+
+// useLocked counts a use of el (nil: none) and returns its value, unless
+// it has expired (it is then evicted).
+func (c *Cache) useLocked(el *list.Element) (Value, bool) {
+	if el == nil {
 		return Value{}, false
 	}
 	e := el.Value.(*entry)
@@ -127,19 +132,43 @@ func (c *Cache) Claim(id string) (v Value, ok, owner bool, wait func() (Value, b
 		return v, true, false, nil
 	}
 	if cl, busy := c.inflight[id]; busy {
-		return Value{}, false, false, func() (Value, bool) {
-			<-cl.done
-			if cl.ok {
-				c.mu.Lock()
-				c.stats.Hits++
-				c.mu.Unlock()
-			}
-			return cl.val, cl.ok
-		}
+		return Value{}, false, false, c.waitFor(cl)
 	}
 	c.stats.Misses++
 	c.inflight[id] = &call{done: make(chan struct{})}
 	return Value{}, false, true, nil
+}
+
+// waitFor returns the wait of a claim another caller owns.
+func (c *Cache) waitFor(cl *call) func() (Value, bool) {
+	return func() (Value, bool) {
+		<-cl.done
+		if cl.ok {
+			c.mu.Lock()
+			c.stats.Hits++
+			c.mu.Unlock()
+		}
+		return cl.val, cl.ok
+	}
+}
+
+// ClaimBytes is Claim for an id held as bytes: a hit, or a wait on
+// another caller, allocates nothing. When the caller becomes the owner,
+// sid is the id as a string, to pass to Put or Abandon.
+func (c *Cache) ClaimBytes(id []byte) (v Value, ok, owner bool, wait func() (Value, bool), sid string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if v, ok := c.useLocked(c.items[string(id)]); ok {
+		c.stats.Hits++
+		return v, true, false, nil, ""
+	}
+	if cl, busy := c.inflight[string(id)]; busy {
+		return Value{}, false, false, c.waitFor(cl), ""
+	}
+	sid = string(id)
+	c.stats.Misses++
+	c.inflight[sid] = &call{done: make(chan struct{})}
+	return Value{}, false, true, nil, sid
 }
 
 // Put stores the value of a claimed (or unclaimed) id, counting this use,

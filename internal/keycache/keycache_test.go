@@ -145,3 +145,28 @@ func TestAbandon(t *testing.T) {
 		t.Fatal("after Abandon the key can be claimed again")
 	}
 }
+
+// TestClaimBytes: ClaimBytes shares Claim's entries and in-flight claims,
+// hands the owner the id as a string, and allocates nothing on a hit.
+func TestClaimBytes(t *testing.T) {
+	c, clk := newTest(Config{MaxAge: time.Minute})
+	id := []byte("\x01users\x000\x007\x00v1:abc")
+	_, ok, owner, _, sid := c.ClaimBytes(id)
+	if ok || !owner || sid != string(id) {
+		t.Fatalf("first claim: ok %v owner %v sid %q", ok, owner, sid)
+	}
+	if _, ok, owner, wait := c.Claim(string(id)); ok || owner || wait == nil {
+		t.Fatalf("Claim of an id claimed by bytes: ok %v owner %v wait %v; want a wait", ok, owner, wait != nil)
+	}
+	c.Put(sid, Value{Key: key(2)})
+	if v, ok, _, _, _ := c.ClaimBytes(id); !ok || !bytes.Equal(v.Key, key(2)) {
+		t.Fatalf("hit after Put: ok %v", ok)
+	}
+	if n := testing.AllocsPerRun(1, func() { c.ClaimBytes(id) }); n != 0 {
+		t.Errorf("a hit allocated %v times", n)
+	}
+	clk.t = clk.t.Add(time.Minute)
+	if _, ok, owner, _, _ := c.ClaimBytes(id); ok || !owner {
+		t.Fatalf("claim at max age: ok %v owner %v; want a miss owned", ok, owner)
+	}
+}
