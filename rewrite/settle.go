@@ -153,23 +153,10 @@ func (w *posWalker) dml(n *pg.Node) {
 	switch x := n.Node.(type) {
 	case *pg.Node_UpdateStmt:
 		u := x.UpdateStmt
-		w.with(u.WithClause, func() {
-			for _, f := range u.FromClause {
-				w.from(f, polPos)
-			}
-			w.cond(u.WhereClause, polPos)
-			w.values(u.TargetList, polPos)
-			w.values(u.ReturningList, polPos)
-		})
+		w.write(u.WithClause, u.FromClause, u.WhereClause, u.TargetList, u.ReturningList)
 	case *pg.Node_DeleteStmt:
 		d := x.DeleteStmt
-		w.with(d.WithClause, func() {
-			for _, f := range d.UsingClause {
-				w.from(f, polPos)
-			}
-			w.cond(d.WhereClause, polPos)
-			w.values(d.ReturningList, polPos)
-		})
+		w.write(d.WithClause, d.UsingClause, d.WhereClause, d.ReturningList)
 	case *pg.Node_InsertStmt:
 		ins := x.InsertStmt
 		w.with(ins.WithClause, func() {
@@ -188,6 +175,20 @@ func (w *posWalker) dml(n *pg.Node) {
 	default:
 		w.other(n, whyOther)
 	}
+}
+
+// write walks an UPDATE or DELETE: the rows of from that where selects,
+// and the SET and RETURNING lists.
+func (w *posWalker) write(wc *pg.WithClause, from []*pg.Node, where *pg.Node, lists ...[]*pg.Node) {
+	w.with(wc, func() {
+		for _, f := range from {
+			w.from(f, polPos)
+		}
+		w.cond(where, polPos)
+		for _, l := range lists {
+			w.values(l, polPos)
+		}
+	})
 }
 
 func (w *posWalker) sel(s *pg.SelectStmt, p polarity) {
