@@ -167,6 +167,8 @@ func TestBlindIndexPrecheckRefusals(t *testing.T) {
 		"SELECT name FROM users a WHERE EXISTS (SELECT 1 FROM users b WHERE b.email = a.email AND b.id <> a.id AND b.name = $1)",
 		"UPDATE users SET name = CASE WHEN email = $1 THEN 'x' ELSE name END WHERE id = 3",
 		"DELETE FROM audit WHERE user_id = 0 RETURNING (SELECT email = $1 FROM users WHERE id = 1)",
+		"INSERT INTO audit (user_id, note) SELECT 9, 'new' WHERE (SELECT count(*) FROM users WHERE email = $1) = 0",
+		"SELECT name FROM users WHERE id IN (SELECT min(id) FROM users WHERE email = $1 GROUP BY name HAVING count(*) < 2)",
 	} {
 		_, sqlErr := e.db.Exec(q, attackAlice)
 		_, pgxErr := pool.Exec(ctx, q, attackAlice)

@@ -524,11 +524,17 @@ func (o *Output) keyColumns() int {
 // driver does not know by name, a user-defined one, makes the server
 // refuse the hidden columns: the query fails rather than go unchecked.)
 func checkable(sel *pg.SelectStmt) bool {
-	if sel.Op != pg.SetOperation_SETOP_NONE || len(sel.GroupClause) > 0 || sel.HavingClause != nil ||
-		len(sel.DistinctClause) > 0 || len(sel.WindowClause) > 0 || len(sel.ValuesLists) > 0 {
-		return false
+	return sel.Op == pg.SetOperation_SETOP_NONE && len(sel.DistinctClause) == 0 && len(sel.ValuesLists) == 0 && !aggregating(sel)
+}
+
+// aggregating reports whether a SELECT's rows are computed from groups of
+// its input rows (GROUP BY, HAVING, an aggregate or window function in the
+// select list), rather than one from each.
+func aggregating(sel *pg.SelectStmt) bool {
+	if len(sel.GroupClause) > 0 || sel.HavingClause != nil || len(sel.WindowClause) > 0 {
+		return true
 	}
-	ok := true
+	found := false
 	for _, t := range sel.TargetList {
 		walk(t, func(n *pg.Node) bool {
 			if n.GetSubLink() != nil {
@@ -536,12 +542,12 @@ func checkable(sel *pg.SelectStmt) bool {
 			}
 			if f := n.GetFuncCall(); f != nil && (f.AggStar || f.AggDistinct || f.AggFilter != nil || f.AggWithinGroup ||
 				len(f.AggOrder) > 0 || f.Over != nil || aggregates[strings.ToLower(lastName(f.Funcname))]) {
-				ok = false
+				found = true
 			}
-			return ok
+			return !found
 		})
 	}
-	return ok
+	return found
 }
 
 // aggregates are PostgreSQL's built-in aggregate functions, by name.

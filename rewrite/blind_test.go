@@ -167,6 +167,9 @@ var blindCases = []string{
 	"INSERT INTO users (id, name, email) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name WHERE users.email = $4",
 	"INSERT INTO users (id, name, email) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name WHERE excluded.email = $4",
 	"INSERT INTO orgs (id, name) VALUES ((SELECT org_id FROM users WHERE email = $1), $2)",
+	"INSERT INTO orgs (id, name) SELECT $2, 'new' WHERE (SELECT count(*) FROM users WHERE email = $1) = 0",
+	"SELECT id FROM orgs WHERE id IN (SELECT org_id FROM users WHERE email = $1 GROUP BY org_id HAVING count(*) < 2)",
+	"SELECT org_id, count(*) FROM users WHERE email = $1 GROUP BY org_id",
 	// Writes.
 	"INSERT INTO users (name, email) VALUES ($1, $2)",
 	"INSERT INTO users (name, email, phone) VALUES ($1, $2, $3), ('b', NULL, 'p')",

@@ -99,6 +99,7 @@ type posWalker struct {
 
 const (
 	whyNeg   = "under NOT, NOT IN, NOT EXISTS, <> ALL or EXCEPT"
+	whyAgg   = "in a subquery or CTE that aggregates (GROUP BY, HAVING, count(*), a window): a hidden row changes its values either way, count(*) = 0 turns true"
 	whyOther = "whose value is used, not only its truth (in a select list, CASE, function, aggregate, ORDER BY or an outer join's condition)"
 )
 
@@ -106,7 +107,7 @@ func positions(stmt *pg.Node) map[*pg.A_Expr]position {
 	w := &posWalker{at: map[*pg.A_Expr]position{}, refs: map[string]polarity{}, seen: map[string]bool{}}
 	switch x := stmt.Node.(type) {
 	case *pg.Node_SelectStmt:
-		w.sel(x.SelectStmt, polPos)
+		w.top(x.SelectStmt)
 	default:
 		w.dml(stmt)
 	}
@@ -161,7 +162,7 @@ func (w *posWalker) dml(n *pg.Node) {
 		ins := x.InsertStmt
 		w.with(ins.WithClause, func() {
 			if s := ins.SelectStmt.GetSelectStmt(); s != nil {
-				w.sel(s, polPos)
+				w.top(s)
 			}
 			if oc := ins.OnConflictClause; oc != nil {
 				if oc.Infer != nil {
@@ -191,8 +192,27 @@ func (w *posWalker) write(wc *pg.WithClause, from []*pg.Node, where *pg.Node, li
 	})
 }
 
+// top walks a SELECT whose rows the statement returns or inserts: its
+// aggregates are values it hands out, computed from the rows its
+// comparisons select.
+func (w *posWalker) top(s *pg.SelectStmt) {
+	w.selAt(s, polPos, true)
+}
+
+// sel walks a SELECT whose rows feed another: a condition, a FROM list, a
+// value. If it aggregates, a row a forged value hides changes its output
+// in either direction (count(*) = 0 turns true): its comparisons are used
+// some other way.
 func (w *posWalker) sel(s *pg.SelectStmt, p polarity) {
+	w.selAt(s, p, false)
+}
+
+func (w *posWalker) selAt(s *pg.SelectStmt, p polarity, top bool) {
 	if s == nil {
+		return
+	}
+	if !top && aggregating(s) {
+		w.other(s, whyAgg)
 		return
 	}
 	if p == polOther {
@@ -201,11 +221,11 @@ func (w *posWalker) sel(s *pg.SelectStmt, p polarity) {
 	}
 	w.with(s.WithClause, func() {
 		if s.Op != pg.SetOperation_SETOP_NONE {
-			w.sel(s.Larg, p)
+			w.selAt(s.Larg, p, top)
 			if s.Op == pg.SetOperation_SETOP_EXCEPT {
-				w.sel(s.Rarg, p.flip())
+				w.selAt(s.Rarg, p.flip(), top)
 			} else {
-				w.sel(s.Rarg, p)
+				w.selAt(s.Rarg, p, top)
 			}
 		}
 		for _, f := range s.FromClause {
