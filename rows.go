@@ -112,13 +112,16 @@ func (r *rows) fill() error {
 	if r.out == nil {
 		window = 1
 	}
-	// The window's rows share one array: Next copies a row out before the
+	// The window's rows share one array, grown as rows come (a point
+	// read needs one row, not a window): Next copies a row out before the
 	// next fill overwrites it.
-	if len(r.slab) < n*window {
-		r.slab = make([]driver.Value, n*window)
-	}
-	for k := 0; len(r.buf) < window; k++ {
-		row := r.slab[k*n : (k+1)*n : (k+1)*n]
+	off := 0
+	for len(r.buf) < window {
+		if off+n > len(r.slab) {
+			r.slab, off = make([]driver.Value, min(max(2*len(r.slab), n), n*window)), 0
+		}
+		row := r.slab[off : off+n : off+n]
+		off += n
 		err := r.inner.Next(row)
 		if err == io.EOF {
 			r.eof = true
