@@ -30,7 +30,8 @@ type BlindIndex struct {
 	// Algorithm is blindindex.Argon2id (the default, as the blind_index
 	// gem's) or blindindex.HMACSHA256.
 	Algorithm blindindex.Algorithm
-	// Expression names a normalizer: "", "lower", "trim", "lower_trim".
+	// Expression names a normalizer: "lower", "trim", "lower_trim", or ""
+	// or "none" for none.
 	Expression string
 	// Normalize, when set (in Go only), is used instead of Expression.
 	Normalize func(string) string
@@ -65,7 +66,8 @@ type BlindIndexRotation struct {
 	// Algorithm defaults to the current index's.
 	Algorithm blindindex.Algorithm
 	// Expression defaults to the current index's (with its normalizer,
-	// Go or not, when Normalize is unset too).
+	// Go or not, when Normalize is unset too); "none" rotates to no
+	// normalization.
 	Expression string
 	// Normalize, when set (in Go only), is used instead of Expression.
 	Normalize func(string) string
@@ -1201,6 +1203,14 @@ func (s *Schema) keyOwner(ref string) (*Table, *Column, bool) {
 	return t, c, true
 }
 
+// exprOf is an expression as compared: "none" is "".
+func exprOf(e string) string {
+	if e == "none" {
+		return ""
+	}
+	return e
+}
+
 // validateBlindKeys checks the key_of references once every index has
 // its defaults: the owner exists, has its own key, and indexes values the
 // same way.
@@ -1221,7 +1231,7 @@ func (s *Schema) validateBlindKeys() error {
 				return s.invalid("table %s, column %s: blind_index key_of names the column itself", tn, cn)
 			case oc.BlindIndex.KeyOf != "":
 				return s.invalid("table %s, column %s: blind_index key_of %s, which takes its key from %s: name %s instead", tn, cn, b.KeyOf, oc.BlindIndex.KeyOf, oc.BlindIndex.KeyOf)
-			case oc.BlindIndex.Algorithm != b.Algorithm || oc.BlindIndex.Expression != b.Expression || oc.BlindIndex.Normalize != nil || b.Normalize != nil:
+			case oc.BlindIndex.Algorithm != b.Algorithm || exprOf(oc.BlindIndex.Expression) != exprOf(b.Expression) || oc.BlindIndex.Normalize != nil || b.Normalize != nil:
 				return s.invalid("table %s, column %s: blind_index key_of %s needs the same algorithm and expression as %s (and no Go normalizer), or equal values would index differently", tn, cn, b.KeyOf, b.KeyOf)
 			case oc.BlindIndex.MasterKeyEnv != b.MasterKeyEnv:
 				return s.invalid("table %s, column %s: blind_index key_of %s takes its key from %s's master key: drop master_key_env here, or set it as on %s", tn, cn, b.KeyOf, b.KeyOf, b.KeyOf)
@@ -1234,7 +1244,7 @@ func (s *Schema) validateBlindKeys() error {
 				return s.invalid("table %s, column %s: blind_index key_of %s, which is rotating to %s: add a rotate to this index too (same algorithm, expression and master key), or its values would change when the map is switched", tn, cn, b.KeyOf, or.Column)
 			case or == nil && r != nil:
 				return s.invalid("table %s, column %s: blind_index rotate on an index with key_of %s: rotate %s too (its rotation gives this one its key)", tn, cn, b.KeyOf, b.KeyOf)
-			case r != nil && (or.Algorithm != r.Algorithm || or.Expression != r.Expression || or.Normalize != nil || r.Normalize != nil || or.MasterKeyEnv != r.MasterKeyEnv):
+			case r != nil && (or.Algorithm != r.Algorithm || exprOf(or.Expression) != exprOf(r.Expression) || or.Normalize != nil || r.Normalize != nil || or.MasterKeyEnv != r.MasterKeyEnv):
 				return s.invalid("table %s, column %s: blind_index rotate needs the same algorithm, expression and master_key_env as the rotate of %s (key_of), and no Go normalizer", tn, cn, b.KeyOf)
 			}
 		}

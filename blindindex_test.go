@@ -186,9 +186,15 @@ tables:
           rotate: {column: email_bidx_v2, algorithm: argon2id, expression: lower_trim, master_key_env: BLIND_INDEX_MASTER_KEY_V2}
       phone:
         blind_index: {expression: trim, master_key_env: PHONE_KEY, rotate: {column: phone_bidx_v2}}
+      ssn:
+        blind_index: {expression: lower_trim, rotate: {column: ssn_bidx_v2, expression: none}}
 `))
 	if err != nil {
 		t.Fatal(err)
+	}
+	// expression: none rotates to no normalization (not to the current one).
+	if r := s.Tables["users"].Columns["ssn"].BlindIndex.Rotate; r == nil || r.inherit || r.normalize != nil {
+		t.Fatalf("ssn rotate to none: %+v", r)
 	}
 	e := s.Tables["users"].Columns["email"].BlindIndex.Rotate
 	if e == nil || e.Column != "email_bidx_v2" || e.Algorithm != blindindex.Argon2id || e.Expression != "lower_trim" || e.MasterKeyEnv != "BLIND_INDEX_MASTER_KEY_V2" || e.inherit || e.normalize == nil {

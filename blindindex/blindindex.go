@@ -171,7 +171,7 @@ type Normalizer func(string) string
 // leading and trailing Unicode white space.
 func ParseExpression(s string) (Normalizer, error) {
 	switch s {
-	case "":
+	case "", "none":
 		return nil, nil
 	case "lower":
 		return strings.ToLower, nil
@@ -180,7 +180,7 @@ func ParseExpression(s string) (Normalizer, error) {
 	case "lower_trim":
 		return func(v string) string { return strings.ToLower(strings.TrimSpace(v)) }, nil
 	}
-	return nil, fmt.Errorf("blindindex: unknown expression %q (use lower, trim or lower_trim, or a Go normalizer)", s)
+	return nil, fmt.Errorf("blindindex: unknown expression %q (use lower, trim, lower_trim or none, or a Go normalizer)", s)
 }
 
 // Index computes the values of one blind index.

@@ -123,7 +123,7 @@ func TestParse(t *testing.T) {
 	if _, err := New([KeySize]byte{}, 0, nil); err == nil {
 		t.Fatal("algorithm 0 accepted")
 	}
-	for expr, want := range map[string]string{"": " A b ", "lower": " a b ", "trim": "A b", "lower_trim": "a b"} {
+	for expr, want := range map[string]string{"": " A b ", "none": " A b ", "lower": " a b ", "trim": "A b", "lower_trim": "a b"} {
 		n, err := ParseExpression(expr)
 		if err != nil {
 			t.Fatal(err)
