@@ -249,6 +249,18 @@ func WithBlindIndexNormalizer(table, column string, f func(string) string) Optio
 	})
 }
 
+// WithBlindIndexRotationNormalizer is WithBlindIndexNormalizer for the
+// rotation of table.column's index (blind_index rotate): the new index
+// normalizes with f, the current one as before.
+func WithBlindIndexRotationNormalizer(table, column string, f func(string) string) Option {
+	return connectorOption(func(c *connectorConfig) {
+		if c.rotateNormalize == nil {
+			c.rotateNormalize = map[[2]string]func(string) string{}
+		}
+		c.rotateNormalize[[2]string{table, column}] = f
+	})
+}
+
 // blindIndexes are a connector's per-index keys, by table and column.
 type blindIndexes map[blindKey]*blindindex.Index
 
@@ -336,13 +348,30 @@ func (s *Schema) hasBlindIndex() bool {
 // With a wrapped master key in the map it returns nil: the connector
 // unwraps it at its first connection (loadBlind). A map without blind
 // indexes needs no master key.
-func newBlindIndexes(s *Schema, normalize map[[2]string]func(string) string) (blindIndexes, error) {
-	for _, tc := range slices.SortedFunc(maps.Keys(normalize), func(a, b [2]string) int { return strings.Compare(a[0]+"."+a[1], b[0]+"."+b[1]) }) {
-		t := s.Tables[tc[0]]
-		if t == nil || t.Columns[tc[1]] == nil || t.Columns[tc[1]].BlindIndex == nil {
-			return nil, fmt.Errorf("%w: WithBlindIndexNormalizer(%q, %q): the schema map has no blind index there", ErrSchema, tc[0], tc[1])
+func newBlindIndexes(s *Schema, normalize, rotateNormalize map[[2]string]func(string) string) (blindIndexes, error) {
+	for _, rotate := range []bool{false, true} {
+		m, opt := normalize, "WithBlindIndexNormalizer"
+		if rotate {
+			m, opt = rotateNormalize, "WithBlindIndexRotationNormalizer"
 		}
-		t.Columns[tc[1]].BlindIndex.normalize = normalize[tc]
+		for _, tc := range slices.SortedFunc(maps.Keys(m), func(a, b [2]string) int { return strings.Compare(a[0]+"."+a[1], b[0]+"."+b[1]) }) {
+			t := s.Tables[tc[0]]
+			if t == nil || t.Columns[tc[1]] == nil || t.Columns[tc[1]].BlindIndex == nil {
+				return nil, fmt.Errorf("%w: %s(%q, %q): the schema map has no blind index there", ErrSchema, opt, tc[0], tc[1])
+			}
+			b := t.Columns[tc[1]].BlindIndex
+			if b.KeyOf != "" || s.keyOwned(tc[0]+"."+tc[1]) {
+				return nil, fmt.Errorf("%w: %s(%q, %q): the index shares its key with another (key_of), whose values must be normalized alike; a Go normalizer is not allowed there", ErrSchema, opt, tc[0], tc[1])
+			}
+			if !rotate {
+				b.normalize = m[tc]
+				continue
+			}
+			if b.Rotate == nil {
+				return nil, fmt.Errorf("%w: %s(%q, %q): the index has no rotate", ErrSchema, opt, tc[0], tc[1])
+			}
+			b.Rotate.normalize, b.Rotate.inherit = m[tc], false
+		}
 	}
 	if !s.hasBlindIndex() {
 		return blindIndexes{}, nil
@@ -1201,6 +1230,19 @@ func (s *Schema) keyOwner(ref string) (*Table, *Column, bool) {
 		return nil, nil, false
 	}
 	return t, c, true
+}
+
+// keyOwned reports whether some index takes its key from ref
+// ("table.column", key_of).
+func (s *Schema) keyOwned(ref string) bool {
+	for _, t := range s.Tables {
+		for _, c := range t.Columns {
+			if c != nil && c.BlindIndex != nil && c.BlindIndex.KeyOf == ref {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // exprOf is an expression as compared: "none" is "".

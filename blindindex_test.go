@@ -85,16 +85,16 @@ func TestBlindIndexMasterKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv(blindindex.EnvMasterKey, "")
-	if _, err := newBlindIndexes(s, nil); !errors.Is(err, ErrSchema) || !strings.Contains(err.Error(), "BLIND_INDEX_MASTER_KEY is not set") {
+	if _, err := newBlindIndexes(s, nil, nil); !errors.Is(err, ErrSchema) || !strings.Contains(err.Error(), "BLIND_INDEX_MASTER_KEY is not set") {
 		t.Fatalf("no key: %v", err)
 	}
 	bad := strings.Repeat("ab", 31) + "x1"
 	t.Setenv(blindindex.EnvMasterKey, bad)
-	if _, err := newBlindIndexes(s, nil); !errors.Is(err, blindindex.ErrKey) || strings.Contains(err.Error(), bad[:10]) {
+	if _, err := newBlindIndexes(s, nil, nil); !errors.Is(err, blindindex.ErrKey) || strings.Contains(err.Error(), bad[:10]) {
 		t.Fatalf("bad key: %v", err)
 	}
 	t.Setenv(blindindex.EnvMasterKey, strings.Repeat("0", 64))
-	ix, err := newBlindIndexes(s, nil)
+	ix, err := newBlindIndexes(s, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +108,7 @@ func TestBlindIndexMasterKey(t *testing.T) {
 	// A map without blind indexes needs no master key.
 	t.Setenv(blindindex.EnvMasterKey, "")
 	plain, _ := ParseSchema("m", []byte("key_id: k\ntables: {users: {columns: {email: {}}}}"))
-	if ix, err := newBlindIndexes(plain, nil); err != nil || len(ix) != 0 {
+	if ix, err := newBlindIndexes(plain, nil, nil); err != nil || len(ix) != 0 {
 		t.Fatalf("plain map: %v %v", ix, err)
 	}
 }
@@ -158,7 +158,7 @@ func TestWithBlindIndexNormalizer(t *testing.T) {
 	s, _ := ParseSchema("map.yaml", []byte(bidxMap))
 	var cfg connectorConfig
 	WithBlindIndexNormalizer("users", "ssn", digits).applyConnector(&cfg)
-	ix, err := newBlindIndexes(s, cfg.normalize)
+	ix, err := newBlindIndexes(s, cfg.normalize, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,8 +167,45 @@ func TestWithBlindIndexNormalizer(t *testing.T) {
 		t.Fatal("normalizer not applied")
 	}
 	WithBlindIndexNormalizer("users", "name", digits).applyConnector(&cfg)
-	if _, err := newBlindIndexes(s, cfg.normalize); !errors.Is(err, ErrSchema) || !strings.Contains(err.Error(), `"users", "name"`) {
+	if _, err := newBlindIndexes(s, cfg.normalize, nil); !errors.Is(err, ErrSchema) || !strings.Contains(err.Error(), `"users", "name"`) {
 		t.Fatalf("normalizer for a column without blind index: %v", err)
+	}
+}
+
+// TestBlindIndexRotationNormalizer: WithBlindIndexRotationNormalizer sets
+// the rotation's normalizer, not the current index's; it is refused on an
+// index without rotate, and a Go normalizer on a key_of pair is refused.
+func TestBlindIndexRotationNormalizer(t *testing.T) {
+	t.Setenv(blindindex.EnvMasterKey, strings.Repeat("0", 64))
+	digits := func(s string) string { return strings.Trim(s, "-") }
+	s, err := ParseSchema("m", []byte(`
+key_id: k
+tables:
+  users:
+    columns:
+      ssn: {blind_index: {rotate: {column: ssn_bidx_v2}}}
+      email: {blind_index: {}}
+      alt_email: {blind_index: {key_of: users.email}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg connectorConfig
+	WithBlindIndexRotationNormalizer("users", "ssn", digits).applyConnector(&cfg)
+	ix, err := newBlindIndexes(s, nil, cfg.rotateNormalize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, next := ix[blindKey{"users", "ssn", false}], ix[blindKey{"users", "ssn", true}]
+	if cur.Normalize("-1-") != "-1-" || next.Normalize("-1-") != "1" {
+		t.Fatalf("normalizers: current %q, rotation %q", cur.Normalize("-1-"), next.Normalize("-1-"))
+	}
+	for _, o := range []Option{WithBlindIndexRotationNormalizer("users", "email", digits), WithBlindIndexNormalizer("users", "email", digits), WithBlindIndexNormalizer("users", "alt_email", digits)} {
+		var c connectorConfig
+		o.applyConnector(&c)
+		if _, err := newBlindIndexes(s, c.normalize, c.rotateNormalize); !errors.Is(err, ErrSchema) {
+			t.Errorf("%v: %v, want ErrSchema", c, err)
+		}
 	}
 }
 
@@ -236,11 +273,11 @@ tables:
 	if err != nil {
 		t.Fatal(err)
 	}
-	dix, err := newBlindIndexes(during, nil)
+	dix, err := newBlindIndexes(during, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	aix, err := newBlindIndexes(after, nil)
+	aix, err := newBlindIndexes(after, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +304,7 @@ tables:
 	}
 	// A missing variable is refused at open, naming it.
 	t.Setenv("BIDX_V2", "")
-	if _, err := newBlindIndexes(during, nil); !errors.Is(err, ErrSchema) || !strings.Contains(err.Error(), "table users, column email: blind_index rotate: master_key_env BIDX_V2 is not set") {
+	if _, err := newBlindIndexes(during, nil, nil); !errors.Is(err, ErrSchema) || !strings.Contains(err.Error(), "table users, column email: blind_index rotate: master_key_env BIDX_V2 is not set") {
 		t.Fatalf("unset BIDX_V2: %v", err)
 	}
 }
@@ -308,7 +345,7 @@ tables:
 	if err != nil {
 		t.Fatal(err)
 	}
-	ix, err := newBlindIndexes(s, nil)
+	ix, err := newBlindIndexes(s, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -100,7 +100,7 @@ func newConnector(pgcfg *pgx.ConnConfig, schemaPath string, opts []Option) (*Con
 			return nil, err
 		}
 	}
-	blind, err := newBlindIndexes(schema, cfg.normalize)
+	blind, err := newBlindIndexes(schema, cfg.normalize, cfg.rotateNormalize)
 	if err != nil {
 		return nil, err
 	}

@@ -42,6 +42,8 @@ type connectorConfig struct {
 	limit      DecryptLimit
 	haltFile   *string
 	normalize  map[[2]string]func(string) string // blind-index normalizers by table and column
+	// rotateNormalize: those of the indexes' rotations.
+	rotateNormalize map[[2]string]func(string) string
 }
 
 type boxConfig struct {
