@@ -168,6 +168,9 @@ func TestBlindIndexPrecheckRefusals(t *testing.T) {
 		"UPDATE users SET name = CASE WHEN email = $1 THEN 'x' ELSE name END WHERE id = 3",
 		"DELETE FROM audit WHERE user_id = 0 RETURNING (SELECT email = $1 FROM users WHERE id = 1)",
 		"INSERT INTO audit (user_id, note) SELECT 9, 'new' WHERE (SELECT count(*) FROM users WHERE email = $1) = 0",
+		// The anti-join: with mallory's index forged away from her email,
+		// this would return mallory for "users whose email is not hers".
+		"SELECT a.name FROM users a LEFT JOIN users u ON u.id = a.id AND u.email = $1 WHERE u.id IS NULL",
 		"SELECT name FROM users WHERE id IN (SELECT min(id) FROM users WHERE email = $1 GROUP BY name HAVING count(*) < 2)",
 	} {
 		_, sqlErr := e.db.Exec(q, attackAlice)

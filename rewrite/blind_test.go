@@ -170,6 +170,9 @@ var blindCases = []string{
 	"INSERT INTO orgs (id, name) SELECT $2, 'new' WHERE (SELECT count(*) FROM users WHERE email = $1) = 0",
 	"SELECT id FROM orgs WHERE id IN (SELECT org_id FROM users WHERE email = $1 GROUP BY org_id HAVING count(*) < 2)",
 	"SELECT org_id, count(*) FROM users WHERE email = $1 GROUP BY org_id",
+	"SELECT o.id FROM orgs o LEFT JOIN users u ON u.org_id = o.id AND u.email = $1 WHERE u.id IS NULL",
+	"SELECT o.id, u.email FROM orgs o LEFT JOIN users u ON u.org_id = o.id AND u.email = $1 WHERE o.id > 0",
+	"SELECT a.id FROM users a LEFT JOIN users b ON b.email = a.email AND b.id <> a.id WHERE b.id IS NULL",
 	// Writes.
 	"INSERT INTO users (name, email) VALUES ($1, $2)",
 	"INSERT INTO users (name, email, phone) VALUES ($1, $2, $3), ('b', NULL, 'p')",

@@ -353,6 +353,9 @@ func (a *analyzer) topSelect(stmt *pg.Node, sel *pg.SelectStmt) (*Plan, error) {
 	if err := a.settle(stmt); err != nil {
 		return nil, err
 	}
+	if err := a.outerJoinAbsence(sel); err != nil {
+		return nil, err
+	}
 	if !hasEnc(info.outs) && len(checks) == 0 {
 		return &Plan{Passthrough: true}, nil
 	}

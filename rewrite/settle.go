@@ -516,3 +516,90 @@ func (a *analyzer) indexedRowsSQL(rv *pg.RangeVar, t *Table, col, idx string, lo
 	}
 	return sql, nil
 }
+
+// outerJoinAbsence refuses a SELECT that compares a blind-indexed column
+// on the nullable side of an outer join (in its ON) and whose WHERE
+// clause reads that side: the anti-join shape (LEFT JOIN users u ON … AND
+// u.email = $1 WHERE u.id IS NULL). A forged index value can hide a row
+// from the comparison, and the WHERE would then select the outer row as
+// having no match: a row the checks never see, since it comes back
+// null-extended.
+func (a *analyzer) outerJoinAbsence(sel *pg.SelectStmt) error {
+	if sel.WhereClause == nil || len(a.blind.preds)+len(a.blind.joins) == 0 {
+		return nil
+	}
+	nullable := map[string]bool{}
+	var mark func(n *pg.Node, null bool)
+	mark = func(n *pg.Node, null bool) {
+		switch x := n.Node.(type) {
+		case *pg.Node_RangeVar:
+			if null {
+				nullable[qualOf(x.RangeVar)] = true
+			}
+		case *pg.Node_RangeSubselect:
+			if null && x.RangeSubselect.Alias != nil {
+				nullable[x.RangeSubselect.Alias.Aliasname] = true
+			}
+		case *pg.Node_JoinExpr:
+			j := x.JoinExpr
+			if null && j.Alias != nil {
+				nullable[j.Alias.Aliasname] = true
+			}
+			l, r := null, null
+			switch j.Jointype {
+			case pg.JoinType_JOIN_LEFT:
+				r = true
+			case pg.JoinType_JOIN_RIGHT:
+				l = true
+			case pg.JoinType_JOIN_FULL:
+				l, r = true, true
+			}
+			mark(j.Larg, l)
+			mark(j.Rarg, r)
+		}
+	}
+	for _, f := range sel.FromClause {
+		mark(f, false)
+	}
+	if len(nullable) == 0 {
+		return nil
+	}
+	// The blind-index comparisons of the FROM list on a nullable side.
+	var hit *encRef
+	walk(&pg.List{Items: sel.FromClause}, func(n *pg.Node) bool {
+		x := n.GetAExpr()
+		if x == nil || hit != nil {
+			return hit == nil
+		}
+		if p := a.blind.preds[x]; p != nil && nullable[p.enc.base] {
+			hit = p.enc
+		} else if j := a.blind.joins[x]; j != nil && (nullable[j.l.base] || nullable[j.r.base]) {
+			hit = j.l
+			if !nullable[j.l.base] {
+				hit = j.r
+			}
+		}
+		return hit == nil
+	})
+	if hit == nil {
+		return nil
+	}
+	reads := false
+	walk(&pg.List{Items: []*pg.Node{sel.WhereClause}}, func(n *pg.Node) bool {
+		if cr := n.GetColumnRef(); cr != nil {
+			names, _ := fieldNames(cr)
+			switch {
+			case len(names) > 1 && nullable[names[len(names)-2]]:
+				reads = true
+			case len(names) == 1 && slices.Contains(hit.table.Columns, names[0]):
+				reads = true // unqualified: it may be the nullable table's
+			}
+		}
+		return !reads
+	})
+	if !reads {
+		return nil
+	}
+	return refuse(hit.table, hit.column, "a blind-index comparison on the nullable side of an outer join, with a WHERE clause that reads that side (an anti-join), cannot be checked against forged index values: a row a forged value hides comes back null-extended, where no check sees it",
+		"write the condition as EXISTS or IN (SELECT … WHERE "+hit.column+" = $1), which the driver prechecks, and keep the outer join on plain columns")
+}
