@@ -171,6 +171,14 @@ func TestBlindIndexPrecheckRefusals(t *testing.T) {
 		// The anti-join: with mallory's index forged away from her email,
 		// this would return mallory for "users whose email is not hers".
 		"SELECT a.name FROM users a LEFT JOIN users u ON u.id = a.id AND u.email = $1 WHERE u.id IS NULL",
+		// The null-extension read elsewhere: ORDER BY with LIMIT picks the
+		// first "unmatched" row; a later join or a LATERAL subquery filters.
+		"SELECT a.name FROM users a LEFT JOIN users u ON u.id = a.id AND u.email = $1 ORDER BY u.id NULLS FIRST, a.id LIMIT 1",
+		"SELECT a.name FROM users a LEFT JOIN users u ON u.id = a.id AND u.email = $1 JOIN audit x ON u.id IS NULL AND x.user_id = a.id",
+		"SELECT a.name FROM users a LEFT JOIN users u ON u.id = a.id AND u.email = $1 CROSS JOIN LATERAL (SELECT 1 WHERE u.id IS NULL) l",
+		// Aggregates that select rows or are written.
+		"SELECT 'free' FROM users WHERE email = $1 HAVING count(*) = 0",
+		"INSERT INTO audit (user_id, note) SELECT coalesce(max(id), 3), 'x' FROM users WHERE email = $1",
 		"SELECT name FROM users WHERE id IN (SELECT min(id) FROM users WHERE email = $1 GROUP BY name HAVING count(*) < 2)",
 	} {
 		_, sqlErr := e.db.Exec(q, attackAlice)

@@ -171,6 +171,10 @@ var blindCases = []string{
 	"SELECT id FROM orgs WHERE id IN (SELECT org_id FROM users WHERE email = $1 GROUP BY org_id HAVING count(*) < 2)",
 	"SELECT org_id, count(*) FROM users WHERE email = $1 GROUP BY org_id",
 	"SELECT o.id FROM orgs o LEFT JOIN users u ON u.org_id = o.id AND u.email = $1 WHERE u.id IS NULL",
+	"SELECT o.id FROM orgs o LEFT JOIN users u ON u.org_id = o.id AND u.email = $1 ORDER BY u.id NULLS FIRST LIMIT 1",
+	"SELECT o.id, coalesce(u.name, '-') FROM orgs o LEFT JOIN users u ON u.org_id = o.id AND u.email = $1",
+	"SELECT 'free' FROM users WHERE email = $1 HAVING count(*) = 0",
+	"INSERT INTO orgs (id) SELECT max(org_id) FROM users WHERE email = $1",
 	"SELECT o.id, u.email FROM orgs o LEFT JOIN users u ON u.org_id = o.id AND u.email = $1 WHERE o.id > 0",
 	"SELECT a.id FROM users a LEFT JOIN users b ON b.email = a.email AND b.id <> a.id WHERE b.id IS NULL",
 	// Writes.

@@ -99,7 +99,7 @@ type posWalker struct {
 
 const (
 	whyNeg   = "under NOT, NOT IN, NOT EXISTS, <> ALL or EXCEPT"
-	whyAgg   = "in a subquery or CTE that aggregates (GROUP BY, HAVING, count(*), a window): a hidden row changes its values either way, count(*) = 0 turns true"
+	whyAgg   = "in an aggregating query whose aggregates select rows or are written (a subquery or CTE, HAVING, INSERT … SELECT): a hidden row changes them either way, count(*) = 0 turns true"
 	whyOther = "whose value is used, not only its truth (in a select list, CASE, function, aggregate, ORDER BY or an outer join's condition)"
 )
 
@@ -162,7 +162,7 @@ func (w *posWalker) dml(n *pg.Node) {
 		ins := x.InsertStmt
 		w.with(ins.WithClause, func() {
 			if s := ins.SelectStmt.GetSelectStmt(); s != nil {
-				w.top(s)
+				w.sel(s, polPos) // its values are written: an aggregate of it is not only handed out
 			}
 			if oc := ins.OnConflictClause; oc != nil {
 				if oc.Infer != nil {
@@ -192,9 +192,9 @@ func (w *posWalker) write(wc *pg.WithClause, from []*pg.Node, where *pg.Node, li
 	})
 }
 
-// top walks a SELECT whose rows the statement returns or inserts: its
-// aggregates are values it hands out, computed from the rows its
-// comparisons select.
+// top walks the SELECT whose rows the statement returns: its aggregates
+// are values it hands out, computed from the rows its comparisons select
+// (a hidden row counts one fewer), unless a HAVING filters on them.
 func (w *posWalker) top(s *pg.SelectStmt) {
 	w.selAt(s, polPos, true)
 }
@@ -211,7 +211,7 @@ func (w *posWalker) selAt(s *pg.SelectStmt, p polarity, top bool) {
 	if s == nil {
 		return
 	}
-	if !top && aggregating(s) {
+	if (!top || s.HavingClause != nil) && aggregating(s) {
 		w.other(s, whyAgg)
 		return
 	}
@@ -518,64 +518,87 @@ func (a *analyzer) indexedRowsSQL(rv *pg.RangeVar, t *Table, col, idx string, lo
 }
 
 // outerJoinAbsence refuses a SELECT that compares a blind-indexed column
-// on the nullable side of an outer join (in its ON) and whose WHERE
-// clause reads that side: the anti-join shape (LEFT JOIN users u ON … AND
-// u.email = $1 WHERE u.id IS NULL). A forged index value can hide a row
-// from the comparison, and the WHERE would then select the outer row as
-// having no match: a row the checks never see, since it comes back
-// null-extended.
+// on the nullable side of an outer join (in its ON) and reads that side
+// anywhere but in that join's own conditions or in the select list: in
+// its WHERE (the anti-join, LEFT JOIN users u ON … AND u.email = $1 WHERE
+// u.id IS NULL), a later JOIN … ON, a LATERAL subquery, ORDER BY, GROUP
+// BY, HAVING, DISTINCT ON. A forged index value can
+// hide a row from the comparison; it comes back null-extended, where no
+// check sees it, and a statement that reads the null-extension would
+// select (or pick first) its outer row as unmatched.
 func (a *analyzer) outerJoinAbsence(sel *pg.SelectStmt) error {
-	if sel.WhereClause == nil || len(a.blind.preds)+len(a.blind.joins) == 0 {
+	if len(a.blind.preds)+len(a.blind.joins) == 0 {
 		return nil
 	}
-	nullable := map[string]bool{}
-	var mark func(n *pg.Node, null bool)
-	mark = func(n *pg.Node, null bool) {
+	// madeBy: each relation name on a nullable side, and the outer join
+	// that makes it nullable (the lowest).
+	madeBy := map[string]*pg.JoinExpr{}
+	var names func(n *pg.Node, out *[]string)
+	names = func(n *pg.Node, out *[]string) {
 		switch x := n.Node.(type) {
 		case *pg.Node_RangeVar:
-			if null {
-				nullable[qualOf(x.RangeVar)] = true
-			}
+			*out = append(*out, qualOf(x.RangeVar))
 		case *pg.Node_RangeSubselect:
-			if null && x.RangeSubselect.Alias != nil {
-				nullable[x.RangeSubselect.Alias.Aliasname] = true
+			if x.RangeSubselect.Alias != nil {
+				*out = append(*out, x.RangeSubselect.Alias.Aliasname)
+			}
+		case *pg.Node_RangeFunction:
+			if x.RangeFunction.Alias != nil {
+				*out = append(*out, x.RangeFunction.Alias.Aliasname)
 			}
 		case *pg.Node_JoinExpr:
-			j := x.JoinExpr
-			if null && j.Alias != nil {
-				nullable[j.Alias.Aliasname] = true
+			if x.JoinExpr.Alias != nil {
+				*out = append(*out, x.JoinExpr.Alias.Aliasname)
 			}
-			l, r := null, null
-			switch j.Jointype {
-			case pg.JoinType_JOIN_LEFT:
-				r = true
-			case pg.JoinType_JOIN_RIGHT:
-				l = true
-			case pg.JoinType_JOIN_FULL:
-				l, r = true, true
+			names(x.JoinExpr.Larg, out)
+			names(x.JoinExpr.Rarg, out)
+		}
+	}
+	var mark func(n *pg.Node)
+	mark = func(n *pg.Node) {
+		j := n.GetJoinExpr()
+		if j == nil {
+			return
+		}
+		mark(j.Larg) // lower joins first: they are the lowest that make a name nullable
+		mark(j.Rarg)
+		var sides []*pg.Node
+		switch j.Jointype {
+		case pg.JoinType_JOIN_LEFT:
+			sides = []*pg.Node{j.Rarg}
+		case pg.JoinType_JOIN_RIGHT:
+			sides = []*pg.Node{j.Larg}
+		case pg.JoinType_JOIN_FULL:
+			sides = []*pg.Node{j.Larg, j.Rarg}
+		}
+		for _, side := range sides {
+			var ns []string
+			names(side, &ns)
+			for _, n := range ns {
+				if madeBy[n] == nil {
+					madeBy[n] = j
+				}
 			}
-			mark(j.Larg, l)
-			mark(j.Rarg, r)
 		}
 	}
 	for _, f := range sel.FromClause {
-		mark(f, false)
+		mark(f)
 	}
-	if len(nullable) == 0 {
+	if len(madeBy) == 0 {
 		return nil
 	}
-	// The blind-index comparisons of the FROM list on a nullable side.
+	// A blind-index comparison of a nullable side, in the FROM list.
 	var hit *encRef
 	walk(&pg.List{Items: sel.FromClause}, func(n *pg.Node) bool {
 		x := n.GetAExpr()
 		if x == nil || hit != nil {
 			return hit == nil
 		}
-		if p := a.blind.preds[x]; p != nil && nullable[p.enc.base] {
+		if p := a.blind.preds[x]; p != nil && madeBy[p.enc.base] != nil {
 			hit = p.enc
-		} else if j := a.blind.joins[x]; j != nil && (nullable[j.l.base] || nullable[j.r.base]) {
+		} else if j := a.blind.joins[x]; j != nil && (madeBy[j.l.base] != nil || madeBy[j.r.base] != nil) {
 			hit = j.l
-			if !nullable[j.l.base] {
+			if madeBy[j.l.base] == nil {
 				hit = j.r
 			}
 		}
@@ -584,22 +607,58 @@ func (a *analyzer) outerJoinAbsence(sel *pg.SelectStmt) error {
 	if hit == nil {
 		return nil
 	}
+	// Does the statement read a nullable side outside the conditions of
+	// the joins at or below the one that makes it nullable? Unqualified
+	// columns count (they may be the nullable side's).
 	reads := false
-	walk(&pg.List{Items: []*pg.Node{sel.WhereClause}}, func(n *pg.Node) bool {
-		if cr := n.GetColumnRef(); cr != nil {
-			names, _ := fieldNames(cr)
-			switch {
-			case len(names) > 1 && nullable[names[len(names)-2]]:
+	readsIn := func(m proto.Message, inside []*pg.JoinExpr) {
+		walk(m, func(n *pg.Node) bool {
+			cr := n.GetColumnRef()
+			if cr == nil || reads {
+				return !reads
+			}
+			ns, _ := fieldNames(cr)
+			if len(ns) == 1 {
+				reads = true // a whole row, or an unqualified column
+				return false
+			}
+			if o := madeBy[ns[len(ns)-2]]; o != nil && !slices.Contains(inside, o) {
 				reads = true
-			case len(names) == 1 && slices.Contains(hit.table.Columns, names[0]):
-				reads = true // unqualified: it may be the nullable table's
+			}
+			return false
+		})
+	}
+	var from func(n *pg.Node, above []*pg.JoinExpr)
+	from = func(n *pg.Node, above []*pg.JoinExpr) {
+		if j := n.GetJoinExpr(); j != nil {
+			// Its conditions may read what it, or a join above it, makes
+			// nullable: they decide matching. (above holds j's ancestors
+			// and j, those whose nullable sides contain j.)
+			inside := append(slices.Clone(above), j)
+			if j.Quals != nil {
+				readsIn(&pg.List{Items: []*pg.Node{j.Quals}}, inside)
+			}
+			from(j.Larg, inside)
+			from(j.Rarg, inside)
+			return
+		}
+		readsIn(&pg.List{Items: []*pg.Node{n}}, nil) // LATERAL subqueries and functions
+	}
+	for _, f := range sel.FromClause {
+		from(f, nil)
+	}
+	// The select list only hands values out (NULL, or coalesce's default,
+	// for a hidden row): it selects no row.
+	for _, l := range [][]*pg.Node{{sel.WhereClause, sel.HavingClause}, sel.SortClause, sel.GroupClause, sel.DistinctClause, sel.WindowClause} {
+		for _, n := range l {
+			if n != nil {
+				readsIn(&pg.List{Items: []*pg.Node{n}}, nil)
 			}
 		}
-		return !reads
-	})
+	}
 	if !reads {
 		return nil
 	}
-	return refuse(hit.table, hit.column, "a blind-index comparison on the nullable side of an outer join, with a WHERE clause that reads that side (an anti-join), cannot be checked against forged index values: a row a forged value hides comes back null-extended, where no check sees it",
-		"write the condition as EXISTS or IN (SELECT … WHERE "+hit.column+" = $1), which the driver prechecks, and keep the outer join on plain columns")
+	return refuse(hit.table, hit.column, "a blind-index comparison on the nullable side of an outer join, in a statement that reads that side elsewhere than its select list (WHERE, ORDER BY, another join, a LATERAL subquery, GROUP BY), cannot be checked against forged index values: a row a forged value hides comes back null-extended, where no check sees it, and the statement would select its outer row as unmatched",
+		"write the condition as EXISTS or IN (SELECT … WHERE "+hit.column+" = $1), which the driver prechecks, or return the outer join's columns as they are and filter in the application")
 }
