@@ -326,14 +326,19 @@ func (w *posWalker) cond(n *pg.Node, p polarity) {
 		}
 		w.at[x.AExpr] = position{node: n, pol: p, why: why}
 		// A scalar subquery compared with a strict operator: a hidden row
-		// makes it NULL, which selects nothing even under NOT.
+		// makes it NULL, which selects nothing even under NOT. And
+		// = ANY (ARRAY(SELECT …)), which is IN (SELECT …).
 		for _, o := range []*pg.Node{x.AExpr.Lexpr, x.AExpr.Rexpr} {
 			if o == nil {
 				continue
 			}
-			if sl := o.GetSubLink(); sl != nil && sl.SubLinkType == pg.SubLinkType_EXPR_SUBLINK && x.AExpr.Kind == pg.A_Expr_Kind_AEXPR_OP && p == polPos {
+			sl := o.GetSubLink()
+			switch {
+			case sl != nil && sl.SubLinkType == pg.SubLinkType_EXPR_SUBLINK && x.AExpr.Kind == pg.A_Expr_Kind_AEXPR_OP && p == polPos:
 				w.sel(sl.Subselect.GetSelectStmt(), polPos)
-			} else {
+			case sl != nil && sl.SubLinkType == pg.SubLinkType_ARRAY_SUBLINK && o == x.AExpr.Rexpr && x.AExpr.Kind == pg.A_Expr_Kind_AEXPR_OP_ANY && opName(x.AExpr) == "=":
+				w.sel(sl.Subselect.GetSelectStmt(), p)
+			default:
 				w.other(o, whyOther)
 			}
 		}
