@@ -65,10 +65,6 @@ func mustRefuseWrite5(t *testing.T, e *env, pool *kmspgx.Pool, q string, args ..
 	}
 }
 
-// logBoth is scratch: what each front end answers.
-// TestAttackBidx5ExploreHide is scratch: it logs what the driver does on
-// shapes that act on a hidden row.
-// execLog is scratch: a write through both front ends, rolled back.
 // TestAttackBidx5AntiJoinOutsideWhere: the anti-join refusal (a
 // comparison on the nullable side of an outer join whose WHERE reads that
 // side) looks only at the WHERE clause and at named columns. With alice's
